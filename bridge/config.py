@@ -1,0 +1,696 @@
+"""Configuration: one TOML file (``bridge.toml``) plus ``BRIDGE_<SECTION>_<KEY>`` overrides.
+
+Loose input goes in (TOML values, environment strings, plain mappings); frozen, validated
+records come out. The rules:
+
+1. **Strict.** Unknown sections, keys and ``BRIDGE_SERVER_*`` / ``BRIDGE_AUTH_*`` /
+   ``BRIDGE_RECORDING_*`` variables are errors that suggest the nearest known name: a typo
+   must never be silently ignored. Other ``BRIDGE_*`` variables (``BRIDGE_CONFIG``,
+   ``BRIDGE_DUMP_DIR``...) belong to other modules and are ignored here.
+2. **Precedence.** Environment beats file, file beats defaults. An empty environment
+   variable counts as unset (shells and compose files produce them by accident).
+3. **One set of validators.** Each record validates and normalises its fields in
+   ``__post_init__``, so a record built directly in code (embedding) is checked exactly like
+   one loaded from a file. The loader runs the same validators first, only so that the
+   message names where the value came from (``server.port in bridge.toml``,
+   ``BRIDGE_SERVER_PORT``).
+4. **Messages teach the fix.** A :class:`ConfigError` names the key, the value it got and
+   what is allowed.
+5. **Secrets never show.** Provider keys are masked with :func:`mask_secret` and a password
+   in a URL is shown as ``***``, in error messages, in ``repr`` and in :func:`render_config`.
+6. **No hidden input.** Only :func:`load_config` reads a file, and the environment is always
+   an explicit mapping; direct construction never reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import tomllib
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, NoReturn
+from urllib.parse import urlsplit
+
+__all__ = [
+    "AUTH_MODES",
+    "BYTES",
+    "PROVIDER_TYPES",
+    "SECONDS",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "MiB",
+    "ProviderConfig",
+    "ProviderType",
+    "RecordingConfig",
+    "ServerConfig",
+    "config_from_mapping",
+    "default_config_path",
+    "load_config",
+    "mask_secret",
+    "mask_url",
+    "render_config",
+]
+
+# Unit constants, so that defaults read like ``30 * SECONDS`` and ``32 * MiB``.
+SECONDS: Final = 1.0
+BYTES: Final = 1
+MiB: Final = 1024 * 1024 * BYTES
+
+# The file looked for in the working directory when neither --config nor $BRIDGE_CONFIG is set.
+DEFAULT_CONFIG_FILE: Final = "bridge.toml"
+
+# Authentication modes and what they mean (the http layer implements them).
+AUTH_MODES: Final[Mapping[str, str]] = types.MappingProxyType(
+    {
+        "none": "every request is made by the actor 'anonymous'",
+        "header": "a trusted fronting proxy names the actor in auth.header",
+    }
+)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key, the bad value and the rule.
+
+    Also raised by :meth:`Config.provider` for an unknown provider name, so that a caller
+    choosing a provider by name gets the same "did you mean" help as a config file author.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderType:
+    """What every provider of one type shares: where it lives and where its secrets come from.
+
+    A provider *named like its type* (``[providers.anthropic]`` of type ``anthropic``) takes
+    an empty ``key`` from ``key_env`` and an empty ``base_url`` from ``base_url_env``, as
+    the official SDKs do; other providers of that type must be configured explicitly, so
+    that one environment variable never silently feeds two upstreams.
+    """
+
+    name: str
+    default_base_url: str
+    key_env: str
+    base_url_env: str
+
+
+# Known provider types. Adding openai or copilot means adding a row here (and a dialect).
+PROVIDER_TYPES: Final[Mapping[str, ProviderType]] = types.MappingProxyType(
+    {
+        "anthropic": ProviderType(
+            name="anthropic",
+            default_base_url="https://api.anthropic.com/",
+            key_env="ANTHROPIC_API_KEY",
+            base_url_env="ANTHROPIC_BASE_URL",
+        ),
+    }
+)
+
+
+# --- Showing values without leaking secrets --------------------------------------------------
+
+
+def mask_secret(secret: str) -> str:
+    """Mask a key the way the reference does (reference-behaviour.md 1.4).
+
+    Reveal 4 characters at each end from 20 characters on, 2 from 10, 1 from 5, else none;
+    a secret too short to reveal anything becomes ``"..."`` and the empty string stays empty:
+    ``"sk-ant-api03-abcdefgh"`` -> ``"sk-a...efgh"``.
+    """
+    if not secret:
+        return ""
+    length = len(secret)
+    reveal = 4 if length >= 20 else 2 if length >= 10 else 1 if length >= 5 else 0
+    if length <= 2 * reveal:
+        return "..."
+    return secret[:reveal] + "..." + secret[length - reveal :]
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL's ``user:password@`` part with ``***``.
+
+    The user information is taken to end at the *last* ``@``: a malformed URL may then be
+    over-masked, but never leaks a password that contains ``@`` or ``/``.
+    """
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not (sep and at and colon):
+        return url
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _show(value: object) -> str:
+    """A value as a message shows it: strings quoted, booleans spelt as in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _fail(label: str, rule: str, shown: str) -> NoReturn:
+    raise ConfigError(f"{label} must be {rule}, got {shown}")
+
+
+def _hint(name: str, *tiers: Mapping[str, str], allowed: Sequence[str] = ()) -> str:
+    """``; did you mean 'x'?`` for a near miss, else the list of what is allowed.
+
+    Each tier maps a bare name to the name to suggest; tiers are tried in order, so that a
+    key of the same section wins over an equally close key of another section. Comparing
+    bare names (``prot`` with ``port``) keeps a long shared prefix from making every
+    name look close.
+    """
+    for candidates in tiers:
+        close = difflib.get_close_matches(name, list(candidates), n=1)
+        if close:
+            return f"; did you mean {candidates[close[0]]!r}?"
+    if allowed:
+        return "; expected one of " + ", ".join(repr(name) for name in allowed)
+    return ""
+
+
+# --- Validators, shared by the records and the loader ----------------------------------------
+# Each check takes a label (where the value came from) and a raw value, and returns the
+# normalised value or raises ConfigError. ``from_text`` reads an environment string into the
+# field's type; text that does not parse is passed through so the check reports it.
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    check: Callable[[str, object], Any]
+    from_text: Callable[[str], object] = str
+
+
+def _int_or_text(text: str) -> object:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _float_or_text(text: str) -> object:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _integer(low: int, high: int | None = None) -> _Rule:
+    rule = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+
+    def check(label: str, value: object) -> int:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            _fail(label, rule, _show(value))
+        return value
+
+    return _Rule(check, _int_or_text)
+
+
+def _seconds(low: float, *, inclusive: bool) -> _Rule:
+    rule = f"a number of seconds {'>=' if inclusive else '>'} {low:g}"
+
+    def check(label: str, value: object) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < low
+            or (value == low and not inclusive)
+        ):
+            _fail(label, rule, _show(value))
+        return float(value)
+
+    return _Rule(check, _float_or_text)
+
+
+def _choice(choices: Sequence[str]) -> _Rule:
+    quoted = [repr(choice) for choice in choices]
+    rule = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+    def check(label: str, value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            _fail(label, rule, _show(value))
+        return value
+
+    return _Rule(check)
+
+
+def _matching(pattern: str, rule: str) -> _Rule:
+    compiled = re.compile(pattern)
+
+    def check(label: str, value: object) -> str:
+        if not isinstance(value, str) or not compiled.fullmatch(value):
+            _fail(label, rule, _show(value))
+        return value
+
+    return _Rule(check)
+
+
+def _check_database(label: str, value: object) -> str:
+    shown = _show(mask_url(value) if isinstance(value, str) else value)
+    if not isinstance(value, str) or not value.startswith(_DATABASE_SCHEMES):
+        _fail(label, "a URL starting with sqlite://, memory:// or postgresql://", shown)
+    if value.startswith("sqlite://") and len(value) <= len("sqlite:///"):
+        _fail(label, "sqlite:///relative/path or sqlite:////absolute/path", shown)
+    return value
+
+
+def _check_base_url(label: str, value: object) -> str:
+    """An http(s) URL with a host; a trailing slash is added so paths join below it."""
+    if isinstance(value, str) and _is_base_url(value):
+        return value if value.endswith("/") else value + "/"
+    shown = _show(mask_url(value) if isinstance(value, str) else value)
+    _fail(label, "an http:// or https:// URL with a host and no query or fragment", shown)
+
+
+def _is_base_url(url: str) -> bool:
+    if any(char.isspace() for char in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+def _check_secret(label: str, value: object) -> str:
+    if not isinstance(value, str):
+        # The value is not shown: it may be a secret typed without its quotes.
+        raise ConfigError(f"{label} must be a string, got a value of type {type(value).__name__}")
+    return value
+
+
+_DATABASE_SCHEMES: Final = ("sqlite://", "memory://", "postgresql://")
+_HTTP_TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 5.6.2 token
+_PROVIDER_NAME: Final = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+
+_SERVER_RULES: Final[Mapping[str, _Rule]] = {
+    "host": _matching(r"[^\s/]+", "a host name or IP address"),
+    "port": _integer(0, 65535),
+    "max_body_bytes": _integer(1024),
+    "grace_period": _seconds(0, inclusive=True),
+    "backlog": _integer(1),
+    "ping_interval": _seconds(0, inclusive=False),
+}
+_AUTH_RULES: Final[Mapping[str, _Rule]] = {
+    "mode": _choice(list(AUTH_MODES)),
+    "header": _matching(_HTTP_TOKEN, "an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"),
+}
+_RECORDING_RULES: Final[Mapping[str, _Rule]] = {
+    "database": _Rule(_check_database),
+    "queue_size": _integer(1),
+    "batch_size": _integer(1),
+}
+_PROVIDER_RULES: Final[Mapping[str, _Rule]] = {
+    "type": _choice(list(PROVIDER_TYPES)),
+    "base_url": _Rule(_check_base_url),
+    "key": _Rule(_check_secret),
+    "connect_timeout": _seconds(0, inclusive=False),
+}
+
+
+def _check_fields(record: object, prefix: str, rules: Mapping[str, _Rule]) -> None:
+    """Validate and normalise a frozen record's fields in place (``__post_init__``)."""
+    for name, rule in rules.items():
+        object.__setattr__(record, name, rule.check(f"{prefix}.{name}", getattr(record, name)))
+
+
+def _check_provider_name(name: object, where: str = "") -> str:
+    if not isinstance(name, str) or not _PROVIDER_NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid provider name {_show(name)}{where}: use lower-case letters, digits and"
+            " single hyphens, e.g. 'anthropic' or 'copilot-business'"
+        )
+    return name
+
+
+# How each field is shown by repr and render_config: secrets masked.
+_MASKS: Final[Mapping[str, Callable[[str], str]]] = {
+    "key": mask_secret,
+    "database": mask_url,
+    "base_url": mask_url,
+}
+
+
+def _masked(name: str, value: object) -> object:
+    mask = _MASKS.get(name)
+    return mask(value) if mask is not None and isinstance(value, str) else value
+
+
+def _masked_repr(self: Any) -> str:
+    shown = ", ".join(
+        f"{f.name}={_masked(f.name, getattr(self, f.name))!r}" for f in dataclasses.fields(self)
+    )
+    return f"{type(self).__name__}({shown})"
+
+
+# --- Records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The listening socket and the limits of the HTTP server (``[server]``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0 picks a free port (tests, embedding)
+    max_body_bytes: int = 32 * MiB  # larger request bodies get a 413
+    grace_period: float = 30 * SECONDS  # on shutdown, in-flight requests get this long
+    backlog: int = 1024
+    ping_interval: float = 10 * SECONDS  # keep-alive ping on a silent Anthropic stream
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "server", _SERVER_RULES)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Who is asking (``[auth]``); ``mode`` is one of :data:`AUTH_MODES`."""
+
+    mode: str = "none"
+    header: str = "X-Bridge-User"  # names the actor in mode "header"
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "auth", _AUTH_RULES)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    """Where and how usage is recorded (``[recording]``).
+
+    ``database`` is a URL: ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+    ``memory://`` or ``postgresql://user:password@host:5432/db``. Configuration accepts
+    PostgreSQL; the store layer decides whether it can open it.
+    """
+
+    database: str = "sqlite:///bridge.db"
+    queue_size: int = 10_000  # records waiting for the writer; bounds memory under load
+    batch_size: int = 512  # records per database transaction
+
+    __repr__ = _masked_repr
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "recording", _RECORDING_RULES)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One upstream (``[providers.<name>]``); its name is also its route prefix.
+
+    An empty ``base_url`` means the type's default. Direct construction never reads the
+    environment: ``ANTHROPIC_API_KEY`` and friends are applied by the loader only.
+    """
+
+    name: str
+    type: str
+    base_url: str = ""
+    key: str = ""
+    connect_timeout: float = 10 * SECONDS
+
+    __repr__ = _masked_repr
+
+    def __post_init__(self) -> None:
+        _check_provider_name(self.name)
+        prefix = f"providers.{self.name}"
+        if self.type in PROVIDER_TYPES and self.base_url == "":
+            object.__setattr__(self, "base_url", PROVIDER_TYPES[self.type].default_base_url)
+        _check_fields(self, prefix, _PROVIDER_RULES)
+
+    @property
+    def route_prefix(self) -> str:
+        """The path the gateway serves this provider under, e.g. ``/anthropic``."""
+        return "/" + self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration. Build it with :func:`load_config`, or directly in code.
+
+    ``providers`` defaults to none here; the loader's default (one ``anthropic``
+    provider) applies only to configuration files.
+    """
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    providers: tuple[ProviderConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "providers", tuple(self.providers))
+        seen: set[str] = set()
+        for provider in self.providers:
+            if not isinstance(provider, ProviderConfig):
+                raise ConfigError(f"providers must hold ProviderConfig, got {provider!r}")
+            if provider.name in seen:
+                raise ConfigError(
+                    f"duplicate provider name {provider.name!r}: each provider needs its own"
+                    f" name, which is also its route prefix {provider.route_prefix!r}"
+                )
+            seen.add(provider.name)
+
+    def provider(self, name: str) -> ProviderConfig:
+        """The provider called ``name``.
+
+        Raises :class:`ConfigError` (not ``KeyError``) with a "did you mean" hint, because
+        the name usually comes from a person: a CLI flag or an embedding program's code.
+        """
+        for provider in self.providers:
+            if provider.name == name:
+                return provider
+        names = [provider.name for provider in self.providers]
+        hint = _hint(name, {n: n for n in names}) if names else "; no providers are configured"
+        raise ConfigError(f"unknown provider {name!r}{hint}")
+
+
+# --- Loading ---------------------------------------------------------------------------------
+
+_SECTIONS: Final[Mapping[str, tuple[type[Any], Mapping[str, _Rule]]]] = {
+    "server": (ServerConfig, _SERVER_RULES),
+    "auth": (AuthConfig, _AUTH_RULES),
+    "recording": (RecordingConfig, _RECORDING_RULES),
+}
+_ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
+    f"BRIDGE_{section.upper()}_{key.upper()}": (section, key)
+    for section, (_, rules) in _SECTIONS.items()
+    for key in rules
+}
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path | None:
+    """``$BRIDGE_CONFIG`` if set, else ``./bridge.toml`` if it exists, else ``None``.
+
+    A path named by ``$BRIDGE_CONFIG`` is returned even if missing, so that loading it
+    fails loudly instead of silently falling back to the defaults.
+    """
+    named = environ.get("BRIDGE_CONFIG", "")
+    if named:
+        return Path(named)
+    local = Path(DEFAULT_CONFIG_FILE)
+    return local if local.is_file() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read the configuration file (if any) and apply the environment overrides.
+
+    ``path`` defaults to :func:`default_config_path`; ``environ`` to ``os.environ``. With
+    no file at all, the result is the defaults plus the environment.
+    """
+    if environ is None:
+        environ = os.environ
+    if path is None:
+        path = default_config_path(environ)
+    if path is None:
+        return config_from_mapping({}, environ)
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+    return config_from_mapping(data, environ, source=source)
+
+
+def config_from_mapping(
+    data: Mapping[str, Any], environ: Mapping[str, str], *, source: str | None = None
+) -> Config:
+    """Build a :class:`Config` from parsed TOML (or any mapping) and an environment.
+
+    ``source`` names the file in error messages.
+    """
+    where = f" in {source}" if source else ""
+    _reject_unknown_sections(data, where)
+    overrides = _environment_overrides(environ)
+    records: dict[str, Any] = {}
+    for section, (record_type, rules) in _SECTIONS.items():
+        table = _table(data.get(section, {}), section, where)
+        _reject_unknown_keys(table, section, rules, where)
+        values = {key: rules[key].check(f"{section}.{key}{where}", v) for key, v in table.items()}
+        for (var_section, key), (var, text) in overrides.items():
+            if var_section == section:
+                values[key] = rules[key].check(var, rules[key].from_text(text))
+        records[section] = record_type(**values)
+    providers = _load_providers(data.get("providers"), environ, where)
+    return Config(**records, providers=providers)
+
+
+def _table(value: object, label: str, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{label}{where} must be a table, got {_show(value)}")
+    return value
+
+
+def _reject_unknown_sections(data: Mapping[str, Any], where: str) -> None:
+    sections = {name: name for name in [*_SECTIONS, "providers"]}
+    for name, value in data.items():
+        if name in sections:
+            continue
+        kind = "section" if isinstance(value, Mapping) else "key"
+        hint = _hint(name, sections, _section_keys(None), allowed=list(sections))
+        raise ConfigError(f"unknown {kind} {name!r}{where}{hint}")
+
+
+def _section_keys(section: str | None, *, exclude: str | None = None) -> dict[str, str]:
+    """Bare key -> dotted key, for one section or (``None``) all of them but ``exclude``."""
+    names = [section] if section is not None else [s for s in _SECTIONS if s != exclude]
+    return {key: f"{name}.{key}" for name in names for key in _SECTIONS[name][1]}
+
+
+def _reject_unknown_keys(
+    table: Mapping[str, Any], prefix: str, allowed: Mapping[str, _Rule], where: str
+) -> None:
+    own = {name: f"{prefix}.{name}" for name in allowed}
+    others = {} if prefix.startswith("providers.") else _section_keys(None, exclude=prefix)
+    for key in table:
+        if key not in allowed:
+            hint = _hint(key, own, others, allowed=list(own.values()))
+            raise ConfigError(f"unknown key '{prefix}.{key}'{where}{hint}")
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(section, key) -> (variable, text) for every non-empty ``BRIDGE_<SECTION>_<KEY>``."""
+    overrides: dict[tuple[str, str], tuple[str, str]] = {}
+    for var in sorted(environ):
+        if var in _ENV_VARS:
+            if environ[var]:
+                overrides[_ENV_VARS[var]] = (var, environ[var])
+            continue
+        for section in _SECTIONS:
+            prefix = f"BRIDGE_{section.upper()}_"
+            if var.upper().startswith(prefix):
+                key = var[len(prefix) :].lower()
+                own = {k: _env_var(d) for k, d in _section_keys(section).items()}
+                others = {k: _env_var(d) for k, d in _section_keys(None, exclude=section).items()}
+                hint = _hint(key, own, others, allowed=list(own.values()))
+                raise ConfigError(f"unknown environment variable {var!r}{hint}")
+    return overrides
+
+
+def _env_var(dotted_key: str) -> str:
+    """``server.port`` -> ``BRIDGE_SERVER_PORT``."""
+    return "BRIDGE_" + dotted_key.replace(".", "_").upper()
+
+
+def _load_providers(
+    raw: object, environ: Mapping[str, str], where: str
+) -> tuple[ProviderConfig, ...]:
+    if raw is None:  # no [providers] at all: the default set
+        raw = {"anthropic": {}}
+    providers = []
+    for name, entry in _table(raw, "providers", where).items():
+        _check_provider_name(name, where)
+        prefix = f"providers.{name}"
+        table = dict(_table(entry, prefix, where))
+        if table.get("base_url") == "":  # explicitly empty: the same as absent
+            del table["base_url"]
+        _reject_unknown_keys(table, prefix, _PROVIDER_RULES, where)
+        values = {
+            key: _PROVIDER_RULES[key].check(f"{prefix}.{key}{where}", value)
+            for key, value in table.items()
+        }
+        values.setdefault("type", name if name in PROVIDER_TYPES else None)
+        if values["type"] is None:
+            raise ConfigError(
+                f"{prefix}{where} needs a type, because {name!r} is not a provider type;"
+                f" add type = {next(iter(PROVIDER_TYPES))!r}"
+            )
+        provider_type = PROVIDER_TYPES[values["type"]]
+        if name == provider_type.name:  # the SDKs' variables feed the provider named like them
+            base_url = environ.get(provider_type.base_url_env, "")
+            if base_url and not values.get("base_url"):
+                values["base_url"] = _check_base_url(provider_type.base_url_env, base_url)
+            if not values.get("key"):
+                values["key"] = environ.get(provider_type.key_env, "")
+        providers.append(ProviderConfig(name=name, **values))
+    return tuple(providers)
+
+
+# --- Rendering -------------------------------------------------------------------------------
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML, secrets masked (for ``bridge check-config``).
+
+    The output parses back with ``tomllib``; loaded again it gives the same configuration,
+    except that masked secrets stay masked.
+    """
+    lines = ["# Effective bridge configuration; secrets are masked."]
+    for section in _SECTIONS:
+        lines += ["", f"[{section}]", *_render_fields(getattr(config, section))]
+    if not config.providers:
+        lines += ["", "[providers]  # none configured"]
+    for provider in config.providers:
+        lines += ["", f"[providers.{provider.name}]", *_render_fields(provider, skip={"name"})]
+    return "\n".join(lines) + "\n"
+
+
+def _render_fields(record: Any, skip: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    lines = []
+    for f in dataclasses.fields(record):
+        if f.name in skip:
+            continue
+        value = getattr(record, f.name)
+        shown = _masked(f.name, value)
+        comment = "  # masked" if shown != value else ""
+        lines.append(f"{f.name} = {_toml_value(shown)}{comment}")
+    return lines
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    raise TypeError(f"cannot render {value!r} as TOML")  # a bug: records hold no other types
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: backslash, quote and control characters escaped."""
+    out = []
+    for char in text:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char < " " or char == "\x7f":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'

@@ -1,0 +1,642 @@
+"""Tests for bridge/config.py: defaults, file, environment, validation messages, masking.
+
+Every test runs in an empty temporary working directory with no BRIDGE_*, ANTHROPIC_* or
+OPENAI_* variables in os.environ; most pass their environment explicitly anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.config import (
+    SECONDS,
+    AuthConfig,
+    Config,
+    ConfigError,
+    MiB,
+    ProviderConfig,
+    RecordingConfig,
+    ServerConfig,
+    config_from_mapping,
+    default_config_path,
+    load_config,
+    mask_secret,
+    mask_url,
+    render_config,
+)
+
+SECRET = "sk-ant-api03-very-secret-value-0123"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith(("BRIDGE_", "ANTHROPIC_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def exactly(message: str) -> str:
+    """An anchored pattern matching ``message`` and nothing else."""
+    return rf"^{re.escape(message)}$"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- Defaults, file, environment -------------------------------------------------------------
+
+
+def test_defaults_without_file_or_environment() -> None:
+    config = load_config(environ={})
+    assert config.server == ServerConfig(
+        host="127.0.0.1",
+        port=8080,
+        max_body_bytes=32 * MiB,
+        grace_period=30 * SECONDS,
+        backlog=1024,
+        ping_interval=10 * SECONDS,
+    )
+    assert config.auth == AuthConfig(mode="none", header="X-Bridge-User")
+    assert config.recording == RecordingConfig(
+        database="sqlite:///bridge.db", queue_size=10_000, batch_size=512
+    )
+    assert config.providers == (
+        ProviderConfig(
+            name="anthropic",
+            type="anthropic",
+            base_url="https://api.anthropic.com/",
+            key="",
+            connect_timeout=10.0,
+        ),
+    )
+
+
+def test_file_values_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "custom.toml",
+        """
+        [server]
+        host = "0.0.0.0"
+        port = 9000
+        max_body_bytes = 2048
+        grace_period = 5
+        backlog = 16
+        ping_interval = 2.5
+
+        [auth]
+        mode = "header"
+        header = "X-Forwarded-User"
+
+        [recording]
+        database = "memory://"
+        queue_size = 10
+        batch_size = 2
+
+        [providers.anthropic-work]
+        type = "anthropic"
+        base_url = "http://127.0.0.1:9/v1"
+        key = "work-key"
+        connect_timeout = 3
+        """,
+    )
+    config = load_config(path, environ={})
+    assert config == Config(
+        server=ServerConfig(
+            host="0.0.0.0",
+            port=9000,
+            max_body_bytes=2048,
+            grace_period=5.0,
+            backlog=16,
+            ping_interval=2.5,
+        ),
+        auth=AuthConfig(mode="header", header="X-Forwarded-User"),
+        recording=RecordingConfig(database="memory://", queue_size=10, batch_size=2),
+        providers=(
+            ProviderConfig(
+                name="anthropic-work",
+                type="anthropic",
+                base_url="http://127.0.0.1:9/v1/",
+                key="work-key",
+                connect_timeout=3.0,
+            ),
+        ),
+    )
+
+
+def test_integer_seconds_become_floats() -> None:
+    config = config_from_mapping({"server": {"grace_period": 5}}, {})
+    assert isinstance(config.server.grace_period, float)
+
+
+def test_environment_overrides_beat_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "bridge.toml",
+        '[server]\nport = 9000\nhost = "0.0.0.0"\n[auth]\nmode = "none"\n',
+    )
+    environ = {
+        "BRIDGE_SERVER_PORT": "9100",
+        "BRIDGE_SERVER_GRACE_PERIOD": "1.5",
+        "BRIDGE_AUTH_MODE": "header",
+        "BRIDGE_AUTH_HEADER": "X-User",
+        "BRIDGE_RECORDING_DATABASE": "sqlite:////var/lib/bridge/bridge.db",
+        "BRIDGE_RECORDING_BATCH_SIZE": "64",
+    }
+    config = load_config(path, environ)
+    assert config.server.port == 9100
+    assert config.server.host == "0.0.0.0"  # from the file: no override
+    assert config.server.grace_period == 1.5
+    assert config.auth == AuthConfig(mode="header", header="X-User")
+    assert config.recording.database == "sqlite:////var/lib/bridge/bridge.db"
+    assert config.recording.batch_size == 64
+
+
+def test_empty_environment_variable_counts_as_unset() -> None:
+    config = config_from_mapping({"server": {"port": 9000}}, {"BRIDGE_SERVER_PORT": ""})
+    assert config.server.port == 9000
+
+
+def test_load_config_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_SERVER_PORT", "0")
+    assert load_config().server.port == 0
+
+
+def test_other_bridge_variables_are_ignored() -> None:
+    environ = {"BRIDGE_CONFIG": "", "BRIDGE_DUMP_DIR": "/tmp/dumps", "BRIDGE_PROVIDERS_X": "1"}
+    assert config_from_mapping({}, environ) == config_from_mapping({}, {})
+
+
+def test_bridge_toml_in_the_working_directory_is_found() -> None:
+    assert default_config_path({}) is None
+    write(Path("bridge.toml"), "[server]\nport = 9001\n")
+    assert default_config_path({}) == Path("bridge.toml")
+    assert load_config(environ={}).server.port == 9001
+
+
+def test_bridge_config_variable_names_the_file(tmp_path: Path) -> None:
+    write(Path("bridge.toml"), "[server]\nport = 9001\n")
+    other = write(tmp_path / "other.toml", "[server]\nport = 9002\n")
+    environ = {"BRIDGE_CONFIG": str(other)}
+    assert default_config_path(environ) == other
+    assert load_config(environ=environ).server.port == 9002
+
+
+def test_an_explicit_path_beats_bridge_config(tmp_path: Path) -> None:
+    chosen = write(tmp_path / "chosen.toml", "[server]\nport = 9003\n")
+    environ = {"BRIDGE_CONFIG": str(tmp_path / "missing.toml")}
+    assert load_config(chosen, environ).server.port == 9003
+
+
+def test_a_missing_named_file_is_an_error_not_the_defaults() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=exactly("cannot read config file missing.toml: No such file or directory"),
+    ):
+        load_config(environ={"BRIDGE_CONFIG": "missing.toml"})
+
+
+def test_invalid_toml_names_the_file() -> None:
+    write(Path("bridge.toml"), "[server\n")
+    with pytest.raises(ConfigError, match=r"^bridge\.toml is not valid TOML: .+ \(at line 1, "):
+        load_config(environ={})
+
+
+# --- Validation messages ---------------------------------------------------------------------
+
+MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
+    ({"server": {"port": "abc"}}, "server.port must be an integer from 0 to 65535, got 'abc'"),
+    ({"server": {"port": 65536}}, "server.port must be an integer from 0 to 65535, got 65536"),
+    ({"server": {"port": True}}, "server.port must be an integer from 0 to 65535, got true"),
+    ({"server": {"host": ""}}, "server.host must be a host name or IP address, got ''"),
+    (
+        {"server": {"max_body_bytes": 1023}},
+        "server.max_body_bytes must be an integer >= 1024, got 1023",
+    ),
+    (
+        {"server": {"grace_period": -1}},
+        "server.grace_period must be a number of seconds >= 0, got -1",
+    ),
+    (
+        {"server": {"grace_period": float("inf")}},
+        "server.grace_period must be a number of seconds >= 0, got inf",
+    ),
+    ({"server": {"backlog": 0}}, "server.backlog must be an integer >= 1, got 0"),
+    (
+        {"server": {"ping_interval": 0}},
+        "server.ping_interval must be a number of seconds > 0, got 0",
+    ),
+    ({"auth": {"mode": "basic"}}, "auth.mode must be 'none' or 'header', got 'basic'"),
+    (
+        {"auth": {"header": "X User"}},
+        "auth.header must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~),"
+        " got 'X User'",
+    ),
+    (
+        {"recording": {"database": "mysql://u:hunter2@db/bridge"}},
+        "recording.database must be a URL starting with sqlite://, memory:// or postgresql://,"
+        " got 'mysql://u:***@db/bridge'",
+    ),
+    (
+        {"recording": {"database": "sqlite://"}},
+        "recording.database must be sqlite:///relative/path or sqlite:////absolute/path,"
+        " got 'sqlite://'",
+    ),
+    ({"recording": {"queue_size": 0}}, "recording.queue_size must be an integer >= 1, got 0"),
+    ({"recording": {"batch_size": 0}}, "recording.batch_size must be an integer >= 1, got 0"),
+    ({"server": 8080}, "server must be a table, got 8080"),
+    ({"providers": {"anthropic": "x"}}, "providers.anthropic must be a table, got 'x'"),
+    (
+        {"providers": {"Foo": {"type": "anthropic"}}},
+        "invalid provider name 'Foo': use lower-case letters, digits and single hyphens,"
+        " e.g. 'anthropic' or 'copilot-business'",
+    ),
+    (
+        {"providers": {"a--b": {"type": "anthropic"}}},
+        "invalid provider name 'a--b': use lower-case letters, digits and single hyphens,"
+        " e.g. 'anthropic' or 'copilot-business'",
+    ),
+    (
+        {"providers": {"work": {}}},
+        "providers.work needs a type, because 'work' is not a provider type;"
+        " add type = 'anthropic'",
+    ),
+    (
+        {"providers": {"work": {"type": "openai"}}},
+        "providers.work.type must be 'anthropic', got 'openai'",
+    ),
+    (
+        {"providers": {"anthropic": {"base_url": "ftp://example.com"}}},
+        "providers.anthropic.base_url must be an http:// or https:// URL with a host and no"
+        " query or fragment, got 'ftp://example.com'",
+    ),
+    (
+        {"providers": {"anthropic": {"base_url": "https://u:hunter2@example.com/?q=1"}}},
+        "providers.anthropic.base_url must be an http:// or https:// URL with a host and no"
+        " query or fragment, got 'https://u:***@example.com/?q=1'",
+    ),
+    (
+        {"providers": {"anthropic": {"connect_timeout": 0}}},
+        "providers.anthropic.connect_timeout must be a number of seconds > 0, got 0",
+    ),
+    (
+        {"providers": {"anthropic": {"key": 12345678901234567890}}},
+        "providers.anthropic.key must be a string, got a value of type int",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), MAPPING_ERRORS)
+def test_invalid_values_are_rejected_with_the_rule(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=exactly(message)):
+        config_from_mapping(data, {})
+
+
+ENVIRONMENT_ERRORS: list[tuple[str, str, str]] = [
+    (
+        "BRIDGE_SERVER_PORT",
+        "abc",
+        "BRIDGE_SERVER_PORT must be an integer from 0 to 65535, got 'abc'",
+    ),
+    (
+        "BRIDGE_SERVER_PORT",
+        "70000",
+        "BRIDGE_SERVER_PORT must be an integer from 0 to 65535, got 70000",
+    ),
+    (
+        "BRIDGE_SERVER_PING_INTERVAL",
+        "soon",
+        "BRIDGE_SERVER_PING_INTERVAL must be a number of seconds > 0, got 'soon'",
+    ),
+    (
+        "BRIDGE_SERVER_GRACE_PERIOD",
+        "nan",
+        "BRIDGE_SERVER_GRACE_PERIOD must be a number of seconds >= 0, got nan",
+    ),
+    ("BRIDGE_AUTH_MODE", "keys", "BRIDGE_AUTH_MODE must be 'none' or 'header', got 'keys'"),
+    (
+        "BRIDGE_RECORDING_DATABASE",
+        "postgres://bob:hunter2@db/bridge",
+        "BRIDGE_RECORDING_DATABASE must be a URL starting with sqlite://, memory:// or"
+        " postgresql://, got 'postgres://bob:***@db/bridge'",
+    ),
+    (
+        "ANTHROPIC_BASE_URL",
+        "api.anthropic.com",
+        "ANTHROPIC_BASE_URL must be an http:// or https:// URL with a host and no query or"
+        " fragment, got 'api.anthropic.com'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), ENVIRONMENT_ERRORS)
+def test_invalid_environment_values_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=exactly(message)):
+        config_from_mapping({}, {name: value})
+
+
+def test_messages_name_the_file_when_loading_one() -> None:
+    write(Path("bridge.toml"), '[server]\nport = "abc"\n')
+    with pytest.raises(
+        ConfigError,
+        match=exactly("server.port in bridge.toml must be an integer from 0 to 65535, got 'abc'"),
+    ):
+        load_config(environ={})
+
+
+def test_invalid_provider_name_in_a_file_names_the_file() -> None:
+    write(Path("bridge.toml"), '[providers.Foo]\ntype = "anthropic"\n')
+    with pytest.raises(
+        ConfigError,
+        match=exactly(
+            "invalid provider name 'Foo' in bridge.toml: use lower-case letters, digits and"
+            " single hyphens, e.g. 'anthropic' or 'copilot-business'"
+        ),
+    ):
+        load_config(environ={})
+
+
+# --- Unknown names: did you mean -------------------------------------------------------------
+
+UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
+    (
+        {"recording": {"databse": "memory://"}},
+        {},
+        "unknown key 'recording.databse' in bridge.toml; did you mean 'recording.database'?",
+    ),
+    (
+        {"server": {"database": "memory://"}},
+        {},
+        "unknown key 'server.database' in bridge.toml; did you mean 'recording.database'?",
+    ),
+    (
+        {"server": {"colour": "blue"}},
+        {},
+        "unknown key 'server.colour' in bridge.toml; expected one of 'server.host',"
+        " 'server.port', 'server.max_body_bytes', 'server.grace_period', 'server.backlog',"
+        " 'server.ping_interval'",
+    ),
+    ({"sever": {}}, {}, "unknown section 'sever' in bridge.toml; did you mean 'server'?"),
+    ({"port": 8080}, {}, "unknown key 'port' in bridge.toml; did you mean 'server.port'?"),
+    (
+        {"logging": {}},
+        {},
+        "unknown section 'logging' in bridge.toml; expected one of 'server', 'auth',"
+        " 'recording', 'providers'",
+    ),
+    (
+        {"providers": {"anthropic": {"bsae_url": "http://x/"}}},
+        {},
+        "unknown key 'providers.anthropic.bsae_url' in bridge.toml;"
+        " did you mean 'providers.anthropic.base_url'?",
+    ),
+    (
+        {},
+        {"BRIDGE_SERVER_PROT": "1"},
+        "unknown environment variable 'BRIDGE_SERVER_PROT'; did you mean 'BRIDGE_SERVER_PORT'?",
+    ),
+    (
+        {},
+        {"bridge_server_port": "1"},
+        "unknown environment variable 'bridge_server_port'; did you mean 'BRIDGE_SERVER_PORT'?",
+    ),
+    (
+        {},
+        {"BRIDGE_AUTH_DATABASE": "memory://"},
+        "unknown environment variable 'BRIDGE_AUTH_DATABASE';"
+        " did you mean 'BRIDGE_RECORDING_DATABASE'?",
+    ),
+    (
+        {},
+        {"BRIDGE_AUTH_X": "1"},
+        "unknown environment variable 'BRIDGE_AUTH_X'; expected one of 'BRIDGE_AUTH_MODE',"
+        " 'BRIDGE_AUTH_HEADER'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "environ", "message"), UNKNOWN_NAMES)
+def test_unknown_names_are_rejected_with_a_suggestion(
+    data: dict[str, Any], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=exactly(message)):
+        config_from_mapping(data, environ, source="bridge.toml")
+
+
+# --- Providers -------------------------------------------------------------------------------
+
+
+def test_anthropic_key_and_base_url_come_from_the_sdk_variables() -> None:
+    environ = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}
+    (provider,) = config_from_mapping({}, environ).providers
+    assert provider.key == SECRET
+    assert provider.base_url == "http://127.0.0.1:9/"
+
+
+def test_file_key_and_base_url_beat_the_sdk_variables() -> None:
+    data = {"providers": {"anthropic": {"key": "file-key", "base_url": "http://file/"}}}
+    environ = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": "http://env/"}
+    (provider,) = config_from_mapping(data, environ).providers
+    assert (provider.key, provider.base_url) == ("file-key", "http://file/")
+
+
+def test_empty_file_values_fall_back_to_the_sdk_variables() -> None:
+    data = {"providers": {"anthropic": {"key": "", "base_url": ""}}}
+    environ = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": "http://env/"}
+    (provider,) = config_from_mapping(data, environ).providers
+    assert (provider.key, provider.base_url) == (SECRET, "http://env/")
+
+
+def test_sdk_variables_feed_only_the_provider_named_like_its_type() -> None:
+    data = {"providers": {"anthropic-work": {"type": "anthropic"}}}
+    environ = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": "http://env/"}
+    (provider,) = config_from_mapping(data, environ).providers
+    assert (provider.key, provider.base_url) == ("", "https://api.anthropic.com/")
+
+
+def test_provider_type_defaults_to_its_name() -> None:
+    (provider,) = config_from_mapping({"providers": {"anthropic": {}}}, {}).providers
+    assert provider.type == "anthropic"
+    assert provider.route_prefix == "/anthropic"
+
+
+def test_an_empty_providers_table_means_no_providers() -> None:
+    assert config_from_mapping({"providers": {}}, {}).providers == ()
+
+
+def test_providers_keep_the_file_order() -> None:
+    data = {"providers": {"b": {"type": "anthropic"}, "a": {"type": "anthropic"}}}
+    assert [p.name for p in config_from_mapping(data, {}).providers] == ["b", "a"]
+
+
+def test_provider_lookup_by_name() -> None:
+    config = config_from_mapping({}, {})
+    assert config.provider("anthropic") is config.providers[0]
+    with pytest.raises(
+        ConfigError, match=exactly("unknown provider 'antropic'; did you mean 'anthropic'?")
+    ):
+        config.provider("antropic")
+    with pytest.raises(
+        ConfigError, match=exactly("unknown provider 'x'; no providers are configured")
+    ):
+        Config().provider("x")
+
+
+# --- Direct construction (embedding) ---------------------------------------------------------
+
+
+def test_direct_construction_for_embedding() -> None:
+    provider = ProviderConfig(name="anthropic", type="anthropic", base_url="http://127.0.0.1:9")
+    config = Config(providers=(provider,))
+    assert config.providers[0].base_url == "http://127.0.0.1:9/"
+    assert config.server == ServerConfig()
+    assert ProviderConfig(name="a", type="anthropic").base_url == "https://api.anthropic.com/"
+
+
+def test_direct_construction_is_validated_like_the_file() -> None:
+    with pytest.raises(
+        ConfigError, match=exactly("server.port must be an integer from 0 to 65535, got 70000")
+    ):
+        ServerConfig(port=70000)
+    with pytest.raises(ConfigError, match=exactly("auth.mode must be 'none' or 'header', got ''")):
+        AuthConfig(mode="")
+    with pytest.raises(ConfigError, match=r"^invalid provider name 'Anthropic': "):
+        ProviderConfig(name="Anthropic", type="anthropic")
+
+
+def test_direct_construction_never_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    assert ProviderConfig(name="anthropic", type="anthropic").key == ""
+
+
+def test_duplicate_provider_names_are_rejected() -> None:
+    provider = ProviderConfig(name="anthropic", type="anthropic")
+    with pytest.raises(
+        ConfigError,
+        match=exactly(
+            "duplicate provider name 'anthropic': each provider needs its own name, which is"
+            " also its route prefix '/anthropic'"
+        ),
+    ):
+        Config(providers=(provider, provider))
+
+
+def test_a_providers_list_becomes_a_tuple() -> None:
+    provider = ProviderConfig(name="anthropic", type="anthropic")
+    config = Config(providers=[provider])  # type: ignore[arg-type]
+    assert config.providers == (provider,)
+
+
+# --- Secrets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("secret", "masked"),
+    [
+        ("", ""),
+        ("a", "..."),
+        ("abcd", "..."),
+        ("abcde", "a...e"),
+        ("test-key", "t...y"),
+        ("abcdefghi", "a...i"),
+        ("user-api-key", "us...ey"),
+        ("0123456789", "01...89"),
+        ("0123456789012345678", "01...78"),
+        ("sk-ant-api03-abcdefgh", "sk-a...efgh"),
+        ("01234567890123456789", "0123...6789"),
+    ],
+)
+def test_mask_secret_follows_the_reference(secret: str, masked: str) -> None:
+    assert mask_secret(secret) == masked
+
+
+@given(st.text())
+def test_mask_secret_reveals_at_most_eight_characters(secret: str) -> None:
+    masked = mask_secret(secret)
+    assert len(masked.replace("...", "", 1)) <= min(8, len(secret) // 2)
+    assert (masked == "") == (secret == "")
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://bob:hunter2@db:5432/bridge", "postgresql://bob:***@db:5432/bridge"),
+        ("postgresql://bob:p@ss/w0rd@db/bridge", "postgresql://bob:***@db/bridge"),
+        ("postgresql://bob@db/bridge", "postgresql://bob@db/bridge"),
+        ("sqlite:///bridge.db", "sqlite:///bridge.db"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_mask_url_hides_only_the_password(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_repr_masks_secrets() -> None:
+    config = config_from_mapping(
+        {"recording": {"database": "postgresql://bob:hunter2@db/bridge"}},
+        {"ANTHROPIC_API_KEY": SECRET},
+    )
+    text = repr(config)
+    assert SECRET not in text
+    assert "hunter2" not in text
+    assert "key='sk-a...0123'" in text
+
+
+def test_a_misplaced_secret_is_not_echoed_in_the_message() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_mapping({"providers": {"anthropic": {"key": 1234567890123}}}, {})
+    assert "1234567890123" not in str(caught.value)
+
+
+# --- render_config ---------------------------------------------------------------------------
+
+
+def test_render_config_is_valid_toml_without_secrets() -> None:
+    config = config_from_mapping(
+        {"recording": {"database": "postgresql://bob:hunter2@db:5432/bridge"}},
+        {"ANTHROPIC_API_KEY": SECRET},
+    )
+    text = render_config(config)
+    assert SECRET not in text
+    assert "hunter2" not in text
+    assert 'key = "sk-a...0123"  # masked' in text.splitlines()
+    parsed = tomllib.loads(text)
+    assert parsed["providers"]["anthropic"]["key"] == mask_secret(SECRET)
+    assert parsed["recording"]["database"] == "postgresql://bob:***@db:5432/bridge"
+
+
+def test_render_config_loads_back_to_the_same_config() -> None:
+    config = config_from_mapping(
+        {
+            "server": {"port": 0, "grace_period": 1},
+            "auth": {"mode": "header"},
+            "providers": {"anthropic": {}, "anthropic-eu": {"type": "anthropic"}},
+        },
+        {},
+    )
+    assert config_from_mapping(tomllib.loads(render_config(config)), {}) == config
+
+
+def test_render_config_keeps_an_empty_provider_set_empty() -> None:
+    config = Config()
+    assert config_from_mapping(tomllib.loads(render_config(config)), {}) == config
+
+
+@given(
+    path=st.text(min_size=1).filter(lambda p: "@" not in p),
+    host=st.text(min_size=1).filter(lambda h: not any(c.isspace() or c == "/" for c in h)),
+)
+def test_render_config_round_trips_any_string(path: str, host: str) -> None:
+    config = Config(
+        server=ServerConfig(host=host), recording=RecordingConfig(database="sqlite:///" + path)
+    )
+    assert config_from_mapping(tomllib.loads(render_config(config)), {}) == config

@@ -1,0 +1,52 @@
+"""Recording: records, the non-blocking recorder, and the stores behind it.
+
+``open_recorder(store)`` runs a :class:`Recorder` that writes :data:`Record` values to a
+:class:`Store` in batches, off the gateway's hot path; ``open_store(url)`` opens the store
+that ``recording.database`` names.
+"""
+
+from __future__ import annotations
+
+from .memory import MemoryStore as MemoryStore
+from .recorder import Recorder as Recorder
+from .recorder import RecorderClosedError as RecorderClosedError
+from .recorder import RecorderStats as RecorderStats
+from .recorder import open_recorder as open_recorder
+from .records import CredentialKind as CredentialKind
+from .records import InterceptionEnded as InterceptionEnded
+from .records import InterceptionStarted as InterceptionStarted
+from .records import ModelThought as ModelThought
+from .records import Outcome as Outcome
+from .records import PromptUsage as PromptUsage
+from .records import Record as Record
+from .records import TokenUsage as TokenUsage
+from .records import ToolUsage as ToolUsage
+from .sqlite import SQLiteStore as SQLiteStore
+from .store import GROUP_BY as GROUP_BY
+from .store import Store as Store
+from .store import StoreError as StoreError
+from .store import UsageRow as UsageRow
+from .store import open_store as open_store
+
+__all__ = [
+    "GROUP_BY",
+    "CredentialKind",
+    "InterceptionEnded",
+    "InterceptionStarted",
+    "MemoryStore",
+    "ModelThought",
+    "Outcome",
+    "PromptUsage",
+    "Record",
+    "Recorder",
+    "RecorderClosedError",
+    "RecorderStats",
+    "SQLiteStore",
+    "Store",
+    "StoreError",
+    "TokenUsage",
+    "ToolUsage",
+    "UsageRow",
+    "open_recorder",
+    "open_store",
+]

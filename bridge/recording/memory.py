@@ -1,0 +1,142 @@
+"""A store that keeps records in memory: for tests, demos and embedding without a database.
+
+It follows the store rules of :mod:`bridge.recording.store` exactly as the SQLite store
+does (idempotent by id, first end wins, same usage report), so a test written against it
+says something true about the real store. A lock makes it safe to read from any thread
+while the recorder writes from a worker thread.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+from collections.abc import Sequence
+from typing import Final, TypeVar
+
+from .records import (
+    InterceptionEnded,
+    InterceptionStarted,
+    ModelThought,
+    PromptUsage,
+    Record,
+    TokenUsage,
+    ToolUsage,
+)
+from .store import FAILED_OUTCOMES, GROUP_COLUMNS, UsageRow, as_utc, check_group_by
+
+__all__ = ["MemoryStore"]
+
+_Kept = TypeVar("_Kept", InterceptionStarted, TokenUsage, PromptUsage, ToolUsage, ModelThought)
+
+_KINDS: Final = (InterceptionStarted, TokenUsage, PromptUsage, ToolUsage, ModelThought)
+
+
+class MemoryStore:
+    """Records kept in lists, in the order they were first written."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Per record type, id -> record; a dict keeps insertion order and makes writes
+        # idempotent by id.
+        self._records: dict[type[Record], dict[str, Record]] = {kind: {} for kind in _KINDS}
+        self._ended: dict[str, InterceptionEnded] = {}
+        self.closed = False
+
+    # -- the Store protocol ---------------------------------------------------------------
+
+    def write_batch(self, records: Sequence[Record]) -> None:
+        """Keep *records*: all of them, or none if one is not a record (TypeError)."""
+        for record in records:
+            if type(record) not in self._records and not isinstance(record, InterceptionEnded):
+                raise TypeError(
+                    f"cannot record a {type(record).__name__}: a record is one of"
+                    f" {', '.join(kind.__name__ for kind in (*_KINDS, InterceptionEnded))}"
+                )
+        with self._lock:
+            for record in records:
+                if isinstance(record, InterceptionEnded):
+                    self._ended.setdefault(record.interception_id, record)  # first end wins
+                else:
+                    self._records[type(record)].setdefault(record.id, record)
+
+    def check(self) -> None:
+        """Always usable."""
+
+    def close(self) -> None:
+        """Mark the store closed; the records stay readable."""
+        self.closed = True
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _all(self, kind: type[_Kept], interception_id: str | None = None) -> list[_Kept]:
+        with self._lock:
+            kept: list[_Kept] = list(self._records[kind].values())  # type: ignore[arg-type]
+        if interception_id is None:
+            return kept
+        return [
+            record for record in kept if getattr(record, "interception_id", None) == interception_id
+        ]
+
+    @property
+    def interceptions(self) -> list[InterceptionStarted]:
+        """Every interception started, oldest first."""
+        return self._all(InterceptionStarted)
+
+    @property
+    def ended(self) -> dict[str, InterceptionEnded]:
+        """Interception id -> its (first) end."""
+        with self._lock:
+            return dict(self._ended)
+
+    @property
+    def token_usages(self) -> list[TokenUsage]:
+        """Every token-usage record."""
+        return self._all(TokenUsage)
+
+    @property
+    def prompts(self) -> list[PromptUsage]:
+        """Every prompt record."""
+        return self._all(PromptUsage)
+
+    @property
+    def tool_usages(self) -> list[ToolUsage]:
+        """Every tool-usage record."""
+        return self._all(ToolUsage)
+
+    @property
+    def model_thoughts(self) -> list[ModelThought]:
+        """Every model-thought record."""
+        return self._all(ModelThought)
+
+    def usage(
+        self, *, since: _dt.datetime | None = None, by: Sequence[str] = ("user",)
+    ) -> list[UsageRow]:
+        """The usage report of :meth:`bridge.recording.sqlite.SQLiteStore.usage`, computed
+        over the records in memory."""
+        names = check_group_by(by)
+        fields = [GROUP_COLUMNS[name] for name in names]
+        start = None if since is None else as_utc(since)
+        picked = [i for i in self.interceptions if start is None or as_utc(i.started_at) >= start]
+        group_of = {i.id: tuple(getattr(i, field) for field in fields) for i in picked}
+        ended = self.ended
+        totals: dict[tuple[str, ...], list[int]] = {}
+        for interception in picked:
+            total = totals.setdefault(group_of[interception.id], [0] * 8)
+            total[0] += 1
+            end = ended.get(interception.id)
+            total[1] += end is not None and end.outcome in FAILED_OUTCOMES
+        for usage in self.token_usages:
+            if usage.interception_id in group_of:
+                total = totals[group_of[usage.interception_id]]
+                total[2] += usage.input
+                total[3] += usage.output
+                total[4] += usage.cache_read
+                total[5] += usage.cache_write
+                total[6] += usage.reasoning
+        for tool in self.tool_usages:
+            if tool.interception_id in group_of:
+                totals[group_of[tool.interception_id]][7] += 1
+        return [
+            UsageRow(dict(zip(names, group, strict=True)), *total)
+            for group, total in sorted(totals.items())
+        ]

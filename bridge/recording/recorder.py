@@ -1,0 +1,321 @@
+"""The recorder: takes records off the gateway's hot path and writes them in batches.
+
+Rules:
+
+* ``record()`` costs the caller a ``send_nowait`` into a bounded memory channel. Only
+  when the channel is full does it wait (backpressure, counted in ``stats.waits``): a
+  record is never dropped to keep the caller fast.
+* One writer task takes the first queued record, then whatever else is queued (up to
+  ``batch_size``) without waiting, and writes the batch in a worker thread, one write
+  at a time. A failed write is logged and retried with capped exponential backoff: a
+  batch is never given up while the process lives. FIFO order is kept.
+* ``flush()`` sends a marker through the same channel, so "written" means written for
+  everything submitted before it, whatever the interleaving of tasks.
+* On exit of :func:`open_recorder`, normal or by cancellation, what is queued is written
+  under a shielded cancel scope bounded by ``drain_timeout``, then the store is closed.
+  Records still unwritten at the deadline are counted in an ERROR log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias, get_args
+
+import trio
+
+from .records import Record
+from .store import Store
+
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_MIN",
+    "BATCH_SIZE",
+    "DRAIN_TIMEOUT",
+    "NOT_READY_AFTER",
+    "QUEUE_SIZE",
+    "Recorder",
+    "RecorderClosedError",
+    "RecorderStats",
+    "open_recorder",
+]
+
+logger = logging.getLogger("bridge.recording")
+
+SECONDS: Final = 1.0
+
+QUEUE_SIZE: Final = 10_000
+"""Records the channel holds before ``record()`` has to wait for the writer."""
+BATCH_SIZE: Final = 512
+"""Most records written in one transaction."""
+DRAIN_TIMEOUT: Final = 30 * SECONDS
+"""How long the recorder's exit may spend writing what is still queued."""
+BACKOFF_MIN: Final = 0.1 * SECONDS
+"""Wait after a first failed write; it doubles with each failure in a row..."""
+BACKOFF_MAX: Final = 5 * SECONDS
+"""...up to this."""
+NOT_READY_AFTER: Final = 3
+"""Failed writes in a row after which :meth:`Recorder.ready` says False."""
+
+_RECORD_TYPES: Final = frozenset(get_args(Record))
+
+
+class RecorderClosedError(RuntimeError):
+    """The recorder's :func:`open_recorder` block has exited: nothing more can be recorded."""
+
+
+@dataclass(eq=False, slots=True)
+class _Flush:
+    """A marker in the channel: set ``done`` once everything queued before it is written."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    written: bool = False
+
+
+_Item: TypeAlias = Record | _Flush
+
+
+@dataclass(slots=True)
+class RecorderStats:
+    """Counters of a recorder, for metrics and tests. Only the recorder updates them."""
+
+    submitted: int = 0
+    """Records accepted by ``record()`` (including those still waiting for room)."""
+    written: int = 0
+    """Records written to the store."""
+    batches: int = 0
+    """Successful batch writes."""
+    failures: int = 0
+    """Failed batch writes (each retry that fails counts)."""
+    waits: int = 0
+    """``record()`` calls that found the channel full and had to wait."""
+
+    @property
+    def queued(self) -> int:
+        """Records submitted but not yet written."""
+        return self.submitted - self.written
+
+
+class Recorder:
+    """Accepts records for writing; made by :func:`open_recorder`, valid inside its block."""
+
+    def __init__(
+        self,
+        store: Store,
+        send: trio.MemorySendChannel[_Item],
+        receive: trio.MemoryReceiveChannel[_Item],
+        batch_size: int,
+    ) -> None:
+        self.stats = RecorderStats()
+        self._store = store
+        self._send = send
+        self._receive = receive
+        self._batch_size = batch_size
+        # The batch being written: kept here, not in the writer's frame, so that the
+        # drain finds it when the writer was cancelled between two attempts.
+        self._batch: list[Record] = []
+        self._flushes: list[_Flush] = []
+        self._failures_in_a_row = 0
+        self._closed = False
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def record(self, record: Record) -> None:
+        """Queue *record* for writing.
+
+        Returns at once unless the channel is full; then it waits for room (the gateway
+        slows down rather than losing records). If cancelled while waiting, the record
+        was not queued. Raises :class:`RecorderClosedError` once the recorder has closed,
+        and TypeError for anything that is not a record.
+        """
+        if type(record) not in _RECORD_TYPES:
+            names = ", ".join(sorted(kind.__name__ for kind in _RECORD_TYPES))
+            raise TypeError(
+                f"Recorder.record() takes a record ({names}), not a {type(record).__name__}"
+            )
+        self._check_open()
+        self.stats.submitted += 1  # before the send, so that written <= submitted always
+        try:
+            try:
+                self._send.send_nowait(record)
+            except trio.WouldBlock:
+                self.stats.waits += 1
+                await self._send.send(record)
+        except BaseException as exc:
+            self.stats.submitted -= 1
+            if isinstance(exc, trio.ClosedResourceError):
+                raise self._closed_error() from None
+            raise
+
+    async def flush(self) -> None:
+        """Wait until every record submitted before this call is written.
+
+        While the store fails this waits (the writes are being retried). Raises
+        :class:`RecorderClosedError` if the recorder closes before they are written.
+        """
+        self._check_open()
+        marker = _Flush()
+        try:
+            await self._send.send(marker)
+        except trio.ClosedResourceError:
+            raise self._closed_error() from None
+        await marker.done.wait()
+        if not marker.written:
+            raise RecorderClosedError(
+                "the recorder closed before the records queued ahead of flush() were written"
+                " (the drain timed out; their count is in the 'bridge.recording' error log)"
+            )
+
+    def ready(self) -> bool:
+        """False after :data:`NOT_READY_AFTER` failed writes in a row, until a write
+        succeeds: the gateway is up but its records are piling up in memory."""
+        return not self._closed and self._failures_in_a_row < NOT_READY_AFTER
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise self._closed_error()
+
+    @staticmethod
+    def _closed_error() -> RecorderClosedError:
+        return RecorderClosedError(
+            "the recorder is closed: its `async with open_recorder(...)` block has exited;"
+            " record only from tasks that end before that block does"
+        )
+
+    # -- the writer -----------------------------------------------------------------------
+
+    async def _write_forever(self) -> None:
+        """The writer task: batch whatever is queued and write it, until cancelled."""
+        while True:
+            if not self._batch and not self._flushes:
+                self._take(await self._receive.receive())
+            self._fill()
+            await self._write_with_retry()
+
+    def _take(self, item: _Item) -> None:
+        if isinstance(item, _Flush):
+            self._flushes.append(item)
+        else:
+            self._batch.append(item)
+
+    def _fill(self) -> None:
+        """Add what is queued to the batch, without waiting, up to the batch size."""
+        while len(self._batch) < self._batch_size:
+            try:
+                item = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            self._take(item)
+
+    async def _write_with_retry(self) -> None:
+        """Write the batch, retrying with backoff until it is written (or cancelled, in
+        which case the batch stays for the drain), then release the flushes behind it."""
+        delay = BACKOFF_MIN
+        while self._batch:
+            try:
+                await trio.to_thread.run_sync(
+                    self._store.write_batch, self._batch, limiter=self._limiter
+                )
+            except Exception as exc:
+                self.stats.failures += 1
+                self._failures_in_a_row += 1
+                logger.error(
+                    "writing %d records failed (%d failure(s) in a row): %s; retrying in %.1f s",
+                    len(self._batch),
+                    self._failures_in_a_row,
+                    exc,
+                    delay,
+                    # The traceback once per outage, not every few seconds.
+                    exc_info=self._failures_in_a_row == 1,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+            else:
+                if self._failures_in_a_row:
+                    logger.warning(
+                        "writing records works again after %d failure(s)", self._failures_in_a_row
+                    )
+                self._failures_in_a_row = 0
+                self.stats.written += len(self._batch)
+                self.stats.batches += 1
+                self._batch = []
+        for marker in self._flushes:
+            marker.written = True
+            marker.done.set()
+        self._flushes = []
+
+    async def _drain(self) -> None:
+        """Write everything still queued. Run by open_recorder's exit, shielded."""
+        self._send.close()  # a task still waiting in record() gets RecorderClosedError
+        while True:
+            self._fill()
+            if not self._batch and not self._flushes:
+                return
+            await self._write_with_retry()
+
+    def _unwritten(self) -> int:
+        """After the drain: how many records are left unwritten (the batch it was retrying
+        plus anything still queued). Releases waiting flushes, which then raise."""
+        while True:
+            try:
+                item = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            self._take(item)
+        for marker in self._flushes:
+            marker.done.set()  # not written: flush() raises
+        self._flushes = []
+        return len(self._batch)
+
+
+@asynccontextmanager
+async def open_recorder(
+    store: Store,
+    *,
+    queue_size: int = QUEUE_SIZE,
+    batch_size: int = BATCH_SIZE,
+    drain_timeout: float = DRAIN_TIMEOUT,
+) -> AsyncIterator[Recorder]:
+    """Run a recorder writing to *store* for the duration of the block.
+
+    The block owns the writer task. On exit, even when the enclosing scope is
+    cancelled, what is queued is written within *drain_timeout* seconds (shielded from
+    the cancellation), then *store* is closed. Records still unwritten at that deadline
+    are lost, and counted in an ERROR log line of the ``bridge.recording`` logger.
+    """
+    if queue_size < 0:
+        raise ValueError(f"queue_size must be >= 0, got {queue_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not drain_timeout >= 0:  # written so that NaN fails too
+        raise ValueError(f"drain_timeout must be a number of seconds >= 0, got {drain_timeout}")
+    send, receive = trio.open_memory_channel[_Item](queue_size)
+    recorder = Recorder(store, send, receive, batch_size)
+    try:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(recorder._write_forever)
+                try:
+                    yield recorder
+                finally:
+                    recorder._closed = True
+                    nursery.cancel_scope.cancel(reason="the recorder is closing")
+        except BaseExceptionGroup as group:
+            # The writer never raises, so a group holds the block's own exception: give
+            # it back unwrapped, as the block raised it.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+    finally:
+        with trio.move_on_after(drain_timeout, shield=True):
+            await recorder._drain()
+        unwritten = recorder._unwritten()
+        if unwritten:
+            logger.error(
+                "%d records were not written: the store did not accept them within the"
+                " drain timeout (%.1f s)",
+                unwritten,
+                drain_timeout,
+            )
+        store.close()

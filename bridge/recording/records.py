@@ -1,0 +1,165 @@
+"""The records an interception leaves behind.
+
+Every record is a frozen dataclass that carries its own id, so that writing one
+twice is harmless (stores insert with "ignore on conflict"): a journal replay or a
+retried batch never duplicates a row. Timestamps are timezone-aware UTC.
+
+One interception produces, in this order:
+
+* one :class:`InterceptionStarted`, before the first upstream call;
+* any number of :class:`TokenUsage`, :class:`PromptUsage`, :class:`ToolUsage` and
+  :class:`ModelThought` records;
+* exactly one :class:`InterceptionEnded`, whatever happened (also when the client
+  went away or the gateway was shutting down).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+__all__ = [
+    "CredentialKind",
+    "InterceptionEnded",
+    "InterceptionStarted",
+    "ModelThought",
+    "Outcome",
+    "PromptUsage",
+    "Record",
+    "TokenUsage",
+    "ToolUsage",
+    "new_id",
+    "utcnow",
+]
+
+
+def new_id() -> str:
+    """A fresh random UUIDv4 as text, the id of every record and interception."""
+    return str(uuid.uuid4())
+
+
+def utcnow() -> _dt.datetime:
+    """The current time, timezone-aware, in UTC."""
+    return _dt.datetime.now(_dt.UTC)
+
+
+class Outcome(enum.StrEnum):
+    """How an interception ended. Exactly one per interception."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    REJECTED = "rejected"
+
+
+class CredentialKind(enum.StrEnum):
+    """Whose provider key paid for the request."""
+
+    CENTRALIZED = "centralized"
+    BYOK = "byok"
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptionStarted:
+    """One client request to a bridged route, before anything is sent upstream."""
+
+    id: str
+    initiator_id: str
+    provider: str
+    """The provider type: ``anthropic``, ``openai``, ``copilot``."""
+    provider_name: str
+    """The configured instance name, e.g. ``anthropic`` or ``copilot-business``."""
+    model: str
+    streaming: bool
+    client: str
+    user_agent: str
+    credential_kind: CredentialKind
+    credential_hint: str
+    """The provider key, masked (reference 1.4): never the key itself."""
+    session_id: str | None = None
+    correlating_tool_call_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    started_at: _dt.datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptionEnded:
+    """The end of an interception, with why it ended."""
+
+    interception_id: str
+    outcome: Outcome
+    error: str | None = None
+    """A short, key-free description of what went wrong, if anything did."""
+    ended_at: _dt.datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """The true totals of one upstream response (one message, completion or response).
+
+    ``cache_write`` is the sum of ``cache_write_5m`` and ``cache_write_1h`` when the
+    provider splits it; ``extra`` holds any further counters a provider reports,
+    under their provider names.
+    """
+
+    interception_id: str
+    provider_response_id: str
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    reasoning: int = 0
+    web_search_requests: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+    created_at: _dt.datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptUsage:
+    """The user's last prompt of an interception (recorded at most once)."""
+
+    interception_id: str
+    provider_response_id: str
+    prompt: str
+    id: str = field(default_factory=new_id)
+    created_at: _dt.datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUsage:
+    """One tool call chosen by the model: a client tool, or an injected MCP tool."""
+
+    interception_id: str
+    provider_response_id: str
+    tool: str
+    tool_call_id: str
+    input: Any
+    """The call's arguments as parsed JSON, or the raw text when it does not parse."""
+    injected: bool = False
+    server_url: str | None = None
+    invocation_error: str | None = None
+    id: str = field(default_factory=new_id)
+    created_at: _dt.datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelThought:
+    """A piece of model reasoning: a thinking block, a reasoning summary, a commentary."""
+
+    interception_id: str
+    content: str
+    source: str
+    """``thinking``, ``reasoning_summary`` or ``commentary``."""
+    id: str = field(default_factory=new_id)
+    created_at: _dt.datetime = field(default_factory=utcnow)
+
+
+Record: TypeAlias = (
+    InterceptionStarted | InterceptionEnded | TokenUsage | PromptUsage | ToolUsage | ModelThought
+)

@@ -1,0 +1,804 @@
+"""A deterministic fake LLM provider that replays scenario fixtures over loopback HTTP/1.1.
+
+Tests, the demo and the benchmarks point the gateway's upstream at this server. It speaks
+raw HTTP/1.1 through h11 on plain trio sockets (no framework), because it doubles as the
+benchmark's upstream and must cost far less than the gateway it measures.
+
+Rules and invariants:
+
+* Scenarios are loaded and validated once (:func:`load_scenarios`); every response's wire
+  bytes (header list, body, one chunk per SSE event) are encoded at load time, so serving a
+  request is routing plus writes. Nothing is logged per request.
+* A scenario is chosen by the ``x-mock-scenario`` request header, else by a scenario whose
+  name equals the body's ``model``, else the server's ``default_scenario``. The response
+  index is the number of request messages carrying a ``tool_result`` block, capped at the
+  last response, so one scenario can answer every call of an agentic loop.
+* Streams are sent one write per SSE event (chunked transfer encoding), with an optional
+  pace between events. While a stream is being sent, a watcher task reads the socket: when
+  the client closes the connection before the stream ends, the time is appended to
+  :attr:`MockUpstream.disconnects` and sending stops. That is how tests observe that the
+  gateway cut the upstream stream when its own client went away.
+* Mistakes in how a test uses the mock (an unknown scenario name, a scenario without
+  streaming responses) are answered with a 400 in Anthropic's error shape whose message
+  names the fix. 400 rather than 500 because SDK clients retry 5xx with back-off.
+* Requests without ``x-api-key`` and without ``authorization`` get 401, so tests can check
+  that the gateway injects the provider key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import h11
+import trio
+
+__all__ = [
+    "APIS",
+    "FIXTURES_DIR",
+    "Expect",
+    "ExpectedError",
+    "ExpectedToolCall",
+    "ExpectedUsage",
+    "FixtureError",
+    "MockUpstream",
+    "ReceivedRequest",
+    "Scenario",
+    "SseEvent",
+    "Upstream",
+    "UpstreamResponse",
+    "load_scenarios",
+    "main",
+]
+
+FIXTURES_DIR: Final[Path] = Path(__file__).resolve().parent.parent / "fixtures"
+"""The repository's ``fixtures/`` directory, the default scenario source."""
+
+APIS: Final[frozenset[str]] = frozenset({"anthropic.messages", "openai.chat", "openai.responses"})
+"""The values a fixture's ``api`` field may take."""
+
+MODELS_SCENARIO: Final[str] = "anthropic_models"
+"""The scenario whose ``upstream.get`` answers ``GET /v1/models``."""
+
+RECEIVE_SIZE: Final[int] = 65536
+"""Bytes asked of the socket per read."""
+
+_USAGE_KEYS: Final[tuple[str, ...]] = (
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "cache_write_5m",
+    "cache_write_1h",
+    "web_search_requests",
+)
+_TOP_KEYS: Final[frozenset[str]] = frozenset(
+    {"name", "description", "api", "request", "upstream", "expect"}
+)
+_EXPECT_KEYS: Final[frozenset[str]] = frozenset(
+    {"usage", "text", "tool_calls", "thinking", "error"}
+)
+_RESPONSE_KEYS: Final[frozenset[str]] = frozenset({"status", "headers", "body", "events", "raw"})
+
+
+class FixtureError(ValueError):
+    """A fixture file breaks the format described in ``fixtures/README.md``."""
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One server-sent event: ``event: <event>`` (omitted when None) and one ``data:`` line.
+
+    ``data`` is JSON (sent compact) or a string sent verbatim, such as OpenAI's ``[DONE]``.
+    """
+
+    event: str | None
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """One canned upstream response and its precomputed wire form.
+
+    Exactly one of ``body`` (a JSON body, sent with content-length), ``events`` (an SSE
+    stream) and ``raw`` (exact text, for malformed streams; several strings are several
+    writes) is set.
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: Any = None
+    events: tuple[SseEvent, ...] | None = None
+    raw: tuple[str, ...] | None = None
+    streamed: bool = field(default=False, compare=False)
+    """True when sent chunked, one write per element of ``wire_chunks``."""
+    wire_headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False, compare=False)
+    wire_chunks: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The responses of one scenario: element i answers the i-th call of an interception."""
+
+    blocking: tuple[UpstreamResponse, ...] = ()
+    streaming: tuple[UpstreamResponse, ...] = ()
+    get: UpstreamResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedUsage:
+    """The true token totals of a scenario, as the gateway must record them."""
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    web_search_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedToolCall:
+    """A client tool call the model makes in a scenario."""
+
+    name: str
+    id: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedError:
+    """The provider error a scenario ends with."""
+
+    status: int
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """What a correct gateway observes; None where the field does not apply."""
+
+    usage: ExpectedUsage | None = None
+    text: str | None = None
+    tool_calls: tuple[ExpectedToolCall, ...] | None = None
+    thinking: tuple[str, ...] | None = None
+    error: ExpectedError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One fixture file: a client request, the upstream's answers and the expected totals."""
+
+    name: str
+    api: str
+    request: dict[str, Any] | None
+    upstream: Upstream
+    expect: Expect
+    description: str = ""
+    path: Path | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRequest:
+    """One request as the mock received it, for tests to inspect."""
+
+    method: str
+    target: str
+    """Path plus query string, e.g. ``/v1/messages?beta=true``."""
+    headers: list[tuple[str, str]]
+    """Header names are lower-case, in arrival order."""
+    body: bytes
+    received_at: float
+    """``trio.current_time()`` when the request was complete."""
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key == wanted:
+                return value
+        return None
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_scenarios(directory: Path) -> dict[str, Scenario]:
+    """Load and validate every ``*.json`` fixture below ``directory``, keyed by name.
+
+    Raises :class:`FixtureError` naming the file and the field at the first violation, and
+    on two files with the same name, because selection by name would be ambiguous.
+    """
+    if not directory.is_dir():
+        raise FixtureError(f"{directory}: not a directory; pass the fixtures/ directory")
+    scenarios: dict[str, Scenario] = {}
+    for path in sorted(directory.rglob("*.json")):
+        scenario = load_scenario(path)
+        other = scenarios.get(scenario.name)
+        if other is not None:
+            raise FixtureError(
+                f"{path}: scenario name {scenario.name!r} is already used by {other.path}; "
+                "names must be unique across the tree"
+            )
+        scenarios[scenario.name] = scenario
+    return scenarios
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Load and validate one fixture file."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FixtureError(f"{path}: not valid JSON: {exc}") from exc
+    return _parse_scenario(document, path)
+
+
+def _fail(path: Path, where: str, problem: str) -> FixtureError:
+    return FixtureError(f"{path}: field {where}: {problem}")
+
+
+def _parse_scenario(document: Any, path: Path) -> Scenario:
+    if not isinstance(document, dict):
+        raise _fail(path, "<top>", f"must be a JSON object, got {type(document).__name__}")
+    unknown = set(document) - _TOP_KEYS
+    if unknown:
+        raise _fail(path, "<top>", f"unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    for key in ("name", "api", "upstream", "expect"):
+        if key not in document:
+            raise _fail(path, key, "is required")
+    name = document["name"]
+    if name != path.stem:
+        raise _fail(path, "name", f"{name!r} must equal the file stem {path.stem!r}")
+    api = document["api"]
+    if api not in APIS:
+        raise _fail(path, "api", f"{api!r} is not one of {sorted(APIS)}")
+    description = document.get("description", "")
+    if not isinstance(description, str):
+        raise _fail(path, "description", "must be a string")
+    request = document.get("request")
+    if request is not None and not isinstance(request, dict):
+        raise _fail(path, "request", "must be a JSON object (the client's body) or null")
+    return Scenario(
+        name=name,
+        api=api,
+        request=request,
+        upstream=_parse_upstream(document["upstream"], path),
+        expect=_parse_expect(document["expect"], path),
+        description=description,
+        path=path,
+    )
+
+
+def _parse_upstream(value: Any, path: Path) -> Upstream:
+    if not isinstance(value, dict) or not value:
+        raise _fail(path, "upstream", "must be an object with 'blocking', 'streaming' or 'get'")
+    unknown = set(value) - {"blocking", "streaming", "get"}
+    if unknown:
+        raise _fail(path, "upstream", f"unknown keys {sorted(unknown)}")
+    lists: dict[str, tuple[UpstreamResponse, ...]] = {}
+    for kind in ("blocking", "streaming"):
+        items = value.get(kind, [])
+        if not isinstance(items, list) or (kind in value and not items):
+            raise _fail(path, f"upstream.{kind}", "must be a non-empty list of responses")
+        lists[kind] = tuple(
+            _parse_response(item, path, f"upstream.{kind}[{i}]", streaming=kind == "streaming")
+            for i, item in enumerate(items)
+        )
+    get = None
+    if "get" in value:
+        get = _parse_response(value["get"], path, "upstream.get", streaming=False)
+    return Upstream(blocking=lists["blocking"], streaming=lists["streaming"], get=get)
+
+
+def _parse_response(value: Any, path: Path, where: str, *, streaming: bool) -> UpstreamResponse:
+    if not isinstance(value, dict):
+        raise _fail(path, where, "must be an object with 'status' and 'body', 'events' or 'raw'")
+    unknown = set(value) - _RESPONSE_KEYS
+    if unknown:
+        raise _fail(
+            path, where, f"unknown keys {sorted(unknown)}; allowed: {sorted(_RESPONSE_KEYS)}"
+        )
+    status = value.get("status")
+    if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
+        raise _fail(path, f"{where}.status", f"{status!r} must be an HTTP status from 200 to 599")
+    raw_headers = value.get("headers", {})
+    if not isinstance(raw_headers, dict) or not all(
+        isinstance(v, str) for v in raw_headers.values()
+    ):
+        raise _fail(path, f"{where}.headers", "must be an object of string values")
+    headers = tuple((k.lower(), v) for k, v in raw_headers.items())
+    present = [key for key in ("body", "events", "raw") if key in value]
+    if len(present) != 1:
+        raise _fail(path, where, f"needs exactly one of 'body', 'events', 'raw', got {present}")
+    if "events" in value and not streaming:
+        raise _fail(path, f"{where}.events", "only streaming responses have events; use 'body'")
+    if "body" in value and streaming and status < 300:
+        raise _fail(
+            path, f"{where}.body", "a 2xx streaming response needs 'events' or 'raw', not 'body'"
+        )
+    events = None
+    if "events" in value:
+        events = _parse_events(value["events"], path, f"{where}.events")
+    raw = None
+    if "raw" in value:
+        raw_value = value["raw"]
+        raw = (raw_value,) if isinstance(raw_value, str) else raw_value
+        if not isinstance(raw, list | tuple) or not all(isinstance(r, str) for r in raw):
+            raise _fail(path, f"{where}.raw", "must be a string or a list of strings")
+        raw = tuple(raw)
+    response = UpstreamResponse(
+        status=status, headers=headers, body=value.get("body"), events=events, raw=raw
+    )
+    return _encode(response, streaming=streaming)
+
+
+def _parse_events(value: Any, path: Path, where: str) -> tuple[SseEvent, ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail(path, where, "must be a non-empty list of {event, data} objects")
+    events: list[SseEvent] = []
+    for i, item in enumerate(value):
+        here = f"{where}[{i}]"
+        if not isinstance(item, dict) or "data" not in item or set(item) - {"event", "data"}:
+            raise _fail(path, here, "must be an object with 'data' and optionally 'event'")
+        name = item.get("event")
+        if name is not None and (not isinstance(name, str) or "\n" in name or "\r" in name):
+            raise _fail(path, f"{here}.event", f"{name!r} must be a one-line string")
+        data = item["data"]
+        if isinstance(data, str) and ("\n" in data or "\r" in data):
+            raise _fail(path, f"{here}.data", "a string data must be one line; use 'raw' instead")
+        if name == "error" and i != len(value) - 1:
+            raise _fail(path, here, "an error event ends the stream, so it must be the last one")
+        events.append(SseEvent(event=name, data=data))
+    return tuple(events)
+
+
+def _parse_expect(value: Any, path: Path) -> Expect:
+    if not isinstance(value, dict):
+        raise _fail(path, "expect", "must be an object")
+    unknown = set(value) - _EXPECT_KEYS
+    if unknown:
+        raise _fail(
+            path, "expect", f"unknown keys {sorted(unknown)}; allowed: {sorted(_EXPECT_KEYS)}"
+        )
+    usage = None
+    if "usage" in value:
+        raw_usage = value["usage"]
+        if not isinstance(raw_usage, dict) or set(raw_usage) - set(_USAGE_KEYS):
+            raise _fail(path, "expect.usage", f"must be an object with keys from {_USAGE_KEYS}")
+        for key, count in raw_usage.items():
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise _fail(path, f"expect.usage.{key}", f"{count!r} must be an integer >= 0")
+        usage = ExpectedUsage(**raw_usage)
+    text = value.get("text")
+    if text is not None and not isinstance(text, str):
+        raise _fail(path, "expect.text", "must be a string")
+    tool_calls = None
+    if "tool_calls" in value:
+        raw_calls = value["tool_calls"]
+        if not isinstance(raw_calls, list):
+            raise _fail(path, "expect.tool_calls", "must be a list")
+        calls = []
+        for i, call in enumerate(raw_calls):
+            if (
+                not isinstance(call, dict)
+                or set(call) != {"name", "id", "input"}
+                or not isinstance(call["input"], dict)
+            ):
+                raise _fail(path, f"expect.tool_calls[{i}]", "must be {name, id, input: object}")
+            calls.append(ExpectedToolCall(name=call["name"], id=call["id"], input=call["input"]))
+        tool_calls = tuple(calls)
+    thinking = None
+    if "thinking" in value:
+        raw_thinking = value["thinking"]
+        if not isinstance(raw_thinking, list) or not all(isinstance(t, str) for t in raw_thinking):
+            raise _fail(path, "expect.thinking", "must be a list of strings")
+        thinking = tuple(raw_thinking)
+    error = None
+    if "error" in value:
+        raw_error = value["error"]
+        if (
+            not isinstance(raw_error, dict)
+            or set(raw_error) != {"status", "type"}
+            or not isinstance(raw_error["status"], int)
+            or not isinstance(raw_error["type"], str)
+        ):
+            raise _fail(path, "expect.error", "must be {status: int, type: str}")
+        error = ExpectedError(status=raw_error["status"], type=raw_error["type"])
+    return Expect(usage=usage, text=text, tool_calls=tool_calls, thinking=thinking, error=error)
+
+
+# --------------------------------------------------------------------------- wire encoding
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _encode_event(event: SseEvent) -> bytes:
+    data = event.data.encode("utf-8") if isinstance(event.data, str) else _compact(event.data)
+    if event.event is None:
+        return b"data: " + data + b"\n\n"
+    return b"event: " + event.event.encode("utf-8") + b"\ndata: " + data + b"\n\n"
+
+
+def _encode(response: UpstreamResponse, *, streaming: bool) -> UpstreamResponse:
+    """Return ``response`` with its wire headers and chunks filled in."""
+    names = {name for name, _ in response.headers}
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+    streamed = response.events is not None or (response.raw is not None and streaming)
+    if response.events is not None:
+        chunks = tuple(_encode_event(event) for event in response.events)
+    elif response.raw is not None:
+        chunks = tuple(r.encode("utf-8") for r in response.raw)
+    else:
+        chunks = (_compact(response.body),)
+    if "content-type" not in names:
+        content_type = b"text/event-stream" if streamed else b"application/json"
+        headers.append((b"content-type", content_type))
+    if streamed:
+        headers.append((b"cache-control", b"no-cache"))
+    else:
+        chunks = (b"".join(chunks),)
+        headers.append((b"content-length", str(len(chunks[0])).encode("ascii")))
+    return UpstreamResponse(
+        status=response.status,
+        headers=response.headers,
+        body=response.body,
+        events=response.events,
+        raw=response.raw,
+        streamed=streamed,
+        wire_headers=tuple(headers),
+        wire_chunks=chunks,
+    )
+
+
+def _error_response(status: int, error_type: str, message: str) -> UpstreamResponse:
+    """A response in Anthropic's error shape, for answers the mock makes up itself."""
+    body = {
+        "type": "error",
+        "error": {"type": error_type, "message": message},
+        "request_id": "req_mock",
+    }
+    return _encode(
+        UpstreamResponse(status=status, headers=(("request-id", "req_mock"),), body=body),
+        streaming=False,
+    )
+
+
+def _json_response(body: Any) -> UpstreamResponse:
+    return _encode(
+        UpstreamResponse(status=200, headers=(("request-id", "req_mock"),), body=body),
+        streaming=False,
+    )
+
+
+_NOT_AUTHENTICATED: Final = _error_response(
+    401, "authentication_error", "x-api-key header is required"
+)
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def _tool_result_turns(body: Any) -> int:
+    """How many request messages carry a ``tool_result`` block: the agentic-loop call index."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return 0
+    turns = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(block, dict) and block.get("type") == "tool_result" for block in content
+        ):
+            turns += 1
+    return turns
+
+
+class MockUpstream:
+    """The fake provider: serve it with :meth:`serve`, then inspect what it saw.
+
+    ``pace`` is the delay in seconds between SSE events (the ``x-mock-pace-ms`` request
+    header overrides it per request). Use it with trio's ``autojump_clock`` in tests.
+    """
+
+    def __init__(
+        self,
+        scenarios: Mapping[str, Scenario] | None = None,
+        *,
+        pace: float = 0.0,
+        default_scenario: str = "anthropic_text",
+    ) -> None:
+        if scenarios is None:
+            scenarios = load_scenarios(FIXTURES_DIR)
+        if not math.isfinite(pace) or pace < 0:
+            raise ValueError(f"pace must be a finite number of seconds >= 0, got {pace!r}")
+        if default_scenario not in scenarios:
+            raise ValueError(
+                f"default_scenario {default_scenario!r} is not among the loaded scenarios "
+                f"{sorted(scenarios)}; pass one of them"
+            )
+        self.scenarios: Mapping[str, Scenario] = scenarios
+        self.pace = pace
+        self.default_scenario = default_scenario
+        self.requests: list[ReceivedRequest] = []
+        self.disconnects: list[float] = []
+        """``trio.current_time()`` of each client close while a stream was being sent."""
+        self.completed_streams = 0
+        self._changed = trio.Event()
+
+    # -- waiting, for tests
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_disconnect(self, count: int = 1) -> float:
+        """Wait until ``count`` disconnects were seen in total; return the time of that one."""
+        while len(self.disconnects) < count:
+            await self._changed.wait()
+        return self.disconnects[count - 1]
+
+    async def wait_completed_streams(self, count: int = 1) -> None:
+        """Wait until ``count`` streams were sent to the end in total.
+
+        A client can hold the last byte of a stream before the mock's task has counted it,
+        so tests wait here rather than read :attr:`completed_streams` right away.
+        """
+        while self.completed_streams < count:
+            await self._changed.wait()
+
+    async def wait_requests(self, count: int = 1) -> ReceivedRequest:
+        """Wait until ``count`` requests were received in total; return that one."""
+        while len(self.requests) < count:
+            await self._changed.wait()
+        return self.requests[count - 1]
+
+    # -- serving
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` and serve until cancelled; report the bound port."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound_port: int = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._serve_connection, listeners)
+            task_status.started(bound_port)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        """Answer requests on one keep-alive connection until either side closes it."""
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        conn = h11.Connection(h11.SERVER)
+        async with stream:
+            try:
+                while True:
+                    request = await self._read_request(conn, stream)
+                    if request is None:
+                        return
+                    response, pace = self._route(request)
+                    if response.streamed:
+                        if not await self._send_stream(conn, stream, response, pace):
+                            return
+                    else:
+                        await stream.send_all(_blocking_bytes(conn, response))
+                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                        return
+                    conn.start_next_cycle()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the client went away between requests or during a blocking answer
+            except h11.RemoteProtocolError as exc:
+                await _send_protocol_error(conn, stream, exc)
+
+    async def _read_request(
+        self, conn: h11.Connection, stream: trio.SocketStream
+    ) -> ReceivedRequest | None:
+        """The next complete request, or None when the client closed the connection."""
+        head: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
+            elif isinstance(event, h11.Request):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None  # h11 never ends a message it did not start
+                request = ReceivedRequest(
+                    method=head.method.decode("ascii"),
+                    target=head.target.decode("ascii"),
+                    headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers],
+                    body=bytes(body),
+                    received_at=trio.current_time(),
+                )
+                self.requests.append(request)
+                self._notify()
+                return request
+            else:  # ConnectionClosed, or PAUSED after a protocol switch we never accept
+                return None
+
+    def _route(self, request: ReceivedRequest) -> tuple[UpstreamResponse, float]:
+        """Pick the response for ``request`` and the pace of its stream."""
+        path = request.target.partition("?")[0]
+        if path == "/v1/messages" and request.method == "POST":
+            handler = self._messages
+        elif path == "/v1/messages/count_tokens" and request.method == "POST":
+            handler = self._count_tokens
+        elif path == "/v1/models" and request.method == "GET":
+            handler = self._models
+        else:
+            return _error_response(
+                404, "not_found_error", f"{request.method} {path}: no such route in the mock"
+            ), 0.0
+        if request.header("x-api-key") is None and request.header("authorization") is None:
+            return _NOT_AUTHENTICATED, 0.0
+        pace = self.pace
+        pace_ms = request.header("x-mock-pace-ms")
+        if pace_ms is not None:
+            try:
+                pace = float(pace_ms) / 1000
+            except ValueError:
+                pace = -1.0
+            if not math.isfinite(pace) or pace < 0:
+                return _error_response(
+                    400,
+                    "invalid_request_error",
+                    f"x-mock-pace-ms: {pace_ms!r} must be a number of milliseconds >= 0",
+                ), 0.0
+        return handler(request), pace
+
+    def _messages(self, request: ReceivedRequest) -> UpstreamResponse:
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            return _error_response(400, "invalid_request_error", "the body is not valid JSON")
+        if not isinstance(body, dict):
+            return _error_response(400, "invalid_request_error", "the body must be a JSON object")
+        name = request.header("x-mock-scenario")
+        if name is None:
+            model = body.get("model")
+            name = model if isinstance(model, str) and model in self.scenarios else None
+        scenario = self.scenarios.get(name if name is not None else self.default_scenario)
+        if scenario is None:
+            return _error_response(
+                400,
+                "invalid_request_error",
+                f"x-mock-scenario: {name!r} names no loaded scenario; "
+                f"known: {sorted(self.scenarios)}",
+            )
+        streaming = body.get("stream") is True
+        kind = "streaming" if streaming else "blocking"
+        responses = scenario.upstream.streaming if streaming else scenario.upstream.blocking
+        if not responses:
+            return _error_response(
+                400,
+                "invalid_request_error",
+                f"mock scenario {scenario.name!r} has no upstream.{kind} responses; "
+                f"add them to {scenario.path} or pick another scenario",
+            )
+        return responses[min(_tool_result_turns(body), len(responses) - 1)]
+
+    def _count_tokens(self, request: ReceivedRequest) -> UpstreamResponse:
+        return _json_response({"input_tokens": len(request.body) // 4})
+
+    def _models(self, request: ReceivedRequest) -> UpstreamResponse:
+        scenario = self.scenarios.get(MODELS_SCENARIO)
+        if scenario is None or scenario.upstream.get is None:
+            return _error_response(
+                400,
+                "invalid_request_error",
+                f"GET /v1/models needs a loaded scenario {MODELS_SCENARIO!r} with upstream.get",
+            )
+        return scenario.upstream.get
+
+    async def _send_stream(
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        response: UpstreamResponse,
+        pace: float,
+    ) -> bool:
+        """Send a chunked stream while watching for the client closing the connection.
+
+        Returns False when the connection cannot carry another request. A close counts as a
+        disconnect only if it came before the last byte of the stream was written. The
+        watcher owns the receive side only for the duration of the stream; bytes a client
+        sends meanwhile (pipelining) are buffered in h11 for the next cycle.
+        """
+        sent_all = False
+        peer_closed = False
+
+        async def watch_for_close(cancel_sending: trio.CancelScope) -> None:
+            nonlocal peer_closed
+            while True:
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    peer_closed = True
+                    cancel_sending.cancel()
+                    return
+                conn.receive_data(data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_for_close, nursery.cancel_scope)
+            try:
+                head = h11.Response(
+                    status_code=response.status, headers=list(response.wire_headers)
+                )
+                await stream.send_all(conn.send(head))
+                for i, chunk in enumerate(response.wire_chunks):
+                    if i and pace:
+                        await trio.sleep(pace)
+                    await stream.send_all(conn.send(h11.Data(data=chunk)))
+                await stream.send_all(conn.send(h11.EndOfMessage()))
+                sent_all = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                peer_closed = True
+            nursery.cancel_scope.cancel()
+        if sent_all:
+            self.completed_streams += 1
+        else:
+            self.disconnects.append(trio.current_time())
+        self._notify()
+        return sent_all and not peer_closed
+
+
+def _blocking_bytes(conn: h11.Connection, response: UpstreamResponse) -> bytes:
+    """The whole response (head, body, end) as one buffer, so it goes out in one write."""
+    head = h11.Response(status_code=response.status, headers=list(response.wire_headers))
+    parts = [conn.send(head)]
+    parts.extend(conn.send(h11.Data(data=chunk)) for chunk in response.wire_chunks)
+    parts.append(conn.send(h11.EndOfMessage()))
+    return b"".join(parts)
+
+
+async def _send_protocol_error(
+    conn: h11.Connection, stream: trio.SocketStream, exc: h11.RemoteProtocolError
+) -> None:
+    """Answer a malformed request with 400 (or h11's hint) when a response can still start."""
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    response = _error_response(exc.error_status_hint, "invalid_request_error", str(exc))
+    try:
+        await stream.send_all(_blocking_bytes(conn, response))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+        return
+
+
+def main(port: int, host: str = "127.0.0.1") -> None:
+    """Run the mock upstream on ``host:port`` with the repository's fixtures until Ctrl-C."""
+
+    async def run() -> None:
+        upstream = MockUpstream()
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(upstream.serve, host, port)
+            print(
+                f"mock upstream: {len(upstream.scenarios)} scenarios on http://{host}:{bound}",
+                flush=True,
+            )
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        return

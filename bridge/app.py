@@ -1,0 +1,199 @@
+"""The HTTP layer: an ASGI entry point that owns bridged requests, Quart for the rest.
+
+Why not a Quart view for the bridged routes: a view returns its ``Response``
+before the body streams, so a nursery opened in the view cannot own the stream,
+and clients leaving between the upstream headers and the body's first step leaked
+upstream connections (design.md). Here one task owns each request from its first
+byte to its last: it reads the body (bounded by ``server.max_body_bytes``), hands
+the request to the engine with a sink over ASGI ``send``, and reports the client
+leaving through ``receive()``, which hypercorn's ``send()`` never does.
+
+Everything that is not a provider route (health, readiness, metrics, and the 404
+for unknown paths) is served by a small Quart-Trio app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from bridge.core.engine import Engine
+from bridge.core.exchange import Request
+from bridge.errors import PayloadTooLarge
+
+__all__ = ["ASGIApp", "make_asgi_app"]
+
+logger = logging.getLogger("bridge.app")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ASGISink:
+    """A :class:`~bridge.core.exchange.ResponseSink` over one ASGI HTTP exchange."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.started = False
+        self.ended = False
+
+    async def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        self.started = True
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+
+    async def send(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self) -> None:
+        self.ended = True
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def wait_disconnected(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+
+async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes | None:
+    """The whole request body, or ``None`` if the client left while sending it."""
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit} byte limit")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the {limit} byte limit")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _request_from_scope(scope: Scope, body: bytes) -> Request:
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    client = scope.get("client")
+    return Request(
+        method=scope["method"],
+        path=path,
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+        body=body,
+        client_address=client[0] if client else "",
+        scheme=scope.get("scheme", "http"),
+    )
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _serve_provider_route(engine: Engine, scope: Scope, receive: Receive, send: Send) -> None:
+    sink = ASGISink(receive, send)
+    try:
+        limit = engine.config.server.max_body_bytes
+        body = await _read_body(receive, limit, _declared_length(scope))
+        if body is None:
+            return
+        await engine.handle(_request_from_scope(scope, body), sink)
+    except PayloadTooLarge as exc:
+        await _plain_error(sink, 413, str(exc), close=True, engine=engine, path=scope["path"])
+    except Exception:
+        logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
+        if not sink.started:
+            message = "internal error in the gateway"
+            await _plain_error(sink, 500, message, engine=engine, path=scope["path"])
+
+
+async def _plain_error(
+    sink: ASGISink, status: int, message: str, *, engine: Engine, path: str, close: bool = False
+) -> None:
+    body = engine.error_body(path, status, message)
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    if close:
+        # quart-trio/hypercorn-trio hang a keep-alive connection after an early 413
+        # (stack-notes.md, gotcha 4): close it.
+        headers.append(("connection", "close"))
+    await sink.start(status, headers)
+    await sink.send(body)
+    await sink.end()
+
+
+def _control_app(engine: Engine) -> QuartTrio:
+    app = QuartTrio("bridge")
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        checks = await engine.readiness()
+        ready = all(check["ok"] for check in checks.values())
+        return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.errorhandler(404)
+    async def not_found(_: Exception) -> Response:
+        message = f"route not supported: {request.method} {request.path}"
+        return _json({"error": {"type": "not_found", "message": message}}, 404)
+
+    @app.errorhandler(405)
+    async def not_allowed(_: Exception) -> Response:
+        message = f"method not allowed: {request.method} {request.path}"
+        return _json({"error": {"type": "method_not_allowed", "message": message}}, 405)
+
+    @app.after_request
+    async def close_after_early_errors(response: Response) -> Response:
+        if response.status_code in (408, 413):
+            response.headers["Connection"] = "close"
+        return response
+
+    return app
+
+
+def _json(document: Any, status: int = 200) -> Response:
+    return Response(json.dumps(document), status=status, content_type="application/json")
+
+
+def make_asgi_app(engine: Engine) -> ASGIApp:
+    """The gateway's ASGI application over ``engine``."""
+    control = _control_app(engine)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and engine.owns(scope["path"]):
+            await _serve_provider_route(engine, scope, receive, send)
+        else:
+            await control(scope, receive, send)  # type: ignore[arg-type]
+
+    return app

@@ -1,0 +1,73 @@
+"""Which AI client sent a request, and its session id (reference section 6.4).
+
+The rules are a table, first match wins, read from the lower-cased ``User-Agent``
+and a few client-specific headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+__all__ = ["guess_client", "session_id"]
+
+# (user-agent prefix, client name), in order: the first match wins.
+_USER_AGENT_PREFIXES: Final = (
+    ("mux/", "Mux"),
+    ("claude", "Claude Code"),
+    ("codex", "Codex"),
+    ("zed/", "Zed"),
+    ("githubcopilotchat/", "GitHub Copilot (VS Code)"),
+    ("copilot/", "GitHub Copilot (CLI)"),
+    ("kilo-code/", "Kilo Code"),
+    ("roo-code/", "Roo Code"),
+    ("coder-agents/", "Coder Agents"),
+    ("charm crush/", "Charm Crush"),
+    ("opencode/", "OpenCode"),
+)
+_ORIGINATORS: Final = {"kilo-code": "Kilo Code", "roo-code": "Roo Code"}
+
+# The header carrying each client's session id.
+_SESSION_HEADERS: Final = {
+    "Claude Code": ("x-claude-code-session-id",),
+    "Codex": ("session-id", "session_id"),
+    "Mux": ("x-mux-workspace-id",),
+    "GitHub Copilot (VS Code)": ("x-interaction-id",),
+    "GitHub Copilot (CLI)": ("x-client-session-id",),
+    "Kilo Code": ("x-kilocode-taskid",),
+    "Coder Agents": ("x-coder-chat-id",),
+    "OpenCode": ("x-opencode-session",),
+}
+
+
+def _get(headers: Sequence[tuple[str, str]], name: str) -> str:
+    for key, value in headers:
+        if key == name:
+            return value
+    return ""
+
+
+def guess_client(headers: Sequence[tuple[str, str]]) -> str:
+    """The client's name, or ``Unknown``."""
+    user_agent = _get(headers, "user-agent").lower()
+    for prefix, name in _USER_AGENT_PREFIXES:
+        if user_agent.startswith(prefix):
+            return name
+    originator = _get(headers, "originator").lower()
+    if originator in _ORIGINATORS:
+        return _ORIGINATORS[originator]
+    if _get(headers, "x-cursor-client-version"):
+        return "Cursor"
+    return "Unknown"
+
+
+def session_id(
+    client: str, headers: Sequence[tuple[str, str]], body_hint: str | None = None
+) -> str | None:
+    """The client's session id from its header, else from the body (Claude Code)."""
+    for name in _SESSION_HEADERS.get(client, ()):
+        if value := _get(headers, name).strip():
+            return value
+    if client == "Claude Code" and body_hint:
+        return body_hint
+    return None

@@ -1,0 +1,202 @@
+"""The engine: routes requests to interceptions and passthrough relays.
+
+An :class:`Engine` holds what lives as long as the gateway: the configuration,
+one upstream connection pool per provider, and the recorder. It serves any number
+of requests concurrently; each request is owned by the task that calls
+:meth:`Engine.handle`, from its first byte to its last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Protocol
+
+import trio
+
+from bridge.auth import authenticate, identity_headers
+from bridge.config import Config
+from bridge.core.exchange import Request, ResponseSink
+from bridge.core.interception import Interception, intercept
+from bridge.core.passthrough import passthrough
+from bridge.dialects import DIALECTS
+from bridge.errors import ClientError, NotFound
+from bridge.providers import Provider, Route, RouteKind
+from bridge.recording.recorder import Recorder, open_recorder
+from bridge.recording.records import new_id
+from bridge.recording.store import Store, open_store
+from bridge.upstream import UpstreamClient
+
+__all__ = ["Engine", "open_engine"]
+
+logger = logging.getLogger("bridge.engine")
+
+# The dialect whose error shape each provider type uses outside bridged routes.
+_ERROR_DIALECT = {"anthropic": "anthropic.messages"}
+
+
+class Engine:
+    """Routes, authenticates and runs requests. Create it with :func:`open_engine`."""
+
+    def __init__(
+        self,
+        config: Config,
+        recorder: Recorder,
+        store: Store,
+        upstreams: dict[str, UpstreamClient],
+    ) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.store = store
+        self.providers = {p.name: Provider(p) for p in config.providers}
+        self._upstreams = upstreams
+        self._strip = identity_headers(config.auth)
+        self.inflight = 0
+        """Interceptions and passthrough relays under way."""
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def owns(self, path: str) -> bool:
+        """Whether ``path`` starts with a provider's route prefix."""
+        name = path.lstrip("/").partition("/")[0]
+        return name in self.providers
+
+    def error_body(self, path: str, status: int, message: str) -> bytes:
+        """An error body in the shape of the provider owning ``path``."""
+        provider, _ = self.route(path)
+        return self._error_dialect(provider).error_body(status, message)
+
+    async def readiness(self) -> dict[str, dict[str, object]]:
+        """Named checks for ``/readyz``: the recorder and its store, the providers."""
+        checks: dict[str, dict[str, object]] = {}
+        try:
+            await trio.to_thread.run_sync(self.store.check)
+            store_ok, detail = self.recorder.ready(), "writing"
+        except Exception as exc:
+            store_ok, detail = False, f"store unusable: {type(exc).__name__}"
+        checks["recorder"] = {
+            "ok": store_ok,
+            "detail": detail,
+            "queued": self.recorder.stats.queued,
+        }
+        configured = [p.name for p in self.config.providers]
+        checks["providers"] = {"ok": bool(configured), "detail": ", ".join(configured) or "none"}
+        return checks
+
+    def route(self, path: str) -> tuple[Provider | None, Route | None]:
+        """The provider owning ``path`` (by its first segment) and the route, if any."""
+        name, _, rest = path.lstrip("/").partition("/")
+        provider = self.providers.get(name)
+        if provider is None:
+            return None, None
+        return provider, provider.route("/" + rest)
+
+    async def handle(self, request: Request, sink: ResponseSink) -> None:
+        """Serve one request to completion.
+
+        Client mistakes get a 4xx in the provider's error shape; nothing raises out
+        of here for a client's fault. Cancellation propagates (the caller owns it).
+        """
+        provider, route = self.route(request.path)
+        dialect = self._error_dialect(provider)
+        self.inflight += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        try:
+            if route is None:
+                raise NotFound(f"route not supported: {request.method} {request.path}")
+            actor = request.actor or authenticate(self.config.auth, request.headers)
+            if route.kind is RouteKind.PASSTHROUGH:
+                await passthrough(
+                    route,
+                    request,
+                    sink,
+                    self._upstreams[route.provider.name],
+                    error_body=dialect.error_body(502, "the upstream is unreachable"),
+                    strip=self._strip,
+                )
+                return
+            assert route.dialect is not None
+            bridged = DIALECTS[route.dialect]
+            parsed = bridged.parse_request(request.body)
+            ix = Interception(
+                id=new_id(),
+                route=route,
+                request=request,
+                actor=actor,
+                parsed=parsed,
+                dialect=bridged,
+                credential=route.provider.credential(list(request.headers)),
+                upstream=self._upstreams[route.provider.name],
+                recorder=self.recorder,
+                strip_headers=self._strip,
+            )
+            await intercept(ix, sink, ping_interval=self.config.server.ping_interval)
+        except ClientError as exc:
+            await _respond(sink, exc.status_hint, dialect.error_body(exc.status_hint, str(exc)))
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being served (every record of them is queued)."""
+        while self.inflight:
+            await self._idle.wait()
+
+    def _error_dialect(self, provider: Provider | None) -> ErrorShape:
+        if provider is None:
+            return _GENERIC
+        return DIALECTS[_ERROR_DIALECT[provider.type]]
+
+
+async def _respond(sink: ResponseSink, status: int, body: bytes) -> None:
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    await sink.start(status, headers)
+    await sink.send(body)
+    await sink.end()
+
+
+class ErrorShape(Protocol):
+    """Anything that can shape an error body: every dialect can."""
+
+    def error_body(self, status: int, message: str) -> bytes:
+        """An error body for ``status`` with ``message``."""
+        ...
+
+
+class _GenericErrors:
+    """Error shape for paths that belong to no provider."""
+
+    def error_body(self, status: int, message: str) -> bytes:
+        return json.dumps({"error": {"type": "not_found", "message": message}}).encode()
+
+
+_GENERIC = _GenericErrors()
+
+
+@asynccontextmanager
+async def open_engine(config: Config, *, store: Store | None = None) -> AsyncIterator[Engine]:
+    """Open the store, the recorder and the upstream pools; close them in reverse.
+
+    On exit, in-flight work is the caller's to have finished or cancelled; the
+    recorder then drains every queued record to the store before this returns.
+    """
+    async with AsyncExitStack() as stack:
+        if store is None:
+            store = await trio.to_thread.run_sync(open_store, config.recording.database)
+        recorder = await stack.enter_async_context(
+            open_recorder(
+                store,
+                queue_size=config.recording.queue_size,
+                batch_size=config.recording.batch_size,
+            )
+        )
+        upstreams: dict[str, UpstreamClient] = {}
+        for provider in config.providers:
+            client = UpstreamClient(connect_timeout=provider.connect_timeout)
+            stack.push_async_callback(client.aclose)
+            upstreams[provider.name] = client
+        yield Engine(config, recorder, store, upstreams)

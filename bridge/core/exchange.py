@@ -1,0 +1,55 @@
+"""What the core receives and where it writes: a request, an actor, a response sink.
+
+These are the seams between the core and whatever carries the bytes (ASGI, an
+embedding program, a test). The sink is written by exactly one task at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.auth import Actor
+
+__all__ = ["Request", "ResponseSink"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A client request, fully read.
+
+    ``path`` is the raw (still percent-encoded) path, so that an encoded slash can be
+    told apart from a real one when routing.
+    """
+
+    method: str
+    path: str
+    query: str = ""
+    headers: Sequence[tuple[str, str]] = ()
+    """Header pairs with lower-case names, in the order received."""
+    body: bytes = b""
+    actor: Actor | None = None
+    """Who asked; ``None`` means: authenticate by the configured auth mode."""
+    client_address: str = ""
+    scheme: str = "http"
+
+
+class ResponseSink(Protocol):
+    """Where the core writes a response. Start once, send frames, end once."""
+
+    async def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        """Send the status line and headers."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Send a piece of the body; one call per SSE frame, never merged."""
+        ...
+
+    async def end(self) -> None:
+        """Finish the body."""
+        ...
+
+    async def wait_disconnected(self) -> None:
+        """Return when the client has gone away (never returns for a patient client)."""
+        ...

@@ -1,0 +1,259 @@
+"""One interception, from the parsed request to its ended record.
+
+Rules of this module:
+
+* An interception runs in **its own nursery**, which owns everything it starts:
+  the upstream response, the relay to the client, the keep-alive pings and the
+  watcher of the client's connection. When the client goes away, the watcher
+  cancels that nursery: the upstream connection is closed, so the provider stops
+  generating (and billing).
+* Nothing outlives the interception: when :func:`intercept` returns, every task it
+  started has ended and every socket it opened is closed.
+* Recording survives cancellation: what was learnt (usage so far) and the single
+  ended record are written under a shielded cancel scope with a deadline.
+* Errors never leave as tracebacks: before the response starts they become a real
+  HTTP status in the provider's shape; after, an in-stream error event.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from bridge.auth import Actor
+from bridge.clients import guess_client, session_id
+from bridge.core.exchange import Request, ResponseSink
+from bridge.core.relay import Relay
+from bridge.dialects.base import Dialect, ParsedRequest, Turn, TurnResult
+from bridge.errors import BridgeError, UpstreamError
+from bridge.providers import Credential, Route, forwardable_response_headers
+from bridge.recording.recorder import Recorder
+from bridge.recording.records import (
+    InterceptionEnded,
+    InterceptionStarted,
+    ModelThought,
+    Outcome,
+    PromptUsage,
+    Record,
+    TokenUsage,
+    ToolUsage,
+    new_id,
+)
+from bridge.sse import Decoder, Event
+from bridge.upstream import MAX_ERROR_BODY, UpstreamClient, UpstreamResponse
+
+__all__ = ["RECORD_DEADLINE", "Interception", "intercept"]
+
+logger = logging.getLogger("bridge.interception")
+
+RECORD_DEADLINE = 5.0
+"""Seconds the final records of a cancelled interception may take to be queued."""
+
+_JSON = ("content-type", "application/json")
+
+
+@dataclass(slots=True)
+class Interception:
+    """The state of one interception, shared by its tasks."""
+
+    id: str
+    route: Route
+    request: Request
+    actor: Actor
+    parsed: ParsedRequest
+    dialect: Dialect
+    credential: Credential
+    upstream: UpstreamClient
+    recorder: Recorder
+    strip_headers: tuple[str, ...] = ()
+    client_gone: bool = False
+    prompt_recorded: bool = False
+    failure: str | None = None
+    turns: list[TurnResult] = field(default_factory=list)
+
+
+async def intercept(ix: Interception, sink: ResponseSink, *, ping_interval: float) -> Outcome:
+    """Run the interception to its end and record it; return its outcome.
+
+    Cancellation: if the enclosing scope is cancelled (the gateway is shutting down)
+    the client may have seen a prefix of the response, the upstream is closed, what
+    was learnt is recorded with outcome ``failed``, and ``Cancelled`` propagates.
+    """
+    await ix.recorder.record(_started_record(ix))
+    relay = Relay(sink)
+    outcome: Outcome = Outcome.FAILED
+    error: str | None = "cancelled: the gateway is shutting down"
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_client, ix, sink, nursery.cancel_scope)
+            ping = ix.dialect.ping_frame()
+            if ix.parsed.stream and ping is not None:
+                nursery.start_soon(relay.keep_alive, ping, ping_interval)
+            await _run(ix, relay)
+            nursery.cancel_scope.cancel()
+        if ix.client_gone and not relay.complete:
+            outcome, error = Outcome.CLIENT_DISCONNECTED, "the client disconnected"
+        elif ix.failure is not None:
+            outcome, error = Outcome.FAILED, ix.failure
+        else:
+            outcome, error = Outcome.COMPLETED, None
+    finally:
+        with trio.move_on_after(RECORD_DEADLINE, shield=True):
+            await ix.recorder.record(InterceptionEnded(ix.id, outcome, error))
+    if not ix.client_gone:
+        # The client sees the end of the body only once the records are queued.
+        await relay.close()
+    return outcome
+
+
+async def _watch_client(ix: Interception, sink: ResponseSink, scope: trio.CancelScope) -> None:
+    await sink.wait_disconnected()
+    ix.client_gone = True
+    scope.cancel()
+
+
+async def _run(ix: Interception, relay: Relay) -> None:
+    """Call upstream and relay; turn every failure into the right client-visible error."""
+    try:
+        await _exchange(ix, relay)
+    except UpstreamError as exc:
+        await _fail(ix, relay, exc.status_hint, str(exc))
+    except BridgeError as exc:
+        await _fail(ix, relay, exc.status_hint, str(exc))
+    except Exception:
+        logger.exception("interception %s failed unexpectedly", ix.id)
+        await _fail(ix, relay, 500, f"internal error in the gateway (interception {ix.id})")
+
+
+async def _fail(ix: Interception, relay: Relay, status: int, message: str) -> None:
+    ix.failure = message
+    if relay.complete:
+        return
+    if relay.started:
+        await relay.send_frame(ix.dialect.stream_error_frame(message))
+        relay.finish()
+    else:
+        await relay.respond(status, [_JSON], ix.dialect.error_body(status, message))
+
+
+async def _exchange(ix: Interception, relay: Relay) -> None:
+    """One upstream exchange: send, then relay the stream or the body, then account."""
+    headers = ix.route.provider.upstream_headers(
+        list(ix.request.headers), ix.credential, strip=ix.strip_headers
+    )
+    url = ix.route.upstream_url(ix.request.query)
+    turn = ix.dialect.new_turn(ix.id)
+    try:
+        async with ix.upstream.open("POST", url, headers, ix.request.body) as response:
+            if response.status >= 400:
+                await _relay_upstream_error(ix, relay, response)
+                return
+            passed = forwardable_response_headers(response.headers)
+            if ix.parsed.stream and response.content_type == "text/event-stream":
+                relay.set_stream_headers([(k, v) for k, v in passed if k != "content-type"])
+                await _relay_stream(response, turn, relay)
+            else:
+                body = turn.feed_body(await response.read())
+                passed = [(k, v) for k, v in passed if k != "content-type"]
+                await relay.respond(response.status, [_JSON, *passed], body)
+    finally:
+        result = turn.result()
+        with trio.move_on_after(RECORD_DEADLINE, shield=True):
+            await _record_turn(ix, result)
+    if result.error is not None:
+        ix.failure = f"upstream error in stream: {result.error}"
+    elif not result.complete:
+        message = "the upstream closed the stream before the message was complete"
+        await _fail(ix, relay, 502, message)
+        return
+    relay.finish()
+
+
+async def _relay_stream(response: UpstreamResponse, turn: Turn, relay: Relay) -> None:
+    """Relay each upstream event as soon as it is complete, one write per frame."""
+    decoder = Decoder()
+
+    async def drain() -> None:
+        while True:
+            event = decoder.next_event()
+            if not isinstance(event, Event):
+                return
+            frame = turn.feed_event(event)
+            if frame is not None:
+                await relay.send_frame(frame)
+
+    async for chunk in response.chunks():
+        decoder.receive_data(chunk)
+        await drain()
+    decoder.receive_data(b"")
+    await drain()
+
+
+async def _relay_upstream_error(ix: Interception, relay: Relay, response: UpstreamResponse) -> None:
+    body = ix.dialect.upstream_error_body(response.status, await response.read(MAX_ERROR_BODY))
+    headers = [
+        (k, v) for k, v in forwardable_response_headers(response.headers) if k != "content-type"
+    ]
+    ix.failure = f"upstream returned HTTP {response.status}"
+    await relay.respond(response.status, [_JSON, *headers], body)
+
+
+def _started_record(ix: Interception) -> InterceptionStarted:
+    headers = ix.request.headers
+    client = guess_client(headers)
+    user_agent = next((v for k, v in headers if k == "user-agent"), "")
+    return InterceptionStarted(
+        id=ix.id,
+        initiator_id=ix.actor.id,
+        provider=ix.route.provider.type,
+        provider_name=ix.route.provider.name,
+        model=ix.parsed.model,
+        streaming=ix.parsed.stream,
+        client=client,
+        user_agent=user_agent,
+        credential_kind=ix.credential.kind,
+        credential_hint=ix.credential.hint,
+        session_id=session_id(client, headers, ix.parsed.session_hint),
+        correlating_tool_call_id=ix.parsed.correlating_tool_call_id,
+        metadata=dict(ix.actor.metadata),
+    )
+
+
+async def _record_turn(ix: Interception, result: TurnResult) -> None:
+    """Queue the records of one upstream response (also of a cut one)."""
+    ix.turns.append(result)
+    records: list[Record] = []
+    if not ix.prompt_recorded and ix.parsed.prompt:
+        ix.prompt_recorded = True
+        records.append(PromptUsage(ix.id, result.response_id, ix.parsed.prompt))
+    if result.usage is not None:
+        u = result.usage
+        records.append(
+            TokenUsage(
+                ix.id,
+                result.response_id,
+                input=u.input,
+                output=u.output,
+                cache_read=u.cache_read,
+                cache_write=u.cache_write,
+                cache_write_5m=u.cache_write_5m,
+                cache_write_1h=u.cache_write_1h,
+                reasoning=u.reasoning,
+                web_search_requests=u.web_search_requests,
+                extra=dict(u.extra),
+            )
+        )
+    records.extend(
+        ToolUsage(ix.id, result.response_id, call.name, call.id, call.input)
+        for call in result.tool_calls
+    )
+    records.extend(ModelThought(ix.id, content, source) for source, content in result.thoughts)
+    for record in records:
+        await ix.recorder.record(record)
+
+
+def new_interception_id() -> str:
+    """A fresh interception id (a UUIDv4, as the reference)."""
+    return new_id()

@@ -1,0 +1,61 @@
+"""Passthrough routes: relayed to the provider as they are, not recorded.
+
+Model lists, token counting, telemetry. The request goes to the provider's base
+URL with the suffix below the route prefix (never another host, never above the
+base path: :meth:`bridge.providers.Provider.route` refuses such paths), and the
+response streams back unchanged. Like an interception, the relay runs in a
+nursery with a watcher of the client, so a client leaving closes the upstream.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from bridge.core.exchange import Request, ResponseSink
+from bridge.errors import UpstreamError
+from bridge.providers import Route, forwardable_response_headers, passthrough_headers
+from bridge.upstream import UpstreamClient
+
+__all__ = ["passthrough"]
+
+
+async def passthrough(
+    route: Route,
+    request: Request,
+    sink: ResponseSink,
+    upstream: UpstreamClient,
+    *,
+    error_body: bytes,
+    strip: tuple[str, ...] = (),
+) -> None:
+    """Relay one request and its response; ``error_body`` answers an unreachable upstream."""
+    headers = passthrough_headers(
+        route.provider,
+        list(request.headers),
+        client_address=request.client_address,
+        scheme=request.scheme,
+        strip=strip,
+    )
+    started = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            await sink.wait_disconnected()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        try:
+            url = route.upstream_url(request.query)
+            async with upstream.open(request.method, url, headers, request.body) as response:
+                await sink.start(response.status, forwardable_response_headers(response.headers))
+                started = True
+                async for chunk in response.chunks():
+                    await sink.send(chunk)
+                await sink.end()
+        except UpstreamError:
+            if started:
+                raise
+            await sink.start(502, [("content-type", "application/json")])
+            await sink.send(error_body)
+            await sink.end()
+        nursery.cancel_scope.cancel()

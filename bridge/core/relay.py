@@ -1,0 +1,110 @@
+"""The client side of one interception: lazy start, one write per frame, pings.
+
+The response starts lazily. Until the first frame, the interception can still
+answer with a real HTTP error status; after it, errors must travel in-stream. The
+relay tracks which of the two worlds it is in (:attr:`Relay.started`).
+
+Writes are serialised by a lock because two tasks write: the loop (frames) and the
+keep-alive task (pings after ``ping_interval`` of silence). Each frame is one
+``send`` call, so a ping can only ever fall between two frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from bridge.core.exchange import ResponseSink
+
+__all__ = ["SSE_HEADERS", "Relay"]
+
+SSE_HEADERS: tuple[tuple[str, str], ...] = (
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+)
+"""Headers of every streamed response: no caching, no proxy buffering."""
+
+
+class Relay:
+    """Writes one response to a :class:`ResponseSink`."""
+
+    def __init__(self, sink: ResponseSink) -> None:
+        self._sink = sink
+        self._lock = trio.Lock()
+        self._stream_headers: list[tuple[str, str]] = list(SSE_HEADERS)
+        self._last_write = trio.current_time()
+        self.started = False
+        """Whether the status line has been sent (errors must now go in-stream)."""
+        self.complete = False
+        """Whether the whole body has been sent; only the end of the body may follow."""
+        self.ended = False
+        self.status: int | None = None
+        """The status sent to the client, once started."""
+        self._pending: tuple[int, list[tuple[str, str]], bytes] | None = None
+
+    def set_stream_headers(self, headers: Sequence[tuple[str, str]]) -> None:
+        """Add upstream headers (request id, rate limits) to a stream not yet started."""
+        self._stream_headers = [*SSE_HEADERS, *headers]
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Send one SSE frame, starting the 200 stream first if needed."""
+        async with self._lock:
+            if not self.started:
+                await self._start(200, self._stream_headers)
+            await self._sink.send(frame)
+            self._last_write = trio.current_time()
+
+    async def respond(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
+        """Commit to a whole response; only possible before the stream has started.
+
+        Nothing is written until :meth:`close`, so that the interception queues its
+        records before the client can see any of the response (with a content
+        length, the last body byte already completes it for the client).
+        """
+        async with self._lock:
+            if self.started:
+                raise RuntimeError("respond() after the response started; send an error frame")
+            self.started = self.complete = True
+            self.status = status
+            self._pending = (status, [*headers, ("content-length", str(len(body)))], body)
+
+    def finish(self) -> None:
+        """Mark a started stream complete: no frame follows, pings stop."""
+        self.complete = True
+
+    async def close(self) -> None:
+        """Send what :meth:`respond` committed to, or end a stream's body (once)."""
+        async with self._lock:
+            if not self.started or self.ended:
+                return
+            self.complete = self.ended = True
+            if self._pending is not None:
+                status, headers, body = self._pending
+                await self._sink.start(status, headers)
+                if body:
+                    await self._sink.send(body)
+            await self._sink.end()
+
+    async def keep_alive(self, ping: bytes, interval: float) -> None:
+        """Send ``ping`` whenever the stream has been silent for ``interval`` seconds.
+
+        Runs until cancelled. Pings only flow once the stream has started: before
+        that, silence costs nothing, and an error can still be a real status.
+        """
+        while not self.complete:
+            await trio.sleep_until(self._last_write + interval)
+            if not self.started:
+                self._last_write = trio.current_time()
+            elif trio.current_time() - self._last_write >= interval:
+                async with self._lock:
+                    if self.complete:
+                        return
+                    await self._sink.send(ping)
+                    self._last_write = trio.current_time()
+
+    async def _start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        self.started = True
+        self.status = status
+        await self._sink.start(status, headers)

@@ -1,0 +1,118 @@
+"""``make demo``: the whole product in a minute, no provider key needed.
+
+Starts the mock upstream and the gateway on loopback (SQLite in a temporary
+directory), sends a few requests with the official ``anthropic`` SDK as two users
+(blocking, streaming, a tool call, thinking, an upstream error), then prints the
+usage per user and model read back from the database, and stops everything.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import anthropic
+import trio
+
+from bridge.cli import format_usage
+from bridge.config import AuthConfig, Config, ProviderConfig, RecordingConfig, ServerConfig
+from bridge.mock_upstream import MockUpstream
+from bridge.recording.store import open_store
+from bridge.server import serve
+
+__all__ = ["main"]
+
+_HELLO: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say hello to the demo."}]
+
+
+async def _requests(base_url: str) -> None:
+    for user in ("alice", "bob"):
+        client = anthropic.AsyncAnthropic(
+            base_url=base_url,
+            api_key="demo-key-not-secret",
+            default_headers={"X-Bridge-User": user},
+            max_retries=0,
+        )
+        message = await client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=256, messages=_HELLO
+        )
+        print(f"[{user}] blocking   -> {message.content[0].text!r}")  # type: ignore[union-attr]
+        async with client.messages.stream(
+            model="claude-sonnet-4-6",
+            max_tokens=256,
+            messages=_HELLO,
+            extra_headers={"x-mock-scenario": "anthropic_thinking"},
+        ) as stream:
+            final = await stream.get_final_message()
+        blocks, output = len(final.content), final.usage.output_tokens
+        print(f"[{user}] streaming  -> {blocks} blocks, {output} output tokens")
+        tool = await client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=256,
+            messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+            extra_headers={"x-mock-scenario": "anthropic_tool_call"},
+        )
+        calls = [b.name for b in tool.content if b.type == "tool_use"]
+        print(f"[{user}] tool call  -> {calls}")
+    client = anthropic.AsyncAnthropic(
+        base_url=base_url, api_key="demo", default_headers={"X-Bridge-User": "bob"}, max_retries=0
+    )
+    try:
+        await client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=10,
+            messages=_HELLO,
+            extra_headers={"x-mock-scenario": "anthropic_error_400"},
+        )
+    except anthropic.BadRequestError as exc:
+        print(f"[bob]   bad request -> HTTP {exc.status_code}: {exc.message[:60]}")
+
+
+async def _demo(directory: Path) -> None:
+    database = f"sqlite:///{directory / 'bridge.db'}"
+    async with trio.open_nursery() as nursery:
+        mock = MockUpstream()
+        mock_port = await nursery.start(partial(mock.serve, "127.0.0.1", 0))
+        config = Config(
+            server=ServerConfig(host="127.0.0.1", port=0, grace_period=1.0),
+            auth=AuthConfig(mode="header", header="X-Bridge-User"),
+            recording=RecordingConfig(database=database),
+            providers=(
+                ProviderConfig(
+                    name="anthropic",
+                    type="anthropic",
+                    base_url=f"http://127.0.0.1:{mock_port}/",
+                    key="sk-ant-demo-centralized-key",
+                ),
+            ),
+        )
+        serving = trio.CancelScope()
+
+        async def run_gateway(task_status: trio.TaskStatus[list[str]]) -> None:
+            with serving:
+                await serve(config, task_status=task_status)
+
+        binds = await nursery.start(run_gateway)
+        gateway = binds[0]
+        print(f"mock upstream on http://127.0.0.1:{mock_port}, gateway on {gateway}\n")
+        await _requests(f"{gateway}/anthropic")
+        serving.cancel()
+        nursery.cancel_scope.cancel()
+    store = open_store(database)
+    try:
+        rows = store.usage(by=("user", "model"))
+    finally:
+        store.close()
+    print("\nusage per user and model (from the database):\n")
+    print(format_usage(rows, ("user", "model"), "table"))
+
+
+def main() -> None:
+    """Run the demo in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="bridge-demo-") as directory:
+        trio.run(_demo, Path(directory))
+
+
+if __name__ == "__main__":
+    main()

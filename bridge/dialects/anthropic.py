@@ -1,0 +1,306 @@
+"""The Anthropic Messages dialect (``POST /v1/messages``).
+
+Streams are accumulated into a message the way the official SDK does it, so the
+same summary code reads a blocking body and a finished (or cut) stream. Frames are
+relayed as the exact upstream bytes, except ``message_start``, whose message id is
+rewritten to the interception id (that is the id clients see, as in the reference).
+
+Token accounting is exact: ``message_delta.usage`` is cumulative, so its values
+replace those of ``message_start`` rather than being added to them (the reference
+adds them, counting the first output tokens twice).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from bridge.dialects.base import ParsedRequest, TokenCounts, ToolCall, TurnResult
+from bridge.errors import BadRequest, UpstreamProtocolError
+from bridge.sse import Event, encode, frame
+
+__all__ = ["AnthropicMessages", "error_type"]
+
+# Anthropic's error types by HTTP status (its public "Errors" reference).
+_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+_PING: Final = encode(Event(event="ping", data='{"type": "ping"}'))
+
+
+def error_type(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status (``api_error`` for the rest)."""
+    return _ERROR_TYPES.get(status, "api_error")
+
+
+def _error_document(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _dumps(document: Any) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class AnthropicMessages:
+    """Anthropic's Messages API."""
+
+    name = "anthropic.messages"
+
+    def parse_request(self, body: bytes) -> ParsedRequest:
+        """Check the fields the gateway relies on; everything else is the upstream's to judge."""
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise BadRequest(f"request body must be a JSON object, got {type(document).__name__}")
+        model = document.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("model: a non-empty string is required")
+        messages = document.get("messages")
+        if not isinstance(messages, list):
+            raise BadRequest("messages: a list of messages is required")
+        return ParsedRequest(
+            document=document,
+            model=model,
+            stream=document.get("stream") is True,
+            prompt=_last_user_prompt(messages),
+            correlating_tool_call_id=_correlating_tool_call_id(messages),
+            session_hint=_session_from_metadata(document.get("metadata")),
+        )
+
+    def new_turn(self, interception_id: str) -> _Turn:
+        """State for one upstream message."""
+        return _Turn(interception_id)
+
+    def error_body(self, status: int, message: str) -> bytes:
+        """``{"type": "error", "error": {"type": ..., "message": ...}}``."""
+        return _dumps(_error_document(error_type(status), message))
+
+    def upstream_error_body(self, status: int, body: bytes) -> bytes:
+        """Keep an upstream error already in Anthropic's shape; wrap anything else."""
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            document = None
+        if (
+            isinstance(document, dict)
+            and document.get("type") == "error"
+            and isinstance(document.get("error"), dict)
+        ):
+            return body
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        message = f"upstream returned HTTP {status}" + (f": {snippet}" if snippet else "")
+        return self.error_body(status, message)
+
+    def stream_error_frame(self, message: str) -> bytes:
+        """An ``event: error`` frame, as Anthropic sends mid-stream."""
+        data = json.dumps(_error_document("api_error", message), ensure_ascii=False)
+        return encode(Event(event="error", data=data))
+
+    def ping_frame(self) -> bytes:
+        """Anthropic's keep-alive event."""
+        return _PING
+
+
+class _Turn:
+    """One upstream message, accumulated from its stream or read whole."""
+
+    def __init__(self, interception_id: str) -> None:
+        self._interception_id = interception_id
+        self._response_id = ""
+        self._message: dict[str, Any] = {}
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self._parts: dict[int, list[str]] = {}
+        self._closed: set[int] = set()
+        self._error: str | None = None
+        self._complete = False
+
+    def feed_event(self, event: Event) -> bytes | None:
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            raise UpstreamProtocolError(
+                f"upstream sent a {event.event or 'message'} event whose data is not JSON"
+            ) from None
+        if not isinstance(data, dict):
+            raise UpstreamProtocolError("upstream sent an event whose data is not a JSON object")
+        kind = data.get("type", event.event)
+        try:
+            if kind == "message_start":
+                return self._on_message_start(data)
+            if kind == "content_block_start":
+                index = data["index"]
+                self._blocks[index] = data["content_block"]
+                self._parts[index] = []
+            elif kind == "content_block_delta":
+                self._on_delta(data["index"], data["delta"])
+            elif kind == "content_block_stop":
+                self._close_block(data["index"])
+            elif kind == "message_delta":
+                self._message.update(data.get("delta") or {})
+                usage = self._message.setdefault("usage", {})
+                for key, value in (data.get("usage") or {}).items():
+                    if value is not None:
+                        usage[key] = value
+            elif kind == "message_stop":
+                self._complete = True
+            elif kind == "error":
+                error = data.get("error")
+                message = error.get("message") if isinstance(error, dict) else None
+                self._error = str(message or event.data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamProtocolError(
+                f"upstream sent a malformed {kind} event (missing or wrong {exc})"
+            ) from None
+        return frame(event.raw)
+
+    def _on_message_start(self, data: dict[str, Any]) -> bytes:
+        message = data["message"]
+        self._response_id = str(message.get("id", ""))
+        self._message = dict(message)
+        data["message"]["id"] = self._interception_id
+        return encode(Event(event="message_start", data=json.dumps(data, ensure_ascii=False)))
+
+    def _on_delta(self, index: int, delta: dict[str, Any]) -> None:
+        kind = delta["type"]
+        if kind == "text_delta":
+            self._parts[index].append(delta["text"])
+        elif kind == "thinking_delta":
+            self._parts[index].append(delta["thinking"])
+        elif kind == "input_json_delta":
+            self._parts[index].append(delta["partial_json"])
+        elif kind == "signature_delta":
+            self._blocks[index]["signature"] = delta["signature"]
+        elif kind == "citations_delta":
+            self._blocks[index].setdefault("citations", []).append(delta["citation"])
+
+    def _close_block(self, index: int) -> None:
+        block = self._blocks[index]
+        joined = "".join(self._parts.pop(index, ()))
+        kind = block.get("type")
+        if kind in ("text", "thinking"):
+            block[kind] = block.get(kind, "") + joined
+        elif kind in ("tool_use", "server_tool_use") and joined:
+            try:
+                block["input"] = json.loads(joined)
+            except ValueError:
+                block["input"] = joined
+        self._closed.add(index)
+
+    def feed_body(self, body: bytes) -> bytes:
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise UpstreamProtocolError("upstream sent a response body that is not JSON") from None
+        if not isinstance(document, dict):
+            raise UpstreamProtocolError("upstream sent a response body that is not a JSON object")
+        self._response_id = str(document.get("id", ""))
+        self._message = document
+        self._blocks = dict(
+            enumerate(b for b in document.get("content") or () if isinstance(b, dict))
+        )
+        self._closed = set(self._blocks)
+        self._complete = True
+        return _dumps({**document, "id": self._interception_id})
+
+    def result(self) -> TurnResult:
+        blocks = [self._blocks[i] for i in sorted(self._closed)]
+        usage = self._message.get("usage")
+        return TurnResult(
+            response_id=self._response_id,
+            usage=_counts(usage) if isinstance(usage, dict) else None,
+            tool_calls=tuple(
+                ToolCall(str(b.get("id", "")), str(b.get("name", "")), b.get("input"))
+                for b in blocks
+                if b.get("type") == "tool_use"
+            ),
+            thoughts=tuple(
+                ("thinking", b["thinking"])
+                for b in blocks
+                if b.get("type") == "thinking" and b.get("thinking")
+            ),
+            error=self._error,
+            complete=self._complete and self._error is None,
+        )
+
+
+def _int(mapping: Any, key: str) -> int:
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _counts(usage: dict[str, Any]) -> TokenCounts:
+    creation = usage.get("cache_creation")
+    server_tools = usage.get("server_tool_use")
+    extra = {
+        key: value
+        for key, value in (server_tools.items() if isinstance(server_tools, dict) else ())
+        if key != "web_search_requests" and isinstance(value, int) and value
+    }
+    return TokenCounts(
+        input=_int(usage, "input_tokens"),
+        output=_int(usage, "output_tokens"),
+        cache_read=_int(usage, "cache_read_input_tokens"),
+        cache_write=_int(usage, "cache_creation_input_tokens"),
+        cache_write_5m=_int(creation, "ephemeral_5m_input_tokens"),
+        cache_write_1h=_int(creation, "ephemeral_1h_input_tokens"),
+        web_search_requests=_int(server_tools, "web_search_requests"),
+        extra=extra,
+    )
+
+
+def _last_user_prompt(messages: list[Any]) -> str | None:
+    """The last message's text if it is the user's (reference 6.1)."""
+    if not messages or not isinstance(last := messages[-1], dict) or last.get("role") != "user":
+        return None
+    content = last.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        for block in reversed(content):
+            if isinstance(block, dict) and block.get("type") == "text":
+                text = block.get("text")
+                return text if isinstance(text, str) else None
+    return None
+
+
+def _correlating_tool_call_id(messages: list[Any]) -> str | None:
+    """The ``tool_use_id`` answered by the last message, if any (reference 5.3)."""
+    if not messages or not isinstance(last := messages[-1], dict):
+        return None
+    content = last.get("content")
+    if not isinstance(content, list):
+        return None
+    for block in reversed(content):
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            tool_use_id = block.get("tool_use_id")
+            if isinstance(tool_use_id, str) and tool_use_id:
+                return tool_use_id
+    return None
+
+
+def _session_from_metadata(metadata: Any) -> str | None:
+    """Claude Code's session id from ``metadata.user_id`` (reference 6.4)."""
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if not isinstance(user_id, str) or not user_id.strip():
+        return None
+    try:
+        decoded = json.loads(user_id)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict):
+        session = decoded.get("session_id")
+        return session.strip() or None if isinstance(session, str) else None
+    if "_session_" in user_id:
+        return user_id.rsplit("_session_", 1)[1].strip() or None
+    return None

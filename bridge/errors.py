@@ -1,0 +1,84 @@
+"""The errors of bridge, split by blame.
+
+::
+
+    BridgeError
+    ├── ClientError            the client's request is wrong: a 4xx, never a 500
+    │   ├── BadRequest         400: malformed JSON, wrong types, missing fields
+    │   ├── Unauthorized       401: missing or bad credentials
+    │   ├── NotFound           404: no such route
+    │   └── PayloadTooLarge    413: body over server.max_body_bytes
+    └── UpstreamError          the provider failed us
+        ├── UpstreamUnavailable    502: could not connect, connection reset, timed out
+        └── UpstreamProtocolError  502: the provider sent something we cannot read
+
+Every error carries ``status_hint``, the HTTP status a client should see if the error
+happens before the response has started (h11's ``error_status_hint``). After the
+response has started, the dialect turns the error into the provider's in-stream
+error event instead. Messages never contain secrets or tracebacks: they are shown to
+clients as they are.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "BridgeError",
+    "ClientError",
+    "NotFound",
+    "PayloadTooLarge",
+    "Unauthorized",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamUnavailable",
+]
+
+
+class BridgeError(Exception):
+    """The root of bridge's own errors."""
+
+    status_hint: int = 500
+
+
+class ClientError(BridgeError):
+    """The request is at fault; the client gets a 4xx in its provider's error shape."""
+
+    status_hint = 400
+
+
+class BadRequest(ClientError):
+    """The body or parameters are malformed (400)."""
+
+    status_hint = 400
+
+
+class Unauthorized(ClientError):
+    """Credentials are missing or wrong (401)."""
+
+    status_hint = 401
+
+
+class NotFound(ClientError):
+    """No bridged or passthrough route matches (404)."""
+
+    status_hint = 404
+
+
+class PayloadTooLarge(ClientError):
+    """The request body is over ``server.max_body_bytes`` (413)."""
+
+    status_hint = 413
+
+
+class UpstreamError(BridgeError):
+    """The provider could not be reached or misbehaved (502 before the stream starts)."""
+
+    status_hint = 502
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connecting, writing or reading failed: refused, reset, timed out, closed early."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The provider's response could not be parsed (bad JSON, bad or oversized SSE)."""

@@ -1,0 +1,255 @@
+"""Providers: configured upstreams, the routes they serve, and their header policy.
+
+A *provider* is one configured upstream instance (``anthropic``, or a second
+``anthropic-eu`` pointing elsewhere). It knows, as data:
+
+* which paths under its route prefix are *bridged* (intercepted, recorded) and by
+  which dialect, and which are *passthrough* (relayed unchanged, not recorded);
+* how a client path maps to an upstream URL: the base URL's own path is kept and the
+  suffix after the route prefix is joined onto it, so nothing a client sends can
+  reach another host or climb above the base path;
+* which request headers go upstream and how the provider key is injected.
+
+Everything here is pure: no I/O, no framework.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from bridge.config import ProviderConfig, mask_secret
+from bridge.recording.records import CredentialKind
+
+__all__ = [
+    "Credential",
+    "Headers",
+    "Provider",
+    "Route",
+    "RouteKind",
+    "forwardable_response_headers",
+    "header_value",
+    "passthrough_headers",
+]
+
+Headers = list[tuple[str, str]]
+"""Header pairs with lower-case names, in the order received."""
+
+# Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Headers the HTTP client sets itself for the upstream hop.
+_TRANSPORT = frozenset({"host", "content-length", "accept-encoding"})
+# Credentials the client presented to us; the provider key is injected instead.
+_CLIENT_AUTH = frozenset({"authorization", "x-api-key"})
+# Response headers that must not be copied from the upstream to the client.
+_RESPONSE_DROP = _HOP_BY_HOP | frozenset({"content-length", "content-encoding"})
+
+
+class RouteKind(enum.Enum):
+    """Whether a route is intercepted and recorded, or relayed as it is."""
+
+    BRIDGED = "bridged"
+    PASSTHROUGH = "passthrough"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A client path resolved to a provider and what to do with it."""
+
+    provider: Provider
+    kind: RouteKind
+    suffix: str
+    """The path after the provider's route prefix, e.g. ``/v1/messages``."""
+    dialect: str | None = None
+    """For bridged routes, the dialect name (``anthropic.messages``)."""
+
+    def upstream_url(self, query: str) -> str:
+        """The upstream URL for this route, with the client's query string kept."""
+        url = self.provider.base_url + self.suffix.lstrip("/")
+        return f"{url}?{query}" if query else url
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """The provider credential chosen for one upstream request."""
+
+    kind: CredentialKind
+    header: tuple[str, str]
+    hint: str
+
+
+@dataclass(frozen=True, slots=True)
+class _RouteTable:
+    bridged: dict[str, str]
+    exact: frozenset[str]
+    subtrees: tuple[str, ...]
+
+
+# What each provider type serves, below its route prefix (reference section 1.1).
+_ROUTES: dict[str, _RouteTable] = {
+    "anthropic": _RouteTable(
+        bridged={"/v1/messages": "anthropic.messages"},
+        exact=frozenset({"/v1/models", "/v1/messages/count_tokens"}),
+        subtrees=("/v1/models/", "/api/event_logging/"),
+    ),
+}
+
+_UNSAFE_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A configured upstream, with its routes and header policy."""
+
+    config: ProviderConfig
+
+    @property
+    def name(self) -> str:
+        """The instance name, also the first path segment of its routes."""
+        return self.config.name
+
+    @property
+    def type(self) -> str:
+        """The provider type (``anthropic``)."""
+        return self.config.type
+
+    @property
+    def base_url(self) -> str:
+        """The upstream base URL, always ending with ``/``."""
+        return self.config.base_url
+
+    @property
+    def prefix(self) -> str:
+        """The route prefix, e.g. ``/anthropic``."""
+        return "/" + self.config.name
+
+    def route(self, suffix: str) -> Route | None:
+        """Resolve the path below the prefix to a route, or ``None`` if not served.
+
+        Passthrough suffixes are refused when they could escape the base path once
+        decoded: ``..`` or ``.`` segments, encoded slashes or backslashes, NUL.
+        """
+        table = _ROUTES[self.type]
+        if (dialect := table.bridged.get(suffix)) is not None:
+            return Route(self, RouteKind.BRIDGED, suffix, dialect)
+        if suffix in table.exact or any(suffix.startswith(s) for s in table.subtrees):
+            if not _is_safe(suffix):
+                return None
+            return Route(self, RouteKind.PASSTHROUGH, suffix)
+        return None
+
+    def credential(self, headers: Headers) -> Credential:
+        """Choose the upstream credential (reference 1.4, Anthropic rules).
+
+        A client ``x-api-key`` wins, then a client bearer token (both are BYOK: the
+        client pays with its own key); otherwise the configured key is injected.
+        """
+        api_key = header_value(headers, "x-api-key")
+        if api_key:
+            return Credential(CredentialKind.BYOK, ("x-api-key", api_key), mask_secret(api_key))
+        token = bearer_token(header_value(headers, "authorization"))
+        if token:
+            return Credential(
+                CredentialKind.BYOK, ("authorization", f"Bearer {token}"), mask_secret(token)
+            )
+        key = self.config.key
+        return Credential(CredentialKind.CENTRALIZED, ("x-api-key", key), mask_secret(key))
+
+    def upstream_headers(
+        self, headers: Headers, credential: Credential, *, strip: Iterable[str] = ()
+    ) -> Headers:
+        """The client's headers as the upstream should see them (reference 1.5).
+
+        Hop-by-hop, transport-managed and client credential headers are removed, as
+        are the names in ``strip`` (e.g. the identity header of a trusted proxy);
+        everything else the client sent (``anthropic-version``, ``anthropic-beta``,
+        ``user-agent``...) is forwarded unchanged, and the chosen credential added.
+        """
+        drop = _HOP_BY_HOP | _TRANSPORT | _CLIENT_AUTH | {name.lower() for name in strip}
+        out = [(name, value) for name, value in headers if name not in drop]
+        if credential.header[1]:
+            out.append(credential.header)
+        out.append(("accept-encoding", "identity"))
+        return out
+
+
+def _is_safe(suffix: str) -> bool:
+    decoded = unquote(suffix)
+    if "\\" in decoded or "\x00" in decoded or "%" in decoded:
+        return False
+    if "%2f" in suffix.lower() or "%5c" in suffix.lower():
+        return False
+    return _UNSAFE_SEGMENT.search(decoded) is None and "//" not in decoded
+
+
+def header_value(headers: Sequence[tuple[str, str]], name: str) -> str:
+    """The first value of header ``name`` (lower-case), or ``""``."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return ""
+
+
+def bearer_token(value: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` value, or ``""``."""
+    parts = value.split()
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1]
+    return ""
+
+
+def forwardable_response_headers(headers: Iterable[tuple[str, str]]) -> Headers:
+    """Upstream response headers worth relaying to the client.
+
+    Everything but hop-by-hop and framing headers: clients act on ``retry-after``,
+    ``request-id`` and the rate-limit headers, so they must reach them.
+    """
+    return [(k, v) for k, v in headers if k not in _RESPONSE_DROP]
+
+
+def passthrough_headers(
+    provider: Provider,
+    headers: Headers,
+    *,
+    client_address: str,
+    scheme: str,
+    strip: Iterable[str] = (),
+) -> Headers:
+    """Request headers for a passthrough route (reference 1.3).
+
+    The client's headers minus hop-by-hop and transport ones, with ``X-Forwarded-*``
+    added, and the provider key injected only when the client brought none.
+    """
+    drop = _HOP_BY_HOP | _TRANSPORT | {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+    drop |= {name.lower() for name in strip}
+    out = [(name, value) for name, value in headers if name not in drop]
+    forwarded = [v for k, v in headers if k == "x-forwarded-for"]
+    if client_address:
+        forwarded.append(client_address)
+    if forwarded:
+        out.append(("x-forwarded-for", ", ".join(forwarded)))
+    if host := header_value(headers, "host"):
+        out.append(("x-forwarded-host", host))
+    out.append(("x-forwarded-proto", scheme))
+    if not header_value(headers, "user-agent"):
+        out.append(("user-agent", "bridge"))
+    has_auth = header_value(headers, "x-api-key") or header_value(headers, "authorization")
+    if not has_auth and provider.config.key:
+        out.append(("x-api-key", provider.config.key))
+    out.append(("accept-encoding", "identity"))
+    return out

@@ -1,0 +1,122 @@
+"""The upstream HTTP client: one pooled httpx2 client per provider.
+
+Why httpx2 and not httpx: mcp 2.x and the official SDKs already depend on it, and
+under concurrency its pool held up better (stack-notes.md, section 4: p99 34 ms vs
+126 ms at 32 concurrent requests).
+
+Rules this module keeps:
+
+* HTTP/1.1 only. httpx(2) never sends RST_STREAM when an HTTP/2 stream is closed
+  early, so a cancelled interception would leave the provider generating (and
+  billing). Over HTTP/1.1 closing a half-read response closes the connection.
+* ``accept-encoding: identity``: bytes are relayed as they arrive, never inflated
+  and re-deflated.
+* No read timeout: a model may think for minutes between two events. Stalls are
+  the interception's business (its deadline), not the socket's.
+* Every transport failure is translated, in :func:`_translate`, into
+  :class:`~bridge.errors.UpstreamUnavailable`; ``Cancelled`` passes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import httpx2
+
+from bridge.errors import UpstreamProtocolError, UpstreamUnavailable
+
+__all__ = ["UpstreamClient", "UpstreamResponse"]
+
+# Connections kept per provider: enough for bursts of concurrent streams.
+MAX_CONNECTIONS = 1000
+MAX_KEEPALIVE = 200
+# The most of an error body we read before relaying it to the client.
+MAX_ERROR_BODY = 1024 * 1024
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """An open upstream response whose body has not been read yet."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    _response: httpx2.Response
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lower-case, without parameters."""
+        return self._response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, undecoded."""
+        with _translate():
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; past ``limit`` bytes, :class:`UpstreamProtocolError`."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise UpstreamProtocolError(f"upstream response body exceeds {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class UpstreamClient:
+    """A connection pool to one provider."""
+
+    def __init__(self, *, connect_timeout: float = 10.0) -> None:
+        self._client = httpx2.AsyncClient(
+            http1=True,
+            http2=False,
+            trust_env=False,  # no proxy or credential from the environment leaks upstream
+            follow_redirects=False,
+            timeout=httpx2.Timeout(connect=connect_timeout, read=None, write=60.0, pool=30.0),
+            limits=httpx2.Limits(
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_KEEPALIVE,
+                keepalive_expiry=30.0,
+            ),
+        )
+        # The upstream sees the client's own header set, not httpx's defaults.
+        for name in ("user-agent", "accept", "accept-encoding"):
+            del self._client.headers[name]
+
+    @asynccontextmanager
+    async def open(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+    ) -> AsyncIterator[UpstreamResponse]:
+        """Send a request and yield the response once its headers are in.
+
+        The body is left unread, to be streamed. On exit (including cancellation,
+        for instance because the client went away) the response is closed, which
+        closes its connection if the body was not read to the end.
+        """
+        request = self._client.build_request(method, url, headers=headers, content=body)
+        with _translate():
+            response = await self._client.send(request, stream=True)
+        try:
+            yield UpstreamResponse(response.status_code, list(response.headers.items()), response)
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._client.aclose()
+
+
+@contextmanager
+def _translate() -> Iterator[None]:
+    """Map httpx2's transport errors to :class:`UpstreamUnavailable`."""
+    try:
+        yield
+    except httpx2.TimeoutException as exc:
+        raise UpstreamUnavailable(f"upstream timed out ({type(exc).__name__})") from exc
+    except httpx2.TransportError as exc:
+        detail = str(exc) or type(exc).__name__
+        raise UpstreamUnavailable(f"upstream unreachable: {detail}") from exc

@@ -1,0 +1,147 @@
+"""Shared fixtures: a mock upstream and a gateway on loopback, real HTTP between them.
+
+Rules for tests in this suite: loopback only, port 0, no sleeping (events, or
+trio's autojump_clock for timed logic), and the environment cleared of every
+variable bridge or the SDKs read, so the machine's settings never leak in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+import trio
+from hypercorn.trio import serve as hypercorn_serve
+
+from bridge import (
+    AuthConfig,
+    Bridge,
+    Config,
+    ProviderConfig,
+    RecordingConfig,
+    ServerConfig,
+    open_bridge,
+)
+from bridge.mock_upstream import MockUpstream
+from bridge.recording.sqlite import SQLiteStore
+from bridge.server import hypercorn_config
+
+CENTRAL_KEY = "sk-ant-central-test-key-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No BRIDGE_*, ANTHROPIC_*, OPENAI_* variable from the machine reaches a test."""
+    for name in list(os.environ):
+        if name.startswith(("BRIDGE_", "ANTHROPIC_", "OPENAI_")):
+            monkeypatch.delenv(name)
+
+
+@dataclass
+class Gateway:
+    """A running gateway in front of a running mock upstream."""
+
+    bridge: Bridge
+    url: str
+    mock: MockUpstream
+
+    @property
+    def store(self) -> SQLiteStore:
+        store = self.bridge.store
+        assert isinstance(store, SQLiteStore)
+        return store
+
+    def anthropic(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
+        """An official SDK client pointed at the gateway."""
+        kwargs.setdefault("api_key", "sk-ant-client-byok-key-abcdef")
+        kwargs.setdefault("max_retries", 0)
+        return anthropic.AsyncAnthropic(base_url=f"{self.url}/anthropic", **kwargs)
+
+    async def flush(self) -> None:
+        """Wait until every request has ended and all its records are in the database."""
+        with trio.fail_after(10):
+            await self.bridge.wait_idle()
+            await self.bridge.recorder.flush()
+
+
+async def run_gateway(config: Config, *, task_status: trio.TaskStatus[tuple[Bridge, str]]) -> None:
+    """Serve ``config`` on loopback like ``bridge serve`` does, reporting (bridge, url)."""
+    async with open_bridge(config) as bridge, trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(hypercorn_serve, bridge.asgi_app, hypercorn_config(config))  # type: ignore[arg-type]
+        )
+        task_status.started((bridge, binds[0]))
+
+
+def gateway_config(tmp_path: Path, upstream_port: int, **server: Any) -> Config:
+    return Config(
+        server=ServerConfig(host="127.0.0.1", port=0, **server),
+        recording=RecordingConfig(database=f"sqlite:///{tmp_path / 'bridge.db'}"),
+        providers=(
+            ProviderConfig(
+                name="anthropic",
+                type="anthropic",
+                base_url=f"http://127.0.0.1:{upstream_port}/",
+                key=CENTRAL_KEY,
+            ),
+        ),
+    )
+
+
+@pytest.fixture
+async def mock(nursery: trio.Nursery) -> MockUpstream:
+    upstream = MockUpstream()
+    upstream.port = await nursery.start(upstream.serve)  # type: ignore[attr-defined]
+    return upstream
+
+
+@pytest.fixture
+async def gateway(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> Gateway:
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    bridge, url = await nursery.start(partial(run_gateway, config))
+    return Gateway(bridge, url, mock)
+
+
+@pytest.fixture
+def start_gateway(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> Any:
+    """Start a gateway with changed settings.
+
+    ``await start_gateway(server_changes={...}, auth=AuthConfig(...), upstream_url=...)``
+    """
+
+    async def start(
+        *,
+        server_changes: dict[str, Any] | None = None,
+        auth: AuthConfig | None = None,
+        upstream_url: str | None = None,
+    ) -> Gateway:
+        config = gateway_config(tmp_path, mock.port, **(server_changes or {}))  # type: ignore[attr-defined]
+        if auth is not None:
+            config = replace(config, auth=auth)
+        if upstream_url is not None:
+            provider = replace(config.providers[0], base_url=upstream_url)
+            config = replace(config, providers=(provider,))
+        bridge, url = await nursery.start(partial(run_gateway, config))
+        return Gateway(bridge, url, mock)
+
+    return start
+
+
+@pytest.fixture
+def scenario_request() -> Any:
+    """The client request body of a fixture scenario."""
+    from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+
+    scenarios = load_scenarios(FIXTURES_DIR)
+
+    def get(name: str) -> dict[str, Any]:
+        body = scenarios[name].request
+        assert body is not None
+        return dict(body)
+
+    return get

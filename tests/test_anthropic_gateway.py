@@ -1,0 +1,323 @@
+"""Anthropic Messages through the gateway, driven by the official SDK over loopback.
+
+Each scenario fixture is replayed blocking and streaming; the client-visible
+result and the rows in SQLite are asserted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+
+from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+
+from .conftest import CENTRAL_KEY, Gateway
+
+SCENARIOS = load_scenarios(FIXTURES_DIR)
+MESSAGE_SCENARIOS = [
+    name
+    for name, s in sorted(SCENARIOS.items())
+    if s.api == "anthropic.messages" and s.request is not None and s.expect.error is None
+]
+
+
+def only(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+async def call(gateway: Gateway, name: str, *, stream: bool) -> anthropic.types.Message:
+    client = gateway.anthropic()
+    body = dict(SCENARIOS[name].request or {})
+    headers = {"x-mock-scenario": name}
+    if stream:
+        async with client.messages.stream(**body, extra_headers=headers) as events:
+            return await events.get_final_message()
+    return await client.messages.create(**body, extra_headers=headers)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
+@pytest.mark.parametrize("name", MESSAGE_SCENARIOS)
+async def test_scenario_is_relayed_and_recorded_exactly(
+    gateway: Gateway, name: str, stream: bool
+) -> None:
+    scenario = SCENARIOS[name]
+    message = await call(gateway, name, stream=stream)
+    await gateway.flush()
+
+    interception = only(gateway.store.interceptions())
+    assert message.id == interception["id"]
+    assert interception["outcome"] == "completed"
+    assert interception["model"] == scenario.request["model"]  # type: ignore[index]
+    assert interception["streaming"] == int(stream)
+    assert interception["provider"] == interception["provider_name"] == "anthropic"
+
+    expect = scenario.expect
+    if expect.text is not None:
+        text = "".join(b.text for b in message.content if b.type == "text")
+        assert text == expect.text
+    usage = only(gateway.store.token_usages(interception["id"]))
+    assert expect.usage is not None
+    for field in (
+        "input",
+        "output",
+        "cache_read",
+        "cache_write",
+        "cache_write_5m",
+        "cache_write_1h",
+        "web_search_requests",
+    ):
+        assert usage[field] == getattr(expect.usage, field), field
+    assert usage["provider_response_id"].startswith("msg_")
+
+    tools = gateway.store.tool_usages(interception["id"])
+    expected_tools = expect.tool_calls or ()
+    assert [(t["tool"], t["tool_call_id"], json.loads(t["input"])) for t in tools] == [
+        (c.name, c.id, c.input) for c in expected_tools
+    ]
+    assert all(t["injected"] == 0 for t in tools)
+    thoughts = gateway.store.model_thoughts(interception["id"])
+    assert [t["content"] for t in thoughts] == list(expect.thinking or ())
+    assert all(t["source"] == "thinking" for t in thoughts)
+
+    prompt = only(gateway.store.prompts(interception["id"]))
+    assert prompt["provider_response_id"] == usage["provider_response_id"]
+
+
+async def test_request_bytes_headers_and_query_are_forwarded_unchanged(gateway: Gateway) -> None:
+    body = (
+        b'{ "model" : "claude-sonnet-4-6",  "max_tokens": 5,\n "messages": '
+        b'[{"role":"user","content":"hi"}],"zzz_unknown": {"kept": true} }'
+    )
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(
+            f"{gateway.url}/anthropic/v1/messages?beta=true",
+            content=body,
+            headers={
+                "content-type": "application/json",
+                "anthropic-version": "2023-06-01",
+                "anthropic-beta": "context-management-2025-06-27",
+                "user-agent": "claude-cli/2.0.1 (external, cli)",
+                "x-claude-code-session-id": "sess-42",
+                "connection": "keep-alive",
+            },
+        )
+    assert response.status_code == 200
+    received = gateway.mock.requests[-1]
+    assert received.target == "/v1/messages?beta=true"
+    assert received.body == body
+    assert received.header("anthropic-version") == "2023-06-01"
+    assert received.header("anthropic-beta") == "context-management-2025-06-27"
+    assert received.header("user-agent") == "claude-cli/2.0.1 (external, cli)"
+    # No client key was sent: the centralized key is injected.
+    assert received.header("x-api-key") == CENTRAL_KEY
+    assert received.header("authorization") is None
+    await gateway.flush()
+    interception = only(gateway.store.interceptions())
+    assert interception["client"] == "Claude Code"
+    assert interception["session_id"] == "sess-42"
+    assert interception["credential_kind"] == "centralized"
+    assert interception["credential_hint"] == "sk-a...6789"
+
+
+async def test_client_key_is_byok_and_passes_through(gateway: Gateway) -> None:
+    await gateway.anthropic(api_key="sk-ant-users-own-key-987654321").messages.create(
+        model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    received = gateway.mock.requests[-1]
+    # SDK versions differ in the header they use for api_key; either way it passes through.
+    presented = received.header("x-api-key") or received.header("authorization")
+    assert presented in ("sk-ant-users-own-key-987654321", "Bearer sk-ant-users-own-key-987654321")
+    await gateway.flush()
+    interception = only(gateway.store.interceptions())
+    assert interception["credential_kind"] == "byok"
+    assert interception["credential_hint"] == "sk-a...4321"
+    assert "987654321" not in json.dumps(interception)
+
+
+async def test_bearer_token_is_byok_without_api_key(gateway: Gateway) -> None:
+    client = anthropic.AsyncAnthropic(
+        base_url=f"{gateway.url}/anthropic", auth_token="oauth-token-abcdefghijkl", max_retries=0
+    )
+    await client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    received = gateway.mock.requests[-1]
+    assert received.header("authorization") == "Bearer oauth-token-abcdefghijkl"
+    assert received.header("x-api-key") is None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
+async def test_upstream_400_is_a_real_http_error_with_its_headers(
+    gateway: Gateway, stream: bool
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        await call(gateway, "anthropic_error_400", stream=stream)
+    error = caught.value
+    assert error.status_code == 400
+    assert error.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    upstream = SCENARIOS["anthropic_error_400"].upstream
+    upstream_headers = (upstream.streaming if stream else upstream.blocking)[0].headers
+    assert error.response.headers["request-id"] == dict(upstream_headers)["request-id"]
+    await gateway.flush()
+    interception = only(gateway.store.interceptions())
+    assert interception["outcome"] == "failed"
+    assert interception["error"] == "upstream returned HTTP 400"
+
+
+async def test_overload_mid_stream_becomes_an_error_event_and_fails(gateway: Gateway) -> None:
+    client = gateway.anthropic()
+    body = dict(SCENARIOS["anthropic_overloaded_midstream"].request or {})
+    texts: list[str] = []
+
+    async def consume() -> None:
+        async with client.messages.stream(
+            **body, extra_headers={"x-mock-scenario": "anthropic_overloaded_midstream"}
+        ) as events:
+            async for text in events.text_stream:
+                texts.append(text)
+
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await consume()
+    assert "overloaded" in str(caught.value).lower()
+    assert texts  # the text before the error reached the client
+    await gateway.flush()
+    interception = only(gateway.store.interceptions())
+    assert interception["outcome"] == "failed"
+    assert "Overloaded" in interception["error"] or "overloaded" in interception["error"]
+    # The usage known when the stream broke is recorded.
+    usage = only(gateway.store.token_usages(interception["id"]))
+    assert usage["input"] > 0
+
+
+async def test_overload_blocking_keeps_status_and_retry_after(gateway: Gateway) -> None:
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await call(gateway, "anthropic_overloaded_midstream", stream=False)
+    assert caught.value.status_code == 529
+    assert caught.value.response.headers["retry-after"] == "3"
+
+
+async def test_models_list_and_count_tokens_pass_through(gateway: Gateway) -> None:
+    client = gateway.anthropic()
+    models = await client.models.list()
+    assert [m.id for m in models.data]
+    assert gateway.mock.requests[-1].target.startswith("/v1/models")
+    count = await client.messages.count_tokens(
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hello there"}]
+    )
+    assert count.input_tokens > 0
+    received = gateway.mock.requests[-1]
+    assert received.target == "/v1/messages/count_tokens"
+    assert received.header("x-forwarded-proto") == "http"
+    assert received.header("x-forwarded-for") == "127.0.0.1"
+    await gateway.flush()
+    assert gateway.store.interceptions() == []  # passthrough is not recorded
+
+
+async def test_passthrough_injects_the_central_key_only_when_the_client_has_none(
+    gateway: Gateway,
+) -> None:
+    async with httpx2.AsyncClient() as client:
+        del client.headers["user-agent"]
+        response = await client.get(f"{gateway.url}/anthropic/v1/models?limit=2")
+    assert response.status_code == 200
+    received = gateway.mock.requests[-1]
+    assert received.target == "/v1/models?limit=2"
+    assert received.header("x-api-key") == CENTRAL_KEY
+    assert received.header("user-agent") == "bridge"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/anthropic/v1/models/%2e%2e/%2e%2e/admin",
+        "/anthropic/v1/models%2f..%2f..%2fadmin",
+        "/anthropic/v1/models/..%2f..%2fadmin",
+        "/anthropic/api/event_logging/%2E%2E/%2E%2E/v1/messages",
+        "/anthropic/v1/models/%5c..%5cadmin",
+        "/anthropic/v1/modelsX",
+    ],
+)
+async def test_passthrough_cannot_escape_its_prefix(gateway: Gateway, path: str) -> None:
+    async with httpx2.AsyncClient() as client:
+        response = await client.get(httpx2.URL(f"{gateway.url}{path}"))
+    assert response.status_code == 404
+    assert response.json()["type"] == "error"
+    assert gateway.mock.requests == []
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "request body is not valid JSON"),
+        (b"[1, 2]", "request body must be a JSON object, got list"),
+        (b'{"messages": []}', "model: a non-empty string is required"),
+        (b'{"model": "m"}', "messages: a list of messages is required"),
+        (b'{"model": 5, "messages": []}', "model: a non-empty string is required"),
+        (b"\xff\xfe", "request body is not valid JSON"),
+    ],
+)
+async def test_bad_bodies_get_400_in_anthropic_shape(
+    gateway: Gateway, body: bytes, message: str
+) -> None:
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(f"{gateway.url}/anthropic/v1/messages", content=body)
+    assert response.status_code == 400
+    document = response.json()
+    assert document["type"] == "error"
+    assert document["error"]["type"] == "invalid_request_error"
+    assert document["error"]["message"].startswith(message)
+    assert "Traceback" not in response.text
+    assert gateway.mock.requests == []
+
+
+async def test_unknown_routes_get_404(gateway: Gateway) -> None:
+    async with httpx2.AsyncClient() as client:
+        inside = await client.post(f"{gateway.url}/anthropic/v1/complete", content=b"{}")
+        outside = await client.get(f"{gateway.url}/nowhere")
+    assert inside.status_code == 404
+    assert inside.json()["error"]["type"] == "not_found_error"
+    assert outside.status_code == 404
+    assert outside.json()["error"]["message"] == "route not supported: GET /nowhere"
+    assert gateway.mock.requests == []
+
+
+async def test_oversized_body_gets_413_and_the_connection_closes(start_gateway: Any) -> None:
+    gateway: Gateway = await start_gateway(server_changes={"max_body_bytes": 2048})
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(f"{gateway.url}/anthropic/v1/messages", content=b"x" * 4096)
+        assert response.status_code == 413
+        assert response.headers["connection"] == "close"
+        assert response.json()["error"]["type"] == "request_too_large"
+        # The next request on a fresh connection works.
+        ok = await client.get(f"{gateway.url}/healthz")
+        assert ok.status_code == 200
+    assert gateway.mock.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
+async def test_unreachable_upstream_is_502_in_anthropic_shape(
+    start_gateway: Any, stream: bool
+) -> None:
+    gateway: Gateway = await start_gateway(upstream_url="http://127.0.0.1:1/")
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await call(gateway, "anthropic_text", stream=stream)
+    assert caught.value.status_code == 502
+    assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert "upstream unreachable" in caught.value.body["error"]["message"]  # type: ignore[index]
+    await gateway.flush()
+    interception = only(gateway.store.interceptions())
+    assert interception["outcome"] == "failed"
+
+
+async def test_health_and_readiness(gateway: Gateway) -> None:
+    async with httpx2.AsyncClient() as client:
+        health = await client.get(f"{gateway.url}/healthz")
+        ready = await client.get(f"{gateway.url}/readyz")
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True

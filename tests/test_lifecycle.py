@@ -1,0 +1,208 @@
+"""The life of an interception: client disconnects, pings, auth, shutdown, embedding."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import trio
+
+from bridge import AuthConfig, MemoryStore, Outcome, Request, open_bridge, serve
+from bridge.core.relay import Relay
+from bridge.dialects.anthropic import AnthropicMessages
+from bridge.mock_upstream import MockUpstream
+
+from .conftest import Gateway, gateway_config
+
+SLOW = {"x-mock-scenario": "anthropic_slow_stream", "x-api-key": "k"}
+BODY = (
+    b'{"model":"claude-sonnet-4-6","max_tokens":50,"stream":true,'
+    b'"messages":[{"role":"user","content":"count"}]}'
+)
+
+
+async def test_client_disconnect_closes_upstream_and_records_what_was_known(
+    gateway: Gateway,
+) -> None:
+    async with (
+        httpx2.AsyncClient() as client,
+        client.stream(
+            "POST",
+            f"{gateway.url}/anthropic/v1/messages",
+            content=BODY,
+            headers={**SLOW, "x-mock-pace-ms": "20"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        seen = 0
+        async for line in response.aiter_lines():
+            seen += line.startswith("event: content_block_delta")
+            if seen == 3:
+                break
+    # Leaving the block closed the client connection mid-stream.
+    with trio.fail_after(5):
+        await gateway.mock.wait_disconnect()
+    with trio.fail_after(5):
+        await gateway.bridge.wait_idle()
+    await gateway.flush()
+    [row] = gateway.store.interceptions()
+    assert row["outcome"] == "client_disconnected"
+    [usage] = gateway.store.token_usages(row["id"])
+    assert usage["input"] > 0  # message_start's usage was known when the client left
+
+
+class _FakeSink:
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, bytes]] = []
+        self.started = False
+
+    async def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        self.started = True
+
+    async def send(self, data: bytes) -> None:
+        self.frames.append((trio.current_time(), data))
+
+    async def end(self) -> None:
+        pass
+
+    async def wait_disconnected(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_silent_stream_gets_a_ping_every_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sink = _FakeSink()
+    relay = Relay(sink)
+    ping = AnthropicMessages().ping_frame()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay.keep_alive, ping, 10.0)
+        await trio.sleep(30)  # virtual time: not started yet, so no pings
+        assert sink.frames == []
+        await relay.send_frame(b"event: a\ndata: {}\n\n")
+        await trio.sleep(5)
+        await relay.send_frame(b"event: b\ndata: {}\n\n")  # resets the timer
+        await trio.sleep(25)
+        relay.finish()
+        await trio.sleep(30)  # no pings after the stream is complete
+        nursery.cancel_scope.cancel()
+    pings = [t for t, frame in sink.frames if frame == ping]
+    assert pings == [45.0, 55.0]
+    assert ping == b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
+async def test_header_auth_mode_attributes_and_strips_the_header(start_gateway: Any) -> None:
+    gateway: Gateway = await start_gateway(auth=AuthConfig(mode="header", header="X-Bridge-User"))
+    async with httpx2.AsyncClient() as client:
+        body = BODY.replace(b'"stream":true,', b"")
+        refused = await client.post(f"{gateway.url}/anthropic/v1/messages", content=body)
+        accepted = await client.post(
+            f"{gateway.url}/anthropic/v1/messages",
+            content=body,
+            headers={"x-bridge-user": "alice"},
+        )
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "authentication_error"
+    assert accepted.status_code == 200
+    assert len(gateway.mock.requests) == 1
+    assert gateway.mock.requests[0].header("x-bridge-user") is None
+    await gateway.flush()
+    assert [r["initiator_id"] for r in gateway.store.interceptions()] == ["alice"]
+
+
+async def test_embedded_bridge_serves_without_an_http_server(
+    nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path
+) -> None:
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    store = MemoryStore()
+    async with open_bridge(config, store=store) as bridge:
+        response = await bridge.handle(
+            Request("POST", "/anthropic/v1/messages", body=BODY.replace(b'"stream":true,', b""))
+        )
+        assert response.status == 200
+        assert response.header("content-type") == "application/json"
+        async with bridge.stream(Request("POST", "/anthropic/v1/messages", body=BODY)) as streamed:
+            assert streamed.status == 200
+            frames = [chunk async for chunk in streamed.aiter_bytes()]
+        assert frames[-1].startswith(b"event: message_stop")
+    outcomes = [store.ended[i.id].outcome for i in store.interceptions]
+    assert outcomes == [Outcome.COMPLETED, Outcome.COMPLETED]
+    assert [i.initiator_id for i in store.interceptions] == ["anonymous", "anonymous"]
+
+
+async def test_embedded_stream_left_early_is_a_client_disconnect(
+    nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path
+) -> None:
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    store = MemoryStore()
+    async with open_bridge(config, store=store) as bridge:
+        request = Request(
+            "POST",
+            "/anthropic/v1/messages",
+            headers=[("x-mock-scenario", "anthropic_slow_stream"), ("x-mock-pace-ms", "10")],
+            body=BODY,
+        )
+        async with bridge.stream(request) as streamed:
+            async for _ in streamed.aiter_bytes():
+                break
+        with trio.fail_after(5):
+            await mock.wait_disconnect()
+    [interception] = store.interceptions
+    assert store.ended[interception.id].outcome is Outcome.CLIENT_DISCONNECTED
+
+
+async def _stream_in_background(
+    url: str, received: list[bytes], first: trio.Event, done: trio.Event
+) -> None:
+    try:
+        async with (
+            httpx2.AsyncClient() as client,
+            client.stream(
+                "POST",
+                f"{url}/anthropic/v1/messages",
+                content=BODY,
+                headers={**SLOW, "x-mock-pace-ms": "5"},
+            ) as response,
+        ):
+            async for chunk in response.aiter_bytes():
+                received.append(chunk)
+                first.set()
+    except httpx2.RemoteProtocolError:
+        received.append(b"<cut>")  # a stream cancelled at shutdown ends without its last chunk
+    done.set()
+
+
+@pytest.mark.parametrize("grace", [30.0, 0.0], ids=["drained", "cancelled"])
+async def test_sigterm_drains_in_flight_streams_then_exits(
+    mock: MockUpstream, tmp_path: Path, grace: float
+) -> None:
+    config = gateway_config(tmp_path, mock.port, grace_period=grace)  # type: ignore[attr-defined]
+    received: list[bytes] = []
+    first, done = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, config))
+        nursery.start_soon(_stream_in_background, binds[0], received, first, done)
+        await first.wait()
+        os.kill(os.getpid(), signal.SIGTERM)
+        with trio.fail_after(10):
+            await done.wait()
+    # serve() returned: the recorder was drained into the database.
+    from bridge.recording.sqlite import SQLiteStore
+
+    with SQLiteStore(tmp_path / "bridge.db") as store:
+        [row] = store.interceptions()
+    body = b"".join(received)
+    if grace:
+        assert body.rstrip().endswith(b'data: {"type":"message_stop"}')
+        assert row["outcome"] == "completed"
+    else:
+        assert b"message_stop" not in body
+        assert body.endswith(b"<cut>")
+        assert row["outcome"] == "failed"
+        assert row["error"] == "cancelled: the gateway is shutting down"

@@ -57,6 +57,10 @@ BACKOFF_MIN: Final = 0.1 * SECONDS
 BACKOFF_MAX: Final = 5 * SECONDS
 """...up to this."""
 NOT_READY_AFTER: Final = 3
+LINGER: Final = 0.05 * SECONDS
+"""How long the first record of a batch waits for others: one transaction (and one
+thread hop) per request would cost the gateway more than the whole relay does.
+A :meth:`Recorder.flush` cuts the wait short."""
 """Failed writes in a row after which :meth:`Recorder.ready` says False."""
 
 _RECORD_TYPES: Final = frozenset(get_args(Record))
@@ -107,8 +111,10 @@ class Recorder:
         send: trio.MemorySendChannel[_Item],
         receive: trio.MemoryReceiveChannel[_Item],
         batch_size: int,
+        linger: float = LINGER,
     ) -> None:
         self.stats = RecorderStats()
+        self._linger = linger
         self._store = store
         self._send = send
         self._receive = receive
@@ -191,7 +197,17 @@ class Recorder:
             if not self._batch and not self._flushes:
                 self._take(await self._receive.receive())
             self._fill()
+            await self._gather()
             await self._write_with_retry()
+
+    async def _gather(self) -> None:
+        """Wait up to the linger time for more records, unless a flush is waiting."""
+        with trio.move_on_after(self._linger):
+            while len(self._batch) < self._batch_size and not self._flushes:
+                try:
+                    self._take(await self._receive.receive())
+                except trio.EndOfChannel:
+                    return
 
     def _take(self, item: _Item) -> None:
         if isinstance(item, _Flush):
@@ -276,6 +292,7 @@ async def open_recorder(
     queue_size: int = QUEUE_SIZE,
     batch_size: int = BATCH_SIZE,
     drain_timeout: float = DRAIN_TIMEOUT,
+    linger: float = LINGER,
 ) -> AsyncIterator[Recorder]:
     """Run a recorder writing to *store* for the duration of the block.
 
@@ -291,7 +308,9 @@ async def open_recorder(
     if not drain_timeout >= 0:  # written so that NaN fails too
         raise ValueError(f"drain_timeout must be a number of seconds >= 0, got {drain_timeout}")
     send, receive = trio.open_memory_channel[_Item](queue_size)
-    recorder = Recorder(store, send, receive, batch_size)
+    if not linger >= 0:
+        raise ValueError(f"linger must be a number of seconds >= 0, got {linger}")
+    recorder = Recorder(store, send, receive, batch_size, linger)
     try:
         try:
             async with trio.open_nursery() as nursery:

@@ -1,0 +1,1 @@
+"""Benchmarks: measured by running them, never asserted by tests."""

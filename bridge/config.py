@@ -99,7 +99,7 @@ class ProviderType:
     base_url_env: str
 
 
-# Known provider types. Adding openai or copilot means adding a row here (and a dialect).
+# Known provider types. A new type is a row here, a route table in providers.py and dialects.
 PROVIDER_TYPES: Final[Mapping[str, ProviderType]] = types.MappingProxyType(
     {
         "anthropic": ProviderType(
@@ -108,8 +108,24 @@ PROVIDER_TYPES: Final[Mapping[str, ProviderType]] = types.MappingProxyType(
             key_env="ANTHROPIC_API_KEY",
             base_url_env="ANTHROPIC_BASE_URL",
         ),
+        "openai": ProviderType(
+            name="openai",
+            default_base_url="https://api.openai.com/v1/",
+            key_env="OPENAI_API_KEY",
+            base_url_env="OPENAI_BASE_URL",
+        ),
+        # Copilot has no central key: every user brings their own GitHub token.
+        "copilot": ProviderType(
+            name="copilot",
+            default_base_url="https://api.individual.githubcopilot.com/",
+            key_env="",
+            base_url_env="COPILOT_BASE_URL",
+        ),
     }
 )
+
+DEFAULT_PROVIDERS: Final = ("anthropic", "openai", "copilot")
+"""The providers configured when the file has no ``[providers]`` section."""
 
 
 # --- Showing values without leaking secrets --------------------------------------------------
@@ -432,8 +448,12 @@ class ProviderConfig:
 
     @property
     def route_prefix(self) -> str:
-        """The path the gateway serves this provider under, e.g. ``/anthropic``."""
-        return "/" + self.name
+        """The path the gateway serves this provider under, e.g. ``/anthropic``.
+
+        OpenAI's base URL includes its version, so its routes sit under ``/<name>/v1``
+        (reference 1.2): the suffix after the prefix joins the base URL unchanged.
+        """
+        return f"/{self.name}/v1" if self.type == "openai" else f"/{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,7 +632,7 @@ def _load_providers(
     raw: object, environ: Mapping[str, str], where: str
 ) -> tuple[ProviderConfig, ...]:
     if raw is None:  # no [providers] at all: the default set
-        raw = {"anthropic": {}}
+        raw = {name: {} for name in DEFAULT_PROVIDERS}
     providers = []
     for name, entry in _table(raw, "providers", where).items():
         _check_provider_name(name, where)
@@ -636,7 +656,7 @@ def _load_providers(
             base_url = environ.get(provider_type.base_url_env, "")
             if base_url and not values.get("base_url"):
                 values["base_url"] = _check_base_url(provider_type.base_url_env, base_url)
-            if not values.get("key"):
+            if not values.get("key") and provider_type.key_env:
                 values["key"] = environ.get(provider_type.key_env, "")
         providers.append(ProviderConfig(name=name, **values))
     return tuple(providers)

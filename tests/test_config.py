@@ -79,7 +79,12 @@ def test_defaults_without_file_or_environment() -> None:
             key="",
             connect_timeout=10.0,
         ),
+        ProviderConfig(name="openai", type="openai", base_url="https://api.openai.com/v1/"),
+        ProviderConfig(
+            name="copilot", type="copilot", base_url="https://api.individual.githubcopilot.com/"
+        ),
     )
+    assert [p.route_prefix for p in config.providers] == ["/anthropic", "/openai/v1", "/copilot"]
 
 
 def test_file_values_are_read(tmp_path: Path) -> None:
@@ -271,8 +276,8 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
         " add type = 'anthropic'",
     ),
     (
-        {"providers": {"work": {"type": "openai"}}},
-        "providers.work.type must be 'anthropic', got 'openai'",
+        {"providers": {"work": {"type": "gemini"}}},
+        "providers.work.type must be 'anthropic', 'openai' or 'copilot', got 'gemini'",
     ),
     (
         {"providers": {"anthropic": {"base_url": "ftp://example.com"}}},
@@ -436,10 +441,16 @@ def test_unknown_names_are_rejected_with_a_suggestion(
 
 
 def test_anthropic_key_and_base_url_come_from_the_sdk_variables() -> None:
-    environ = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}
-    (provider,) = config_from_mapping({}, environ).providers
-    assert provider.key == SECRET
-    assert provider.base_url == "http://127.0.0.1:9/"
+    environ = {
+        "ANTHROPIC_API_KEY": SECRET,
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
+        "OPENAI_API_KEY": "sk-openai-" + SECRET,
+        "OPENAI_BASE_URL": "http://127.0.0.1:10/v1",
+    }
+    anthropic, openai, copilot = config_from_mapping({}, environ).providers
+    assert (anthropic.key, anthropic.base_url) == (SECRET, "http://127.0.0.1:9/")
+    assert (openai.key, openai.base_url) == ("sk-openai-" + SECRET, "http://127.0.0.1:10/v1/")
+    assert copilot.key == ""
 
 
 def test_file_key_and_base_url_beat_the_sdk_variables() -> None:

@@ -9,9 +9,14 @@ Rules and invariants:
 * Scenarios are loaded and validated once (:func:`load_scenarios`); every response's wire
   bytes (header list, body, one chunk per SSE event) are encoded at load time, so serving a
   request is routing plus writes. Nothing is logged per request.
-* A scenario is chosen by the ``x-mock-scenario`` request header, else by a scenario whose
-  name equals the body's ``model``, else the server's ``default_scenario``. The response
-  index is the number of request messages carrying a ``tool_result`` block, capped at the
+* Routes: Anthropic ``/v1/messages`` (+ ``count_tokens``, ``GET /v1/models``); OpenAI
+  ``/v1/chat/completions`` and ``/v1/responses``, also without ``/v1`` (GitHub Copilot's
+  upstream paths), and ``GET /models``.
+* A scenario is chosen by the ``x-mock-scenario`` request header, else by a scenario of the
+  route's API whose name equals the body's ``model``, else the API's default scenario. A
+  scenario of another API is refused. The response index is the number of earlier tool
+  results in the request (Anthropic messages carrying a ``tool_result`` block, Chat
+  messages with role ``tool``, Responses ``function_call_output`` items), capped at the
   last response, so one scenario can answer every call of an agentic loop.
 * Streams are sent one write per SSE event (chunked transfer encoding), with an optional
   pace between events. While a stream is being sent, a watcher task reads the socket: when
@@ -19,10 +24,12 @@ Rules and invariants:
   :attr:`MockUpstream.disconnects` and sending stops. That is how tests observe that the
   gateway cut the upstream stream when its own client went away.
 * Mistakes in how a test uses the mock (an unknown scenario name, a scenario without
-  streaming responses) are answered with a 400 in Anthropic's error shape whose message
-  names the fix. 400 rather than 500 because SDK clients retry 5xx with back-off.
-* Requests without ``x-api-key`` and without ``authorization`` get 401, so tests can check
-  that the gateway injects the provider key.
+  streaming responses) are answered with a 400 in the route's error shape (Anthropic's or
+  OpenAI's) whose message names the fix. 400 rather than 500 because SDK clients retry 5xx
+  with back-off.
+* Anthropic requests without ``x-api-key`` and without ``authorization``, and OpenAI
+  requests without ``authorization: Bearer <key>``, get 401, so tests can check that the
+  gateway injects the provider key.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +50,7 @@ __all__ = [
     "FIXTURES_DIR",
     "Expect",
     "ExpectedError",
+    "ExpectedThought",
     "ExpectedToolCall",
     "ExpectedUsage",
     "FixtureError",
@@ -65,6 +73,12 @@ APIS: Final[frozenset[str]] = frozenset({"anthropic.messages", "openai.chat", "o
 MODELS_SCENARIO: Final[str] = "anthropic_models"
 """The scenario whose ``upstream.get`` answers ``GET /v1/models``."""
 
+OPENAI_MODELS_SCENARIO: Final[str] = "openai_models"
+"""The scenario whose ``upstream.get`` answers ``GET /models`` (OpenAI's list shape)."""
+
+THOUGHT_SOURCES: Final[frozenset[str]] = frozenset({"reasoning_summary", "commentary"})
+"""The values ``expect.thoughts[].source`` may take."""
+
 RECEIVE_SIZE: Final[int] = 65536
 """Bytes asked of the socket per read."""
 
@@ -76,12 +90,13 @@ _USAGE_KEYS: Final[tuple[str, ...]] = (
     "cache_write_5m",
     "cache_write_1h",
     "web_search_requests",
+    "reasoning",
 )
 _TOP_KEYS: Final[frozenset[str]] = frozenset(
     {"name", "description", "api", "request", "upstream", "expect"}
 )
 _EXPECT_KEYS: Final[frozenset[str]] = frozenset(
-    {"usage", "text", "tool_calls", "thinking", "error"}
+    {"usage", "text", "tool_calls", "thinking", "thoughts", "error"}
 )
 _RESPONSE_KEYS: Final[frozenset[str]] = frozenset({"status", "headers", "body", "events", "raw"})
 
@@ -144,15 +159,22 @@ class ExpectedUsage:
     cache_write_5m: int = 0
     cache_write_1h: int = 0
     web_search_requests: int = 0
+    reasoning: int = 0
+    """Reasoning tokens (OpenAI), already counted inside ``output``."""
 
 
 @dataclass(frozen=True, slots=True)
 class ExpectedToolCall:
-    """A client tool call the model makes in a scenario."""
+    """A client tool call the model makes in a scenario.
+
+    ``id`` is the id the client answers with (Anthropic ``tool_use.id``, Chat Completions
+    ``tool_calls[].id``, Responses ``call_id``). ``input`` is the parsed JSON arguments, or the
+    free-form string of a Responses ``custom_tool_call``.
+    """
 
     name: str
     id: str
-    input: dict[str, Any]
+    input: dict[str, Any] | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +186,15 @@ class ExpectedError:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpectedThought:
+    """Model output that is not the answer: a reasoning summary or a commentary message."""
+
+    source: str
+    """One of :data:`THOUGHT_SOURCES`."""
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class Expect:
     """What a correct gateway observes; None where the field does not apply."""
 
@@ -171,6 +202,7 @@ class Expect:
     text: str | None = None
     tool_calls: tuple[ExpectedToolCall, ...] | None = None
     thinking: tuple[str, ...] | None = None
+    thoughts: tuple[ExpectedThought, ...] | None = None
     error: ExpectedError | None = None
 
 
@@ -395,9 +427,11 @@ def _parse_expect(value: Any, path: Path) -> Expect:
             if (
                 not isinstance(call, dict)
                 or set(call) != {"name", "id", "input"}
-                or not isinstance(call["input"], dict)
+                or not isinstance(call["input"], dict | str)
             ):
-                raise _fail(path, f"expect.tool_calls[{i}]", "must be {name, id, input: object}")
+                raise _fail(
+                    path, f"expect.tool_calls[{i}]", "must be {name, id, input: object or string}"
+                )
             calls.append(ExpectedToolCall(name=call["name"], id=call["id"], input=call["input"]))
         tool_calls = tuple(calls)
     thinking = None
@@ -406,6 +440,26 @@ def _parse_expect(value: Any, path: Path) -> Expect:
         if not isinstance(raw_thinking, list) or not all(isinstance(t, str) for t in raw_thinking):
             raise _fail(path, "expect.thinking", "must be a list of strings")
         thinking = tuple(raw_thinking)
+    thoughts = None
+    if "thoughts" in value:
+        raw_thoughts = value["thoughts"]
+        if not isinstance(raw_thoughts, list):
+            raise _fail(path, "expect.thoughts", "must be a list of {source, content}")
+        parsed = []
+        for i, thought in enumerate(raw_thoughts):
+            if (
+                not isinstance(thought, dict)
+                or set(thought) != {"source", "content"}
+                or thought["source"] not in THOUGHT_SOURCES
+                or not isinstance(thought["content"], str)
+            ):
+                raise _fail(
+                    path,
+                    f"expect.thoughts[{i}]",
+                    f"must be {{source: one of {sorted(THOUGHT_SOURCES)}, content: string}}",
+                )
+            parsed.append(ExpectedThought(source=thought["source"], content=thought["content"]))
+        thoughts = tuple(parsed)
     error = None
     if "error" in value:
         raw_error = value["error"]
@@ -417,7 +471,14 @@ def _parse_expect(value: Any, path: Path) -> Expect:
         ):
             raise _fail(path, "expect.error", "must be {status: int, type: str}")
         error = ExpectedError(status=raw_error["status"], type=raw_error["type"])
-    return Expect(usage=usage, text=text, tool_calls=tool_calls, thinking=thinking, error=error)
+    return Expect(
+        usage=usage,
+        text=text,
+        tool_calls=tool_calls,
+        thinking=thinking,
+        thoughts=thoughts,
+        error=error,
+    )
 
 
 # --------------------------------------------------------------------------- wire encoding
@@ -478,6 +539,17 @@ def _error_response(status: int, error_type: str, message: str) -> UpstreamRespo
     )
 
 
+def _openai_error_response(
+    status: int, error_type: str, message: str, code: str | None = None
+) -> UpstreamResponse:
+    """A response in OpenAI's error shape, for answers the mock makes up on OpenAI routes."""
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return _encode(
+        UpstreamResponse(status=status, headers=(("x-request-id", "req_mock"),), body=body),
+        streaming=False,
+    )
+
+
 def _json_response(body: Any) -> UpstreamResponse:
     return _encode(
         UpstreamResponse(status=200, headers=(("request-id", "req_mock"),), body=body),
@@ -488,14 +560,23 @@ def _json_response(body: Any) -> UpstreamResponse:
 _NOT_AUTHENTICATED: Final = _error_response(
     401, "authentication_error", "x-api-key header is required"
 )
+_OPENAI_NOT_AUTHENTICATED: Final = _openai_error_response(
+    401,
+    "invalid_request_error",
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+)
+
+_ErrorShape = Callable[[int, str, str], UpstreamResponse]
+"""Makes the mock's own error answers in the shape of the route's provider."""
 
 
 # --------------------------------------------------------------------------- routing
 
 
-def _tool_result_turns(body: Any) -> int:
+def _tool_result_turns(body: dict[str, Any]) -> int:
     """How many request messages carry a ``tool_result`` block: the agentic-loop call index."""
-    messages = body.get("messages") if isinstance(body, dict) else None
+    messages = body.get("messages")
     if not isinstance(messages, list):
         return 0
     turns = 0
@@ -508,11 +589,42 @@ def _tool_result_turns(body: Any) -> int:
     return turns
 
 
+def _tool_messages(body: dict[str, Any]) -> int:
+    """How many Chat Completions messages have role ``tool``: the agentic-loop call index."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    return sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "tool")
+
+
+def _tool_outputs(body: dict[str, Any]) -> int:
+    """How many Responses input items are tool outputs: the agentic-loop call index.
+
+    ``input`` may be a plain string (no items). A follow-up that relies on
+    ``previous_response_id`` carries only the new outputs, so its index can exceed the
+    scenario's list; the ``min(k, len - 1)`` cap then answers with the last response.
+    """
+    items = body.get("input")
+    if not isinstance(items, list):
+        return 0
+    return sum(
+        1
+        for item in items
+        if isinstance(item, dict)
+        and item.get("type") in ("function_call_output", "custom_tool_call_output")
+    )
+
+
 class MockUpstream:
     """The fake provider: serve it with :meth:`serve`, then inspect what it saw.
 
     ``pace`` is the delay in seconds between SSE events (the ``x-mock-pace-ms`` request
     header overrides it per request). Use it with trio's ``autojump_clock`` in tests.
+
+    Each API has its own default scenario. ``default_scenario`` (Anthropic) and any default
+    passed explicitly must be loaded. The OpenAI defaults left as they are
+    (``openai_chat_text``, ``openai_responses_text``) are checked only when a request needs
+    them, so a scenario set written for one API still serves it.
     """
 
     def __init__(
@@ -521,19 +633,28 @@ class MockUpstream:
         *,
         pace: float = 0.0,
         default_scenario: str = "anthropic_text",
+        default_chat_scenario: str | None = None,
+        default_responses_scenario: str | None = None,
     ) -> None:
         if scenarios is None:
             scenarios = load_scenarios(FIXTURES_DIR)
         if not math.isfinite(pace) or pace < 0:
             raise ValueError(f"pace must be a finite number of seconds >= 0, got {pace!r}")
-        if default_scenario not in scenarios:
-            raise ValueError(
-                f"default_scenario {default_scenario!r} is not among the loaded scenarios "
-                f"{sorted(scenarios)}; pass one of them"
-            )
+        for argument, value in (
+            ("default_scenario", default_scenario),
+            ("default_chat_scenario", default_chat_scenario),
+            ("default_responses_scenario", default_responses_scenario),
+        ):
+            if value is not None and value not in scenarios:
+                raise ValueError(
+                    f"{argument} {value!r} is not among the loaded scenarios "
+                    f"{sorted(scenarios)}; pass one of them"
+                )
         self.scenarios: Mapping[str, Scenario] = scenarios
         self.pace = pace
         self.default_scenario = default_scenario
+        self.default_chat_scenario = default_chat_scenario or "openai_chat_text"
+        self.default_responses_scenario = default_responses_scenario or "openai_responses_text"
         self.requests: list[ReceivedRequest] = []
         self.disconnects: list[float] = []
         """``trio.current_time()`` of each client close while a stream was being sent."""
@@ -637,19 +758,37 @@ class MockUpstream:
                 return None
 
     def _route(self, request: ReceivedRequest) -> tuple[UpstreamResponse, float]:
-        """Pick the response for ``request`` and the pace of its stream."""
+        """Pick the response for ``request`` and the pace of its stream.
+
+        Anthropic routes accept ``x-api-key`` or ``authorization``; OpenAI routes (with or
+        without the ``/v1`` prefix, as GitHub Copilot's upstream has none) need
+        ``authorization: Bearer ...`` and answer the mock's own errors in OpenAI's shape.
+        """
         path = request.target.partition("?")[0]
-        if path == "/v1/messages" and request.method == "POST":
+        method = request.method
+        handler: Callable[[ReceivedRequest], UpstreamResponse]
+        error: _ErrorShape = _error_response
+        if path == "/v1/messages" and method == "POST":
             handler = self._messages
-        elif path == "/v1/messages/count_tokens" and request.method == "POST":
+        elif path == "/v1/messages/count_tokens" and method == "POST":
             handler = self._count_tokens
-        elif path == "/v1/models" and request.method == "GET":
+        elif path == "/v1/models" and method == "GET":
             handler = self._models
+        elif path in ("/v1/chat/completions", "/chat/completions") and method == "POST":
+            handler, error = self._chat, _openai_error_response
+        elif path in ("/v1/responses", "/responses") and method == "POST":
+            handler, error = self._responses, _openai_error_response
+        elif path == "/models" and method == "GET":
+            handler, error = self._openai_models, _openai_error_response
         else:
             return _error_response(
-                404, "not_found_error", f"{request.method} {path}: no such route in the mock"
+                404, "not_found_error", f"{method} {path}: no such route in the mock"
             ), 0.0
-        if request.header("x-api-key") is None and request.header("authorization") is None:
+        if error is _openai_error_response:
+            authorization = request.header("authorization") or ""
+            if not authorization.lower().startswith("bearer ") or not authorization[7:].strip():
+                return _OPENAI_NOT_AUTHENTICATED, 0.0
+        elif request.header("x-api-key") is None and request.header("authorization") is None:
             return _NOT_AUTHENTICATED, 0.0
         pace = self.pace
         pace_ms = request.header("x-mock-pace-ms")
@@ -659,7 +798,7 @@ class MockUpstream:
             except ValueError:
                 pace = -1.0
             if not math.isfinite(pace) or pace < 0:
-                return _error_response(
+                return error(
                     400,
                     "invalid_request_error",
                     f"x-mock-pace-ms: {pace_ms!r} must be a number of milliseconds >= 0",
@@ -667,35 +806,84 @@ class MockUpstream:
         return handler(request), pace
 
     def _messages(self, request: ReceivedRequest) -> UpstreamResponse:
+        return self._replay(
+            request,
+            "anthropic.messages",
+            self.default_scenario,
+            _tool_result_turns,
+            _error_response,
+        )
+
+    def _chat(self, request: ReceivedRequest) -> UpstreamResponse:
+        return self._replay(
+            request,
+            "openai.chat",
+            self.default_chat_scenario,
+            _tool_messages,
+            _openai_error_response,
+        )
+
+    def _responses(self, request: ReceivedRequest) -> UpstreamResponse:
+        return self._replay(
+            request,
+            "openai.responses",
+            self.default_responses_scenario,
+            _tool_outputs,
+            _openai_error_response,
+        )
+
+    def _replay(
+        self,
+        request: ReceivedRequest,
+        api: str,
+        default: str,
+        call_index: Callable[[dict[str, Any]], int],
+        error: _ErrorShape,
+    ) -> UpstreamResponse:
+        """Answer a generation request from a scenario of ``api``.
+
+        The scenario is the one named by ``x-mock-scenario``, else the one named like the
+        body's ``model`` if it is an ``api`` scenario, else ``default``. A scenario of another
+        API is refused: replaying Anthropic events on an OpenAI route would only hide a
+        mistake in the test.
+        """
         try:
             body = json.loads(request.body)
         except ValueError:
-            return _error_response(400, "invalid_request_error", "the body is not valid JSON")
+            return error(400, "invalid_request_error", "the body is not valid JSON")
         if not isinstance(body, dict):
-            return _error_response(400, "invalid_request_error", "the body must be a JSON object")
+            return error(400, "invalid_request_error", "the body must be a JSON object")
         name = request.header("x-mock-scenario")
         if name is None:
             model = body.get("model")
-            name = model if isinstance(model, str) and model in self.scenarios else None
-        scenario = self.scenarios.get(name if name is not None else self.default_scenario)
+            by_model = self.scenarios.get(model) if isinstance(model, str) else None
+            name = by_model.name if by_model is not None and by_model.api == api else default
+        scenario = self.scenarios.get(name)
         if scenario is None:
-            return _error_response(
+            return error(
                 400,
                 "invalid_request_error",
                 f"x-mock-scenario: {name!r} names no loaded scenario; "
                 f"known: {sorted(self.scenarios)}",
             )
+        if scenario.api != api:
+            return error(
+                400,
+                "invalid_request_error",
+                f"mock scenario {scenario.name!r} is an {scenario.api} scenario, but "
+                f"{request.target.partition('?')[0]} serves {api}; pick an {api} scenario",
+            )
         streaming = body.get("stream") is True
         kind = "streaming" if streaming else "blocking"
         responses = scenario.upstream.streaming if streaming else scenario.upstream.blocking
         if not responses:
-            return _error_response(
+            return error(
                 400,
                 "invalid_request_error",
                 f"mock scenario {scenario.name!r} has no upstream.{kind} responses; "
                 f"add them to {scenario.path} or pick another scenario",
             )
-        return responses[min(_tool_result_turns(body), len(responses) - 1)]
+        return responses[min(call_index(body), len(responses) - 1)]
 
     def _count_tokens(self, request: ReceivedRequest) -> UpstreamResponse:
         return _json_response({"input_tokens": len(request.body) // 4})
@@ -707,6 +895,16 @@ class MockUpstream:
                 400,
                 "invalid_request_error",
                 f"GET /v1/models needs a loaded scenario {MODELS_SCENARIO!r} with upstream.get",
+            )
+        return scenario.upstream.get
+
+    def _openai_models(self, request: ReceivedRequest) -> UpstreamResponse:
+        scenario = self.scenarios.get(OPENAI_MODELS_SCENARIO)
+        if scenario is None or scenario.upstream.get is None:
+            return _openai_error_response(
+                400,
+                "invalid_request_error",
+                f"GET /models needs a loaded scenario {OPENAI_MODELS_SCENARIO!r} with upstream.get",
             )
         return scenario.upstream.get
 

@@ -14,6 +14,7 @@ from typing import Any
 import anthropic
 import h11
 import httpx2
+import openai
 import pytest
 import trio
 
@@ -383,3 +384,287 @@ def test_loader_names_the_file_and_the_field(
 def test_unknown_default_scenario_is_refused() -> None:
     with pytest.raises(ValueError, match=r"default_scenario 'nope' is not among"):
         MockUpstream(SCENARIOS, default_scenario="nope")
+
+
+# --------------------------------------------------------------------------- OpenAI routes
+
+BEARER = {"authorization": "Bearer sk-test"}
+
+
+def write_openai_fixture(directory: Path, stem: str, api: str, answers: int) -> None:
+    blocking = [{"status": 200, "body": {"call": i}} for i in range(answers)]
+    write_fixture(directory, stem, {"api": api, "upstream": {"blocking": blocking}})
+
+
+@pytest.mark.parametrize("prefix", ["/v1", ""])
+@pytest.mark.parametrize(
+    ("route", "name"),
+    [("/chat/completions", "openai_chat_tool_call"), ("/responses", "openai_responses_reasoning")],
+)
+async def test_openai_routes_answer_with_and_without_the_v1_prefix(
+    upstream: tuple[MockUpstream, str], prefix: str, route: str, name: str
+) -> None:
+    mock, url = upstream
+    fixture = SCENARIOS[name].upstream.blocking[0]
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        response = await client.post(
+            f"{prefix}{route}?api-version=1", json=body_for(name), headers={"x-mock-scenario": name}
+        )
+    assert response.status_code == 200
+    assert response.json() == fixture.body
+    assert response.headers["x-request-id"] == dict(fixture.headers)["x-request-id"]
+    assert mock.requests[0].target == f"{prefix}{route}?api-version=1"
+
+
+async def test_chat_stream_is_data_lines_ending_with_done(
+    upstream: tuple[MockUpstream, str],
+) -> None:
+    mock, url = upstream
+    fixture = SCENARIOS["openai_chat_text"].upstream.streaming[0]
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        response = await client.post(
+            "/chat/completions", json=body_for("openai_chat_text", stream=True)
+        )
+    assert response.headers["content-type"] == "text/event-stream"
+    blocks = response.content.decode().split("\n\n")
+    assert blocks[-2:] == ["data: [DONE]", ""]
+    assert all(block.startswith("data: ") and "\n" not in block for block in blocks[:-1])
+    assert [json.loads(block[6:]) for block in blocks[:-2]] == [
+        event.data for event in (fixture.events or ())[:-1]
+    ]
+    await mock.wait_completed_streams(1)
+
+
+async def test_responses_stream_has_event_lines(upstream: tuple[MockUpstream, str]) -> None:
+    _, url = upstream
+    fixture = SCENARIOS["openai_responses_tool_call"].upstream.streaming[0]
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        response = await client.post(
+            "/v1/responses",
+            json=body_for("openai_responses_tool_call", stream=True),
+            headers={"x-mock-scenario": "openai_responses_tool_call"},
+        )
+    assert parse_sse(response.content) == [(e.event, e.data) for e in fixture.events or ()]
+
+
+async def test_raw_keepalive_stream_is_sent_verbatim(upstream: tuple[MockUpstream, str]) -> None:
+    _, url = upstream
+    name = "openai_chat_keepalive_comments"
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json=body_for(name, stream=True),
+            headers={"x-mock-scenario": name},
+        )
+    assert response.content == "".join(SCENARIOS[name].upstream.streaming[0].raw or ()).encode()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/chat/completions"),
+        ("POST", "/v1/responses"),
+        ("POST", "/responses"),
+        ("GET", "/models"),
+    ],
+)
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"x-api-key": "sk-test"}, {"authorization": "Basic abc"}, {"authorization": "Bearer"}],
+)
+async def test_openai_routes_need_a_bearer_key(
+    upstream: tuple[MockUpstream, str], method: str, path: str, headers: dict[str, str]
+) -> None:
+    _, url = upstream
+    async with httpx2.AsyncClient(base_url=url) as client:
+        response = await client.request(method, path, json={"model": "gpt-4.1"}, headers=headers)
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert "Bearer" in error["message"]
+
+
+async def test_openai_sdk_reaches_the_copilot_paths_and_the_model_list(
+    upstream: tuple[MockUpstream, str],
+) -> None:
+    mock, url = upstream
+    models = SCENARIOS["openai_models"].upstream.get
+    assert models is not None
+    async with openai.AsyncOpenAI(api_key="k", base_url=url, max_retries=0) as client:
+        completion = await client.chat.completions.create(**body_for("openai_chat_text"))
+        response = await client.responses.create(**body_for("openai_responses_text"))
+        page = await client.models.list()
+    assert completion.choices[0].message.content == SCENARIOS["openai_chat_text"].expect.text
+    assert response.output_text == SCENARIOS["openai_responses_text"].expect.text
+    assert [model.id for model in page.data] == [model["id"] for model in models.body["data"]]
+    assert [r.target.partition("?")[0] for r in mock.requests] == [
+        "/chat/completions",
+        "/responses",
+        "/models",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "model", "expected"),
+    [
+        (
+            "/v1/chat/completions",
+            {"x-mock-scenario": "openai_chat_cached"},
+            "o4-mini",
+            "openai_chat_cached",
+        ),
+        ("/v1/chat/completions", {}, "openai_chat_reasoning", "openai_chat_reasoning"),
+        ("/v1/chat/completions", {}, "gpt-4.1", "openai_chat_text"),
+        ("/v1/chat/completions", {}, "openai_responses_text", "openai_chat_text"),
+        ("/v1/responses", {}, "openai_responses_cached", "openai_responses_cached"),
+        ("/v1/responses", {}, "gpt-4.1", "openai_responses_text"),
+    ],
+)
+async def test_openai_scenario_is_chosen_by_header_then_model_then_the_api_default(
+    upstream: tuple[MockUpstream, str],
+    path: str,
+    headers: dict[str, str],
+    model: str,
+    expected: str,
+) -> None:
+    _, url = upstream
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        response = await client.post(path, json={"model": model}, headers=headers)
+    assert response.json() == SCENARIOS[expected].upstream.blocking[0].body
+
+
+async def test_scenario_of_another_api_is_refused_in_the_routes_error_shape(
+    upstream: tuple[MockUpstream, str],
+) -> None:
+    _, url = upstream
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        on_chat = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4.1"},
+            headers={"x-mock-scenario": "anthropic_text"},
+        )
+        on_messages = await client.post(
+            "/v1/messages",
+            json={"model": "claude-sonnet-4-6"},
+            headers={"x-mock-scenario": "openai_chat_text"},
+        )
+    assert on_chat.status_code == on_messages.status_code == 400
+    assert (
+        "'anthropic_text' is an anthropic.messages scenario" in on_chat.json()["error"]["message"]
+    )
+    assert on_chat.json()["error"]["type"] == "invalid_request_error"
+    assert on_messages.json()["type"] == "error"
+    assert "pick an anthropic.messages scenario" in on_messages.json()["error"]["message"]
+
+
+async def test_chat_response_index_is_the_number_of_tool_messages(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    write_openai_fixture(tmp_path, "chat_loop", "openai.chat", answers=2)
+    mock = MockUpstream(load_scenarios(tmp_path), default_scenario="chat_loop")
+    url = await start(nursery, mock)
+    first = {"role": "user", "content": "weather?"}
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1"}]}
+    tool = {"role": "tool", "tool_call_id": "call_1", "content": "18C"}
+    conversations = [[first], [first, call, tool], [first, call, tool, call, tool]]
+    calls = []
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        for messages in conversations:
+            response = await client.post(
+                "/v1/chat/completions",
+                json={"messages": messages},
+                headers={"x-mock-scenario": "chat_loop"},
+            )
+            calls.append(response.json()["call"])
+    assert calls == [0, 1, 1]
+
+
+async def test_responses_index_is_the_number_of_tool_output_items(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    write_openai_fixture(tmp_path, "openai_responses_text", "openai.responses", answers=3)
+    write_fixture(
+        tmp_path, "anthropic_text", {"upstream": {"blocking": [{"status": 200, "body": {}}]}}
+    )
+    url = await start(nursery, MockUpstream(load_scenarios(tmp_path)))
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "18C"}
+    custom = {"type": "custom_tool_call_output", "call_id": "call_2", "output": "5050"}
+    inputs: list[Any] = ["weather?", [output], [output, {"role": "user", "content": "hi"}, custom]]
+    calls = []
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        for value in inputs:
+            response = await client.post("/responses", json={"input": value})
+            calls.append(response.json()["call"])
+    assert calls == [0, 1, 2]
+
+
+async def test_previous_response_id_follow_up_gets_the_only_response(
+    upstream: tuple[MockUpstream, str],
+) -> None:
+    _, url = upstream
+    name = "openai_responses_previous_response_id"
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        response = await client.post(
+            "/v1/responses", json=body_for(name), headers={"x-mock-scenario": name}
+        )
+    assert response.json() == SCENARIOS[name].upstream.blocking[0].body
+
+
+async def test_missing_openai_default_gets_a_400_naming_it(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    write_fixture(tmp_path, "only", {"upstream": {"blocking": [{"status": 200, "body": {}}]}})
+    url = await start(nursery, MockUpstream(load_scenarios(tmp_path), default_scenario="only"))
+    async with httpx2.AsyncClient(base_url=url, headers=BEARER) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "gpt-4.1"})
+        models = await client.get("/models")
+    assert response.status_code == 400
+    assert "'openai_chat_text' names no loaded scenario" in response.json()["error"]["message"]
+    assert models.status_code == 400
+    assert "'openai_models'" in models.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("argument", ["default_chat_scenario", "default_responses_scenario"])
+def test_unknown_explicit_openai_default_is_refused(argument: str) -> None:
+    arguments: dict[str, Any] = {argument: "nope"}
+    with pytest.raises(ValueError, match=rf"{argument} 'nope' is not among"):
+        MockUpstream(SCENARIOS, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("expect", "message"),
+    [
+        (
+            {"thoughts": [{"source": "dream", "content": "x"}]},
+            r"field expect\.thoughts\[0\]: must be \{source: one of",
+        ),
+        ({"usage": {"reasoning": -1}}, r"field expect\.usage\.reasoning: -1 must be"),
+        (
+            {"tool_calls": [{"name": "t", "id": "c", "input": 3}]},
+            r"field expect\.tool_calls\[0\]: must be \{name, id, input: object or string\}",
+        ),
+    ],
+)
+def test_loader_checks_the_openai_expect_fields(
+    tmp_path: Path, expect: dict[str, Any], message: str
+) -> None:
+    write_fixture(
+        tmp_path, "bad", {"upstream": {"blocking": [{"status": 200, "body": {}}]}, "expect": expect}
+    )
+    with pytest.raises(FixtureError, match=r"bad\.json: " + message):
+        load_scenarios(tmp_path)
+
+
+def test_loader_reads_thoughts_reasoning_and_string_tool_inputs() -> None:
+    reasoning = SCENARIOS["openai_responses_reasoning"].expect
+    assert reasoning.thoughts is not None
+    assert [t.source for t in reasoning.thoughts] == [
+        "reasoning_summary",
+        "reasoning_summary",
+        "commentary",
+    ]
+    assert reasoning.usage is not None
+    assert reasoning.usage.reasoning == 448
+    [call] = SCENARIOS["openai_responses_custom_tool"].expect.tool_calls or ()
+    assert call.input == "print(sum(range(1, 101)))"

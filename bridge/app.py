@@ -144,6 +144,25 @@ async def _plain_error(
     await sink.end()
 
 
+async def _refuse_websocket(engine: Engine, scope: Scope, send: Send) -> None:
+    """Answer a WebSocket upgrade on a provider route with ``426 Upgrade Required``.
+
+    Codex tries WebSocket mode on ``/responses`` first; a 426 makes it fall back to
+    HTTP at once, where 404/405/500/501 cost it seven retries and about 6.5 s.
+    """
+    message = "WebSocket mode is not available on this gateway yet; use HTTP (SSE) streaming"
+    body = engine.error_body(scope["path"], 426, message)
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1003})
+        return
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "websocket.http.response.start", "status": 426, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+
+
 def _control_app(engine: Engine) -> QuartTrio:
     app = QuartTrio("bridge")
     app.config["RESPONSE_TIMEOUT"] = None
@@ -193,6 +212,8 @@ def make_asgi_app(engine: Engine) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and engine.owns(scope["path"]):
             await _serve_provider_route(engine, scope, receive, send)
+        elif scope["type"] == "websocket" and engine.owns(scope["path"]):
+            await _refuse_websocket(engine, scope, send)
         else:
             await control(scope, receive, send)  # type: ignore[arg-type]
 

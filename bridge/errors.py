@@ -7,7 +7,8 @@
     │   ├── BadRequest         400: malformed JSON, wrong types, missing fields
     │   ├── Unauthorized       401: missing or bad credentials
     │   ├── NotFound           404: no such route
-    │   └── PayloadTooLarge    413: body over server.max_body_bytes
+    │   ├── PayloadTooLarge    413: body over server.max_body_bytes
+    │   └── NotSupported       501: a valid request for a feature bridge does not offer
     └── UpstreamError          the provider failed us
         ├── UpstreamUnavailable    502: could not connect, connection reset, timed out
         └── UpstreamProtocolError  502: the provider sent something we cannot read
@@ -26,6 +27,7 @@ __all__ = [
     "BridgeError",
     "ClientError",
     "NotFound",
+    "NotSupported",
     "PayloadTooLarge",
     "Unauthorized",
     "UpstreamError",
@@ -68,6 +70,12 @@ class PayloadTooLarge(ClientError):
     """The request body is over ``server.max_body_bytes`` (413)."""
 
     status_hint = 413
+
+
+class NotSupported(ClientError):
+    """A well-formed request for something the gateway does not do (501)."""
+
+    status_hint = 501
 
 
 class UpstreamError(BridgeError):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from bridge.config import ProviderConfig, mask_secret
+from bridge.errors import Unauthorized
 from bridge.recording.records import CredentialKind
 
 __all__ = [
@@ -96,9 +97,16 @@ class Credential:
 @dataclass(frozen=True, slots=True)
 class _RouteTable:
     bridged: dict[str, str]
+    """Bridged suffix -> dialect name."""
     exact: frozenset[str]
+    """Passthrough suffixes matched exactly."""
     subtrees: tuple[str, ...]
+    """Passthrough suffixes matched with everything below them."""
+    errors: str
+    """The dialect whose error shape the provider's other routes use."""
 
+
+_OPENAI_DIALECTS = {"/chat/completions": "openai.chat", "/responses": "openai.responses"}
 
 # What each provider type serves, below its route prefix (reference section 1.1).
 _ROUTES: dict[str, _RouteTable] = {
@@ -106,6 +114,19 @@ _ROUTES: dict[str, _RouteTable] = {
         bridged={"/v1/messages": "anthropic.messages"},
         exact=frozenset({"/v1/models", "/v1/messages/count_tokens"}),
         subtrees=("/v1/models/", "/api/event_logging/"),
+        errors="anthropic.messages",
+    ),
+    "openai": _RouteTable(
+        bridged=_OPENAI_DIALECTS,
+        exact=frozenset({"/models", "/conversations"}),
+        subtrees=("/models/", "/conversations/", "/responses/"),
+        errors="openai.chat",
+    ),
+    "copilot": _RouteTable(
+        bridged=_OPENAI_DIALECTS,
+        exact=frozenset({"/models"}),
+        subtrees=("/models/", "/agents/", "/mcp/", "/.well-known/"),
+        errors="openai.chat",
     ),
 }
 
@@ -135,15 +156,23 @@ class Provider:
 
     @property
     def prefix(self) -> str:
-        """The route prefix, e.g. ``/anthropic``."""
-        return "/" + self.config.name
+        """The route prefix, e.g. ``/anthropic`` or ``/openai/v1``."""
+        return self.config.route_prefix
 
-    def route(self, suffix: str) -> Route | None:
-        """Resolve the path below the prefix to a route, or ``None`` if not served.
+    @property
+    def error_dialect(self) -> str:
+        """The dialect whose error shape this provider's non-bridged answers use."""
+        return _ROUTES[self.type].errors
+
+    def route(self, path: str) -> Route | None:
+        """Resolve a client path to a route, or ``None`` if this provider does not serve it.
 
         Passthrough suffixes are refused when they could escape the base path once
         decoded: ``..`` or ``.`` segments, encoded slashes or backslashes, NUL.
         """
+        if not path.startswith(self.prefix + "/"):
+            return None
+        suffix = path[len(self.prefix) :]
         table = _ROUTES[self.type]
         if (dialect := table.bridged.get(suffix)) is not None:
             return Route(self, RouteKind.BRIDGED, suffix, dialect)
@@ -154,21 +183,34 @@ class Provider:
         return None
 
     def credential(self, headers: Headers) -> Credential:
-        """Choose the upstream credential (reference 1.4, Anthropic rules).
+        """Choose the upstream credential (reference 1.4).
 
-        A client ``x-api-key`` wins, then a client bearer token (both are BYOK: the
-        client pays with its own key); otherwise the configured key is injected.
+        A key the client brings is BYOK: the client pays with its own key. Anthropic
+        takes ``x-api-key`` first, then a bearer token; OpenAI a bearer token; without
+        one the configured key is injected. Copilot has no central key: the user's
+        GitHub token is required (:class:`~bridge.errors.Unauthorized` without it).
         """
-        api_key = header_value(headers, "x-api-key")
-        if api_key:
-            return Credential(CredentialKind.BYOK, ("x-api-key", api_key), mask_secret(api_key))
         token = bearer_token(header_value(headers, "authorization"))
-        if token:
-            return Credential(
-                CredentialKind.BYOK, ("authorization", f"Bearer {token}"), mask_secret(token)
-            )
+        byok_bearer = Credential(
+            CredentialKind.BYOK, ("authorization", f"Bearer {token}"), mask_secret(token)
+        )
         key = self.config.key
-        return Credential(CredentialKind.CENTRALIZED, ("x-api-key", key), mask_secret(key))
+        if self.type == "anthropic":
+            api_key = header_value(headers, "x-api-key")
+            if api_key:
+                return Credential(CredentialKind.BYOK, ("x-api-key", api_key), mask_secret(api_key))
+            if token:
+                return byok_bearer
+            return Credential(CredentialKind.CENTRALIZED, ("x-api-key", key), mask_secret(key))
+        if token:
+            return byok_bearer
+        if self.type == "copilot":
+            raise Unauthorized(
+                "Copilot requests need the user's GitHub Copilot token in 'Authorization: Bearer'"
+            )
+        return Credential(
+            CredentialKind.CENTRALIZED, ("authorization", f"Bearer {key}"), mask_secret(key)
+        )
 
     def upstream_headers(
         self, headers: Headers, credential: Credential, *, strip: Iterable[str] = ()
@@ -248,8 +290,13 @@ def passthrough_headers(
     out.append(("x-forwarded-proto", scheme))
     if not header_value(headers, "user-agent"):
         out.append(("user-agent", "bridge"))
-    has_auth = header_value(headers, "x-api-key") or header_value(headers, "authorization")
-    if not has_auth and provider.config.key:
-        out.append(("x-api-key", provider.config.key))
+    key = provider.config.key
+    if provider.type == "anthropic":
+        if key and not (
+            header_value(headers, "x-api-key") or header_value(headers, "authorization")
+        ):
+            out.append(("x-api-key", key))
+    elif provider.type == "openai" and key and not header_value(headers, "authorization"):
+        out.append(("authorization", f"Bearer {key}"))
     out.append(("accept-encoding", "identity"))
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 import trio
 from hypercorn.trio import serve as hypercorn_serve
@@ -32,6 +33,7 @@ from bridge.recording.sqlite import SQLiteStore
 from bridge.server import hypercorn_config
 
 CENTRAL_KEY = "sk-ant-central-test-key-0123456789"
+OPENAI_KEY = "sk-openai-central-test-key-987654"
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +64,13 @@ class Gateway:
         kwargs.setdefault("max_retries", 0)
         return anthropic.AsyncAnthropic(base_url=f"{self.url}/anthropic", **kwargs)
 
+    def openai(self, *, provider: str = "openai", **kwargs: Any) -> openai.AsyncOpenAI:
+        """An official OpenAI SDK client pointed at the gateway's ``provider``."""
+        kwargs.setdefault("api_key", "sk-client-own-openai-key-123456")
+        kwargs.setdefault("max_retries", 0)
+        prefix = "/openai/v1" if provider == "openai" else f"/{provider}"
+        return openai.AsyncOpenAI(base_url=f"{self.url}{prefix}", **kwargs)
+
     async def flush(self) -> None:
         """Wait until every request has ended and all its records are in the database."""
         with trio.fail_after(10):
@@ -88,6 +97,15 @@ def gateway_config(tmp_path: Path, upstream_port: int, **server: Any) -> Config:
                 type="anthropic",
                 base_url=f"http://127.0.0.1:{upstream_port}/",
                 key=CENTRAL_KEY,
+            ),
+            ProviderConfig(
+                name="openai",
+                type="openai",
+                base_url=f"http://127.0.0.1:{upstream_port}/v1/",
+                key=OPENAI_KEY,
+            ),
+            ProviderConfig(
+                name="copilot", type="copilot", base_url=f"http://127.0.0.1:{upstream_port}/"
             ),
         ),
     )
@@ -124,8 +142,11 @@ def start_gateway(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> 
         if auth is not None:
             config = replace(config, auth=auth)
         if upstream_url is not None:
-            provider = replace(config.providers[0], base_url=upstream_url)
-            config = replace(config, providers=(provider,))
+            providers = tuple(
+                replace(p, base_url=upstream_url + ("v1/" if p.type == "openai" else ""))
+                for p in config.providers
+            )
+            config = replace(config, providers=providers)
         bridge, url = await nursery.start(partial(run_gateway, config))
         return Gateway(bridge, url, mock)
 

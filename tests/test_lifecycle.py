@@ -89,7 +89,7 @@ async def test_silent_stream_gets_a_ping_every_interval(
         await trio.sleep(5)
         await relay.send_frame(b"event: b\ndata: {}\n\n")  # resets the timer
         await trio.sleep(25)
-        relay.finish()
+        await relay.finish()
         await trio.sleep(30)  # no pings after the stream is complete
         nursery.cancel_scope.cancel()
     pings = [t for t, frame in sink.frames if frame == ping]

@@ -33,9 +33,6 @@ __all__ = ["Engine", "open_engine"]
 
 logger = logging.getLogger("bridge.engine")
 
-# The dialect whose error shape each provider type uses outside bridged routes.
-_ERROR_DIALECT = {"anthropic": "anthropic.messages"}
-
 
 class Engine:
     """Routes, authenticates and runs requests. Create it with :func:`open_engine`."""
@@ -87,11 +84,10 @@ class Engine:
 
     def route(self, path: str) -> tuple[Provider | None, Route | None]:
         """The provider owning ``path`` (by its first segment) and the route, if any."""
-        name, _, rest = path.lstrip("/").partition("/")
-        provider = self.providers.get(name)
+        provider = self.providers.get(path.lstrip("/").partition("/")[0])
         if provider is None:
             return None, None
-        return provider, provider.route("/" + rest)
+        return provider, provider.route(path)
 
     async def handle(self, request: Request, sink: ResponseSink) -> None:
         """Serve one request to completion.
@@ -149,7 +145,7 @@ class Engine:
     def _error_dialect(self, provider: Provider | None) -> ErrorShape:
         if provider is None:
             return _GENERIC
-        return DIALECTS[_ERROR_DIALECT[provider.type]]
+        return DIALECTS[provider.error_dialect]
 
 
 async def _respond(sink: ResponseSink, status: int, body: bytes) -> None:

@@ -27,7 +27,7 @@ from bridge.clients import guess_client, session_id
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.relay import Relay
 from bridge.dialects.base import Dialect, ParsedRequest, Turn, TurnResult
-from bridge.errors import BridgeError, UpstreamError
+from bridge.errors import BridgeError, UpstreamError, UpstreamProtocolError
 from bridge.providers import Credential, Route, forwardable_response_headers
 from bridge.recording.recorder import Recorder
 from bridge.recording.records import (
@@ -42,6 +42,7 @@ from bridge.recording.records import (
     new_id,
 )
 from bridge.sse import Decoder, Event
+from bridge.sse import UpstreamProtocolError as SSEProtocolError
 from bridge.upstream import MAX_ERROR_BODY, UpstreamClient, UpstreamResponse
 
 __all__ = ["RECORD_DEADLINE", "Interception", "intercept"]
@@ -133,7 +134,7 @@ async def _fail(ix: Interception, relay: Relay, status: int, message: str) -> No
         return
     if relay.started:
         await relay.send_frame(ix.dialect.stream_error_frame(message))
-        relay.finish()
+        await relay.finish(ix.dialect.stream_end_frame())
     else:
         await relay.respond(status, [_JSON], ix.dialect.error_body(status, message))
 
@@ -144,16 +145,17 @@ async def _exchange(ix: Interception, relay: Relay) -> None:
         list(ix.request.headers), ix.credential, strip=ix.strip_headers
     )
     url = ix.route.upstream_url(ix.request.query)
+    body = ix.dialect.upstream_body(ix.parsed, ix.request.body)
     turn = ix.dialect.new_turn(ix.id)
     try:
-        async with ix.upstream.open("POST", url, headers, ix.request.body) as response:
+        async with ix.upstream.open("POST", url, headers, body) as response:
             if response.status >= 400:
                 await _relay_upstream_error(ix, relay, response)
                 return
             passed = forwardable_response_headers(response.headers)
             if ix.parsed.stream and response.content_type == "text/event-stream":
                 relay.set_stream_headers([(k, v) for k, v in passed if k != "content-type"])
-                await _relay_stream(response, turn, relay)
+                await _relay_stream(response, turn, relay, raw=ix.dialect.relay_raw)
             else:
                 body = turn.feed_body(await response.read())
                 passed = [(k, v) for k, v in passed if k != "content-type"]
@@ -168,11 +170,16 @@ async def _exchange(ix: Interception, relay: Relay) -> None:
         message = "the upstream closed the stream before the message was complete"
         await _fail(ix, relay, 502, message)
         return
-    relay.finish()
+    await relay.finish(ix.dialect.stream_end_frame())
 
 
-async def _relay_stream(response: UpstreamResponse, turn: Turn, relay: Relay) -> None:
-    """Relay each upstream event as soon as it is complete, one write per frame."""
+async def _relay_stream(response: UpstreamResponse, turn: Turn, relay: Relay, *, raw: bool) -> None:
+    """Relay the upstream stream as it arrives.
+
+    Frame by frame (each event as soon as it is complete, one write per frame, as the
+    turn rewrites it), or with ``raw``, each chunk exactly as read while the events
+    are only read for accounting.
+    """
     decoder = Decoder()
 
     async def drain() -> None:
@@ -181,23 +188,32 @@ async def _relay_stream(response: UpstreamResponse, turn: Turn, relay: Relay) ->
             if not isinstance(event, Event):
                 return
             frame = turn.feed_event(event)
-            if frame is not None:
+            if frame is not None and not raw:
                 await relay.send_frame(frame)
 
-    async for chunk in response.chunks():
-        decoder.receive_data(chunk)
+    try:
+        async for chunk in response.chunks():
+            if raw and chunk:
+                await relay.send_frame(chunk)
+            decoder.receive_data(chunk)
+            await drain()
+        decoder.receive_data(b"")
         await drain()
-    decoder.receive_data(b"")
-    await drain()
+    except SSEProtocolError as exc:
+        raise UpstreamProtocolError(f"upstream stream is malformed: {exc}") from None
 
 
 async def _relay_upstream_error(ix: Interception, relay: Relay, response: UpstreamResponse) -> None:
-    body = ix.dialect.upstream_error_body(response.status, await response.read(MAX_ERROR_BODY))
+    content_type, body = ix.dialect.upstream_error(
+        response.status,
+        next((v for k, v in response.headers if k == "content-type"), ""),
+        await response.read(MAX_ERROR_BODY),
+    )
     headers = [
         (k, v) for k, v in forwardable_response_headers(response.headers) if k != "content-type"
     ]
     ix.failure = f"upstream returned HTTP {response.status}"
-    await relay.respond(response.status, [_JSON, *headers], body)
+    await relay.respond(response.status, [("content-type", content_type), *headers], body)
 
 
 def _started_record(ix: Interception) -> InterceptionStarted:

@@ -70,9 +70,13 @@ class Relay:
             self.status = status
             self._pending = (status, [*headers, ("content-length", str(len(body)))], body)
 
-    def finish(self) -> None:
-        """Mark a started stream complete: no frame follows, pings stop."""
-        self.complete = True
+    async def finish(self, end_frame: bytes | None = None) -> None:
+        """Complete a started stream with ``end_frame`` (if any): no frame follows, pings stop."""
+        async with self._lock:
+            if self.started and not self.complete and end_frame is not None:
+                await self._sink.send(end_frame)
+                self._last_write = trio.current_time()
+            self.complete = True
 
     async def close(self) -> None:
         """Send what :meth:`respond` committed to, or end a stream's body (once)."""

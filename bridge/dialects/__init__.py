@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from bridge.dialects.anthropic import AnthropicMessages
 from bridge.dialects.base import Dialect, ParsedRequest, TokenCounts, ToolCall, Turn, TurnResult
+from bridge.dialects.openai_chat import OpenAIChat
+from bridge.dialects.openai_responses import OpenAIResponses
 
 __all__ = [
     "DIALECTS",
     "AnthropicMessages",
     "Dialect",
+    "OpenAIChat",
+    "OpenAIResponses",
     "ParsedRequest",
     "TokenCounts",
     "ToolCall",
@@ -22,5 +26,7 @@ __all__ = [
 
 DIALECTS: dict[str, Dialect] = {
     "anthropic.messages": AnthropicMessages(),
+    "openai.chat": OpenAIChat(),
+    "openai.responses": OpenAIResponses(),
 }
 """Every dialect by the name provider route tables use."""

@@ -15,8 +15,19 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from bridge.dialects.base import ParsedRequest, TokenCounts, ToolCall, TurnResult
-from bridge.errors import BadRequest, UpstreamProtocolError
+from bridge.dialects.base import (
+    ParsedRequest,
+    TokenCounts,
+    ToolCall,
+    TurnResult,
+    dumps,
+    int_field,
+    parse_json_object,
+    required_messages,
+    required_model,
+    swap_id,
+)
+from bridge.errors import UpstreamProtocolError
 from bridge.sse import Event, encode, frame
 
 __all__ = ["AnthropicMessages", "error_type"]
@@ -46,29 +57,17 @@ def _error_document(kind: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-def _dumps(document: Any) -> bytes:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 class AnthropicMessages:
     """Anthropic's Messages API."""
 
     name = "anthropic.messages"
+    relay_raw = False
 
     def parse_request(self, body: bytes) -> ParsedRequest:
         """Check the fields the gateway relies on; everything else is the upstream's to judge."""
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(document, dict):
-            raise BadRequest(f"request body must be a JSON object, got {type(document).__name__}")
-        model = document.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("model: a non-empty string is required")
-        messages = document.get("messages")
-        if not isinstance(messages, list):
-            raise BadRequest("messages: a list of messages is required")
+        document = parse_json_object(body)
+        model = required_model(document)
+        messages = required_messages(document)
         return ParsedRequest(
             document=document,
             model=model,
@@ -78,15 +77,19 @@ class AnthropicMessages:
             session_hint=_session_from_metadata(document.get("metadata")),
         )
 
+    def upstream_body(self, request: ParsedRequest, body: bytes) -> bytes:
+        """The client's bytes, unchanged (Claude Code's fields must not be normalised)."""
+        return body
+
     def new_turn(self, interception_id: str) -> _Turn:
         """State for one upstream message."""
         return _Turn(interception_id)
 
     def error_body(self, status: int, message: str) -> bytes:
         """``{"type": "error", "error": {"type": ..., "message": ...}}``."""
-        return _dumps(_error_document(error_type(status), message))
+        return dumps(_error_document(error_type(status), message))
 
-    def upstream_error_body(self, status: int, body: bytes) -> bytes:
+    def upstream_error(self, status: int, content_type: str, body: bytes) -> tuple[str, bytes]:
         """Keep an upstream error already in Anthropic's shape; wrap anything else."""
         try:
             document = json.loads(body)
@@ -97,15 +100,19 @@ class AnthropicMessages:
             and document.get("type") == "error"
             and isinstance(document.get("error"), dict)
         ):
-            return body
+            return "application/json", body
         snippet = body[:200].decode("utf-8", "replace").strip()
         message = f"upstream returned HTTP {status}" + (f": {snippet}" if snippet else "")
-        return self.error_body(status, message)
+        return "application/json", self.error_body(status, message)
 
     def stream_error_frame(self, message: str) -> bytes:
         """An ``event: error`` frame, as Anthropic sends mid-stream."""
         data = json.dumps(_error_document("api_error", message), ensure_ascii=False)
         return encode(Event(event="error", data=data))
+
+    def stream_end_frame(self) -> None:
+        """Anthropic streams end with their own ``message_stop``: nothing to add."""
+        return
 
     def ping_frame(self) -> bytes:
         """Anthropic's keep-alive event."""
@@ -137,7 +144,7 @@ class _Turn:
         kind = data.get("type", event.event)
         try:
             if kind == "message_start":
-                return self._on_message_start(data)
+                return self._on_message_start(data, event.raw)
             if kind == "content_block_start":
                 index = data["index"]
                 self._blocks[index] = data["content_block"]
@@ -164,12 +171,11 @@ class _Turn:
             ) from None
         return frame(event.raw)
 
-    def _on_message_start(self, data: dict[str, Any]) -> bytes:
+    def _on_message_start(self, data: dict[str, Any], raw: bytes) -> bytes:
         message = data["message"]
         self._response_id = str(message.get("id", ""))
-        self._message = dict(message)
-        data["message"]["id"] = self._interception_id
-        return encode(Event(event="message_start", data=json.dumps(data, ensure_ascii=False)))
+        self._message = message
+        return swap_id(frame(raw), self._response_id, self._interception_id)
 
     def _on_delta(self, index: int, delta: dict[str, Any]) -> None:
         kind = delta["type"]
@@ -211,7 +217,7 @@ class _Turn:
         )
         self._closed = set(self._blocks)
         self._complete = True
-        return _dumps({**document, "id": self._interception_id})
+        return swap_id(body, self._response_id, self._interception_id)
 
     def result(self) -> TurnResult:
         blocks = [self._blocks[i] for i in sorted(self._closed)]
@@ -234,11 +240,6 @@ class _Turn:
         )
 
 
-def _int(mapping: Any, key: str) -> int:
-    value = mapping.get(key) if isinstance(mapping, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _counts(usage: dict[str, Any]) -> TokenCounts:
     creation = usage.get("cache_creation")
     server_tools = usage.get("server_tool_use")
@@ -248,13 +249,13 @@ def _counts(usage: dict[str, Any]) -> TokenCounts:
         if key != "web_search_requests" and isinstance(value, int) and value
     }
     return TokenCounts(
-        input=_int(usage, "input_tokens"),
-        output=_int(usage, "output_tokens"),
-        cache_read=_int(usage, "cache_read_input_tokens"),
-        cache_write=_int(usage, "cache_creation_input_tokens"),
-        cache_write_5m=_int(creation, "ephemeral_5m_input_tokens"),
-        cache_write_1h=_int(creation, "ephemeral_1h_input_tokens"),
-        web_search_requests=_int(server_tools, "web_search_requests"),
+        input=int_field(usage, "input_tokens"),
+        output=int_field(usage, "output_tokens"),
+        cache_read=int_field(usage, "cache_read_input_tokens"),
+        cache_write=int_field(usage, "cache_creation_input_tokens"),
+        cache_write_5m=int_field(creation, "ephemeral_5m_input_tokens"),
+        cache_write_1h=int_field(creation, "ephemeral_1h_input_tokens"),
+        web_search_requests=int_field(server_tools, "web_search_requests"),
         extra=extra,
     )
 

@@ -13,12 +13,27 @@ Rules:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bridge.errors import BadRequest
 from bridge.sse import Event
 
-__all__ = ["Dialect", "ParsedRequest", "TokenCounts", "ToolCall", "Turn", "TurnResult"]
+__all__ = [
+    "Dialect",
+    "ParsedRequest",
+    "TokenCounts",
+    "ToolCall",
+    "Turn",
+    "TurnResult",
+    "dumps",
+    "int_field",
+    "parse_json_object",
+    "required_messages",
+    "required_model",
+    "swap_id",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +114,19 @@ class Dialect(Protocol):
     """One provider API: how to read its requests, responses and errors."""
 
     name: str
+    relay_raw: bool
+    """Relay the upstream body exactly as read (chunk by chunk) instead of frame by frame.
+
+    For APIs whose output must reach the client byte for byte (OpenAI Responses); the
+    turn then only reads events for accounting and its frames are ignored.
+    """
 
     def parse_request(self, body: bytes) -> ParsedRequest:
         """Validate and inspect a client body; :class:`~bridge.errors.BadRequest` if unusable."""
+        ...
+
+    def upstream_body(self, request: ParsedRequest, body: bytes) -> bytes:
+        """The body to send upstream: ``body`` itself unless the API needs an edit."""
         ...
 
     def new_turn(self, interception_id: str) -> Turn:
@@ -112,14 +137,68 @@ class Dialect(Protocol):
         """A gateway-made error response body in the provider's shape."""
         ...
 
-    def upstream_error_body(self, status: int, body: bytes) -> bytes:
-        """An upstream error body as the client should get it: kept if well-formed."""
+    def upstream_error(self, status: int, content_type: str, body: bytes) -> tuple[str, bytes]:
+        """An upstream error response as the client should get it: ``(content type, body)``."""
         ...
 
     def stream_error_frame(self, message: str) -> bytes:
         """An in-stream error event, for failures after the response has started."""
         ...
 
+    def stream_end_frame(self) -> bytes | None:
+        """A frame the gateway itself ends every stream with (``data: [DONE]``), if any."""
+        ...
+
     def ping_frame(self) -> bytes | None:
         """A keep-alive frame for silent streams, or ``None`` if the API has none."""
         ...
+
+
+def dumps(document: Any) -> bytes:
+    """Compact, deterministic JSON (key order kept): identical input, identical bytes."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A client body as a JSON object; :class:`~bridge.errors.BadRequest` otherwise."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(document).__name__}")
+    return document
+
+
+def required_model(document: dict[str, Any]) -> str:
+    """The request's ``model``; :class:`~bridge.errors.BadRequest` unless a non-empty string."""
+    model = document.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model: a non-empty string is required")
+    return model
+
+
+def required_messages(document: dict[str, Any]) -> list[Any]:
+    """The request's ``messages``; :class:`~bridge.errors.BadRequest` unless a list."""
+    messages = document.get("messages")
+    if not isinstance(messages, list):
+        raise BadRequest("messages: a list of messages is required")
+    return messages
+
+
+def swap_id(raw: bytes, old: str, new: str) -> bytes:
+    """Replace the first occurrence of the JSON string ``old`` in ``raw`` by ``new``.
+
+    Rewriting an id this way leaves every other byte of the upstream's output as it
+    was, and costs no re-encoding. Ids are opaque tokens (``msg_...``, ``chatcmpl-...``)
+    that appear before any content in their object, so the first occurrence is the id.
+    """
+    if not old:
+        return raw
+    return raw.replace(json.dumps(old).encode(), json.dumps(new).encode(), 1)
+
+
+def int_field(mapping: Any, key: str) -> int:
+    """``mapping[key]`` if it is an integer (not a bool), else 0: usage fields may be null."""
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -28,7 +28,10 @@ async def main() -> None:
         config = Config(
             providers=(
                 ProviderConfig(
-                    name="anthropic", type="anthropic", base_url=f"http://127.0.0.1:{port}/"
+                    name="anthropic",
+                    type="anthropic",
+                    base_url=f"http://127.0.0.1:{port}/",
+                    key="sk-ant-example-not-a-real-key",
                 ),
             )
         )

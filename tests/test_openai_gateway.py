@@ -284,3 +284,17 @@ async def test_openai_passthrough_injects_the_key_and_keeps_the_path(gateway: Ga
     assert first.header("authorization") == f"Bearer {OPENAI_KEY}"
     assert second.target == "/v1/responses/resp_123/input_items?limit=5"
     assert stored.status_code == 404  # the mock has no stored responses; relayed as is
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "responses"])
+async def test_unreachable_upstream_is_502_in_openai_shape(start_gateway: Any, route: str) -> None:
+    gateway: Gateway = await start_gateway(upstream_url="http://127.0.0.1:1/")
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(
+            f"{gateway.url}/openai/v1/{route}",
+            json={"model": "gpt-5", "input": "hi", "messages": [], "stream": True},
+        )
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["type"] == "server_error"
+    assert error["message"].startswith("upstream unreachable")

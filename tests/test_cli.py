@@ -1,0 +1,141 @@
+"""The command line: check-config, usage reports, and the embedding example."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.cli import format_usage, main, parse_since
+from bridge.recording.records import (
+    CredentialKind,
+    InterceptionEnded,
+    InterceptionStarted,
+    Outcome,
+    TokenUsage,
+)
+from bridge.recording.sqlite import SQLiteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_check_config_prints_the_effective_config_with_secrets_masked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-very-secret-key-000111")
+    monkeypatch.setenv("BRIDGE_SERVER_PORT", "9001")
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "port = 9001" in out
+    assert "very-secret" not in out
+    assert "sk-a...0111" in out
+
+
+def test_invalid_config_exits_2_with_one_clear_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text("[recording]\ndatabse = 'x'\n")
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bridge: unknown key 'recording.databse'")
+    assert "did you mean 'recording.database'?" in err
+    assert "Traceback" not in err
+
+
+def _record(store: SQLiteStore, user: str, model: str, tokens: int, outcome: Outcome) -> None:
+    start = InterceptionStarted(
+        id=f"{user}-{model}-{tokens}",
+        initiator_id=user,
+        provider="anthropic",
+        provider_name="anthropic",
+        model=model,
+        streaming=False,
+        client="Claude Code",
+        user_agent="claude-cli/2",
+        credential_kind=CredentialKind.CENTRALIZED,
+        credential_hint="sk-a...0000",
+    )
+    store.write_batch(
+        [
+            start,
+            TokenUsage(start.id, "msg_1", input=tokens, output=tokens // 2, cache_read=7),
+            InterceptionEnded(start.id, outcome),
+        ]
+    )
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_usage_report_in_every_format(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    database = tmp_path / "usage.db"
+    with SQLiteStore(database) as store:
+        _record(store, "alice", "claude-sonnet-4-6", 100, Outcome.COMPLETED)
+        _record(store, "alice", "claude-sonnet-4-6", 300, Outcome.FAILED)
+        _record(store, "bob", "gpt-5", 50, Outcome.COMPLETED)
+    monkeypatch.setenv("BRIDGE_RECORDING_DATABASE", f"sqlite:///{database}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["usage", "--by", "user", "--by", "model", "--since", "7d", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    if fmt == "json":
+        rows = json.loads(out)
+        assert rows[0] == {
+            "user": "alice",
+            "model": "claude-sonnet-4-6",
+            "interceptions": 2,
+            "failures": 1,
+            "input": 400,
+            "output": 200,
+            "cache_read": 14,
+            "cache_write": 0,
+            "reasoning": 0,
+            "tool_calls": 0,
+        }
+        assert rows[1]["user"] == "bob"
+    elif fmt == "csv":
+        lines = out.splitlines()
+        assert lines[0].startswith("user,model,interceptions,failures,input,output")
+        assert lines[1] == "alice,claude-sonnet-4-6,2,1,400,200,14,0,0,0"
+    else:
+        assert out.splitlines()[1].split() == [
+            "alice",
+            "claude-sonnet-4-6",
+            "2",
+            "1",
+            "400",
+            "200",
+            "14",
+            "0",
+            "0",
+            "0",
+        ]
+
+
+def test_usage_table_says_when_nothing_was_recorded() -> None:
+    assert "(no interceptions recorded in this period)" in format_usage([], ("user",), "table")
+
+
+def test_since_accepts_durations_and_dates() -> None:
+    now = dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)
+    assert parse_since("24h", now=now) == now - dt.timedelta(hours=24)
+    assert parse_since("7d", now=now) == now - dt.timedelta(days=7)
+    assert parse_since("2026-11-01", now=now) == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def test_embedding_example_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "embed.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "blocking: 200" in result.stdout
+    assert "streaming: 200" in result.stdout
+    assert result.stdout.count("-> completed") == 2

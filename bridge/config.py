@@ -4,9 +4,9 @@ Loose input goes in (TOML values, environment strings, plain mappings); frozen, 
 records come out. The rules:
 
 1. **Strict.** Unknown sections, keys and ``BRIDGE_SERVER_*`` / ``BRIDGE_AUTH_*`` /
-   ``BRIDGE_RECORDING_*`` variables are errors that suggest the nearest known name: a typo
-   must never be silently ignored. Other ``BRIDGE_*`` variables (``BRIDGE_CONFIG``,
-   ``BRIDGE_DUMP_DIR``...) belong to other modules and are ignored here.
+   ``BRIDGE_RECORDING_*`` / ``BRIDGE_MCP_*`` variables are errors that suggest the nearest
+   known name: a typo must never be silently ignored. Other ``BRIDGE_*`` variables
+   (``BRIDGE_CONFIG``, ``BRIDGE_DUMP_DIR``...) belong to other modules and are ignored here.
 2. **Precedence.** Environment beats file, file beats defaults. An empty environment
    variable counts as unset (shells and compose files produce them by accident).
 3. **One set of validators.** Each record validates and normalises its fields in
@@ -16,8 +16,9 @@ records come out. The rules:
    ``BRIDGE_SERVER_PORT``).
 4. **Messages teach the fix.** A :class:`ConfigError` names the key, the value it got and
    what is allowed.
-5. **Secrets never show.** Provider keys are masked with :func:`mask_secret` and a password
-   in a URL is shown as ``***``, in error messages, in ``repr`` and in :func:`render_config`.
+5. **Secrets never show.** Provider keys and the values of MCP server ``headers`` and
+   ``env`` are masked with :func:`mask_secret` and a password in a URL is shown as ``***``,
+   in error messages, in ``repr`` and in :func:`render_config`.
 6. **No hidden input.** Only :func:`load_config` reads a file, and the environment is always
    an explicit mapping; direct construction never reads ``os.environ``.
 """
@@ -38,6 +39,7 @@ from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
 __all__ = [
+    "ACTOR_REFERENCE",
     "AUTH_MODES",
     "BYTES",
     "PROVIDER_TYPES",
@@ -45,6 +47,8 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "MCPConfig",
+    "MCPServerConfig",
     "MiB",
     "ProviderConfig",
     "ProviderType",
@@ -311,6 +315,77 @@ def _check_secret(label: str, value: object) -> str:
     return value
 
 
+def _check_mcp_url(label: str, value: object) -> str:
+    """An http(s) URL with a host, kept exactly (an MCP endpoint is a path, not a base)."""
+    if not isinstance(value, str):
+        _fail(label, "a string", f"a value of type {type(value).__name__}")
+    if value == "" or _is_endpoint_url(value):
+        return value
+    _fail(label, "an http:// or https:// URL with a host", _show(mask_url(value)))
+
+
+def _is_endpoint_url(url: str) -> bool:
+    if any(char.isspace() for char in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.fragment
+
+
+def _check_text(label: str, value: object) -> str:
+    if not isinstance(value, str):
+        _fail(label, "a string", _show(value))
+    return value
+
+
+def _check_text_list(label: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        _fail(label, "a list of strings", _show(value))
+    for item in value:
+        if not isinstance(item, str):
+            _fail(label, "a list of strings", _show(list(value)))
+    return tuple(value)
+
+
+def _check_secret_table(label: str, value: object) -> Mapping[str, str]:
+    """A table of string values that may be secrets: a bad value is named, never shown.
+
+    References to the actor (:data:`ACTOR_REFERENCE`) are the only ``${...}`` allowed, so
+    that a typo such as ``${actor.metdata.token}`` fails here and not on every request.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{label} must be a table of strings, got {_show(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise ConfigError(
+                f"{label} must be a table of strings, got a value of type"
+                f" {type(item).__name__} for {key!r}"
+            )
+        for reference in re.findall(r"\$\{[^}]*\}", item):
+            if not ACTOR_REFERENCE.fullmatch(reference):
+                raise ConfigError(
+                    f"{label}.{key} may only reference ${{actor.id}} or"
+                    f" ${{actor.metadata.<key>}}, got {reference!r}"
+                )
+    return types.MappingProxyType(dict(value))
+
+
+def _check_regex(label: str, value: object) -> str:
+    if not isinstance(value, str):
+        _fail(label, "a regular expression string", _show(value))
+    try:
+        re.compile(value)
+    except re.error as exc:
+        _fail(label, f"a valid Python regular expression ({exc})", _show(value))
+    return value
+
+
+ACTOR_REFERENCE: Final = re.compile(r"\$\{actor\.(?:(id)|metadata\.([^}]+))\}")
+"""``${actor.id}`` or ``${actor.metadata.<key>}`` in an MCP header value (group 1 or 2 set)."""
+
 _DATABASE_SCHEMES: Final = ("sqlite://", "memory://", "postgresql://")
 _HTTP_TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 5.6.2 token
 _PROVIDER_NAME: Final = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
@@ -338,6 +413,19 @@ _PROVIDER_RULES: Final[Mapping[str, _Rule]] = {
     "key": _Rule(_check_secret),
     "connect_timeout": _seconds(0, inclusive=False),
 }
+_MCP_RULES: Final[Mapping[str, _Rule]] = {
+    "max_iterations": _integer(1),
+    "call_timeout": _seconds(0, inclusive=False),
+}
+_MCP_SERVER_RULES: Final[Mapping[str, _Rule]] = {
+    "url": _Rule(_check_mcp_url),
+    "headers": _Rule(_check_secret_table),
+    "command": _Rule(_check_text),
+    "args": _Rule(_check_text_list),
+    "env": _Rule(_check_secret_table),
+    "allow": _Rule(_check_regex),
+    "deny": _Rule(_check_regex),
+}
 
 
 def _check_fields(record: object, prefix: str, rules: Mapping[str, _Rule]) -> None:
@@ -355,16 +443,31 @@ def _check_provider_name(name: object, where: str = "") -> str:
     return name
 
 
+def _check_mcp_server_name(name: object, where: str = "") -> str:
+    """MCP server names follow the provider rule: they become part of every tool id."""
+    if not isinstance(name, str) or not _PROVIDER_NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid MCP server name {_show(name)}{where}: use lower-case letters, digits and"
+            " single hyphens, e.g. 'deepwiki' or 'github-tools'"
+        )
+    return name
+
+
 # How each field is shown by repr and render_config: secrets masked.
 _MASKS: Final[Mapping[str, Callable[[str], str]]] = {
     "key": mask_secret,
     "database": mask_url,
     "base_url": mask_url,
+    "url": mask_url,
+    "headers": mask_secret,  # each value of the table
+    "env": mask_secret,  # each value of the table
 }
 
 
 def _masked(name: str, value: object) -> object:
     mask = _MASKS.get(name)
+    if mask is not None and isinstance(value, Mapping):
+        return {key: mask(item) for key, item in value.items()}
     return mask(value) if mask is not None and isinstance(value, str) else value
 
 
@@ -457,6 +560,71 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MCPServerConfig:
+    """One MCP server whose tools are offered to the model (``[mcp.servers.<name>]``).
+
+    Exactly one transport: ``url`` (Streamable HTTP, with optional ``headers``) or
+    ``command`` (stdio, with ``args`` and ``env``). Header values may reference the actor
+    (:data:`ACTOR_REFERENCE`); such a server gets one session per distinct resolved header
+    set. ``allow`` and ``deny`` are regexes searched (``re.search``) in the original tool
+    name: deny wins, an empty allow admits every tool.
+    """
+
+    name: str
+    url: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    allow: str = ""
+    deny: str = ""
+
+    __repr__ = _masked_repr
+
+    def __post_init__(self) -> None:
+        _check_mcp_server_name(self.name)
+        prefix = f"mcp.servers.{self.name}"
+        _check_fields(self, prefix, _MCP_SERVER_RULES)
+        if bool(self.url) == bool(self.command):
+            got = "both" if self.url else "neither"
+            raise ConfigError(
+                f"{prefix} needs exactly one of url (Streamable HTTP) or command (stdio), got {got}"
+            )
+        if self.url and self.env:
+            raise ConfigError(f"{prefix}.env is for stdio servers; use headers with url")
+        if self.command and self.headers:
+            raise ConfigError(f"{prefix}.headers is for url servers; use env with command")
+
+    @property
+    def references_actor(self) -> bool:
+        """Whether header values name the actor, so that sessions are per actor."""
+        return any(ACTOR_REFERENCE.search(value) for value in self.headers.values())
+
+
+@dataclass(frozen=True, slots=True)
+class MCPConfig:
+    """MCP tool injection (``[mcp]``): the servers and the limits of the inner loop."""
+
+    max_iterations: int = 16  # model round trips per request while it calls injected tools
+    call_timeout: float = 30 * SECONDS  # per tool call; also bounds connecting to a server
+    servers: tuple[MCPServerConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "mcp", _MCP_RULES)
+        object.__setattr__(self, "servers", tuple(self.servers))
+        seen: set[str] = set()
+        for server in self.servers:
+            if not isinstance(server, MCPServerConfig):
+                raise ConfigError(f"mcp.servers must hold MCPServerConfig, got {server!r}")
+            if server.name in seen:
+                raise ConfigError(
+                    f"duplicate MCP server name {server.name!r}: each server needs its own"
+                    " name, which prefixes its tool ids"
+                )
+            seen.add(server.name)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. Build it with :func:`load_config`, or directly in code.
 
@@ -468,6 +636,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     providers: tuple[ProviderConfig, ...] = ()
+    mcp: MCPConfig = field(default_factory=MCPConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "providers", tuple(self.providers))
@@ -502,6 +671,7 @@ _SECTIONS: Final[Mapping[str, tuple[type[Any], Mapping[str, _Rule]]]] = {
     "server": (ServerConfig, _SERVER_RULES),
     "auth": (AuthConfig, _AUTH_RULES),
     "recording": (RecordingConfig, _RECORDING_RULES),
+    "mcp": (MCPConfig, _MCP_RULES),  # plus [mcp.servers.<name>], loaded separately
 }
 _ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
     f"BRIDGE_{section.upper()}_{key.upper()}": (section, key)
@@ -560,13 +730,16 @@ def config_from_mapping(
     overrides = _environment_overrides(environ)
     records: dict[str, Any] = {}
     for section, (record_type, rules) in _SECTIONS.items():
-        table = _table(data.get(section, {}), section, where)
+        table = dict(_table(data.get(section, {}), section, where))
+        extra = {}
+        if section == "mcp":
+            extra["servers"] = _load_mcp_servers(table.pop("servers", {}), where)
         _reject_unknown_keys(table, section, rules, where)
         values = {key: rules[key].check(f"{section}.{key}{where}", v) for key, v in table.items()}
         for (var_section, key), (var, text) in overrides.items():
             if var_section == section:
                 values[key] = rules[key].check(var, rules[key].from_text(text))
-        records[section] = record_type(**values)
+        records[section] = record_type(**values, **extra)
     providers = _load_providers(data.get("providers"), environ, where)
     return Config(**records, providers=providers)
 
@@ -597,7 +770,11 @@ def _reject_unknown_keys(
     table: Mapping[str, Any], prefix: str, allowed: Mapping[str, _Rule], where: str
 ) -> None:
     own = {name: f"{prefix}.{name}" for name in allowed}
-    others = {} if prefix.startswith("providers.") else _section_keys(None, exclude=prefix)
+    others = (
+        {}
+        if prefix.startswith(("providers.", "mcp.servers."))
+        else _section_keys(None, exclude=prefix)
+    )
     for key in table:
         if key not in allowed:
             hint = _hint(key, own, others, allowed=list(own.values()))
@@ -662,6 +839,21 @@ def _load_providers(
     return tuple(providers)
 
 
+def _load_mcp_servers(raw: object, where: str) -> tuple[MCPServerConfig, ...]:
+    servers = []
+    for name, entry in _table(raw, "mcp.servers", where).items():
+        _check_mcp_server_name(name, where)
+        prefix = f"mcp.servers.{name}"
+        table = _table(entry, prefix, where)
+        _reject_unknown_keys(table, prefix, _MCP_SERVER_RULES, where)
+        values = {
+            key: _MCP_SERVER_RULES[key].check(f"{prefix}.{key}{where}", value)
+            for key, value in table.items()
+        }
+        servers.append(MCPServerConfig(name=name, **values))
+    return tuple(servers)
+
+
 # --- Rendering -------------------------------------------------------------------------------
 
 
@@ -673,11 +865,17 @@ def render_config(config: Config) -> str:
     """
     lines = ["# Effective bridge configuration; secrets are masked."]
     for section in _SECTIONS:
-        lines += ["", f"[{section}]", *_render_fields(getattr(config, section))]
+        if section != "mcp":
+            lines += ["", f"[{section}]", *_render_fields(getattr(config, section))]
     if not config.providers:
         lines += ["", "[providers]  # none configured"]
     for provider in config.providers:
         lines += ["", f"[providers.{provider.name}]", *_render_fields(provider, skip={"name"})]
+    lines += ["", "[mcp]", *_render_fields(config.mcp, skip={"servers"})]
+    for server in config.mcp.servers:
+        unused = {"command", "args", "env"} if server.url else {"url", "headers"}
+        fields = _render_fields(server, skip={"name", *unused})
+        lines += ["", f"[mcp.servers.{server.name}]", *fields]
     return "\n".join(lines) + "\n"
 
 
@@ -700,6 +898,11 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        pairs = (f"{_toml_string(key)} = {_toml_value(item)}" for key, item in value.items())
+        return "{ " + ", ".join(pairs) + " }" if value else "{}"
     raise TypeError(f"cannot render {value!r} as TOML")  # a bug: records hold no other types
 
 

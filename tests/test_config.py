@@ -21,6 +21,8 @@ from bridge.config import (
     AuthConfig,
     Config,
     ConfigError,
+    MCPConfig,
+    MCPServerConfig,
     MiB,
     ProviderConfig,
     RecordingConfig,
@@ -396,7 +398,7 @@ UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
         {"logging": {}},
         {},
         "unknown section 'logging' in bridge.toml; expected one of 'server', 'auth',"
-        " 'recording', 'providers'",
+        " 'recording', 'mcp', 'providers'",
     ),
     (
         {"providers": {"anthropic": {"bsae_url": "http://x/"}}},
@@ -650,4 +652,159 @@ def test_render_config_round_trips_any_string(path: str, host: str) -> None:
     config = Config(
         server=ServerConfig(host=host), recording=RecordingConfig(database="sqlite:///" + path)
     )
+    assert config_from_mapping(tomllib.loads(render_config(config)), {}) == config
+
+
+# --- MCP servers -----------------------------------------------------------------------------
+
+
+def test_mcp_defaults_have_no_servers() -> None:
+    assert load_config(environ={}).mcp == MCPConfig(max_iterations=16, call_timeout=30.0)
+    assert Config().mcp.servers == ()
+
+
+def test_mcp_servers_are_read_from_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "bridge.toml",
+        """
+        [mcp]
+        max_iterations = 4
+        call_timeout = 5
+        [mcp.servers.deepwiki]
+        url = "https://mcp.example.com/mcp"
+        headers = { Authorization = "Bearer ${actor.metadata.github_token}" }
+        allow = "^ask_question$"
+        [mcp.servers.local]
+        command = "python"
+        args = ["-m", "my_server"]
+        env = { KEY = "value" }
+        deny = "delete"
+        """,
+    )
+    mcp = load_config(path, environ={}).mcp
+    assert mcp == MCPConfig(
+        max_iterations=4,
+        call_timeout=5.0,
+        servers=(
+            MCPServerConfig(
+                name="deepwiki",
+                url="https://mcp.example.com/mcp",
+                headers={"Authorization": "Bearer ${actor.metadata.github_token}"},
+                allow="^ask_question$",
+            ),
+            MCPServerConfig(
+                name="local",
+                command="python",
+                args=("-m", "my_server"),
+                env={"KEY": "value"},
+                deny="delete",
+            ),
+        ),
+    )
+    assert [server.references_actor for server in mcp.servers] == [True, False]
+
+
+def test_mcp_environment_overrides() -> None:
+    environ = {"BRIDGE_MCP_MAX_ITERATIONS": "2", "BRIDGE_MCP_CALL_TIMEOUT": "1.5"}
+    assert config_from_mapping({}, environ).mcp == MCPConfig(max_iterations=2, call_timeout=1.5)
+
+
+MCP_ERRORS: list[tuple[dict[str, Any], str]] = [
+    ({"mcp": {"max_iterations": 0}}, "mcp.max_iterations must be an integer >= 1, got 0"),
+    ({"mcp": {"call_timeout": 0}}, "mcp.call_timeout must be a number of seconds > 0, got 0"),
+    (
+        {"mcp": {"servers": {"Deep_Wiki": {"url": "http://x/mcp"}}}},
+        "invalid MCP server name 'Deep_Wiki': use lower-case letters, digits and single"
+        " hyphens, e.g. 'deepwiki' or 'github-tools'",
+    ),
+    (
+        {"mcp": {"servers": {"x": {}}}},
+        "mcp.servers.x needs exactly one of url (Streamable HTTP) or command (stdio), got neither",
+    ),
+    (
+        {"mcp": {"servers": {"x": {"url": "http://h/mcp", "command": "python"}}}},
+        "mcp.servers.x needs exactly one of url (Streamable HTTP) or command (stdio), got both",
+    ),
+    (
+        {"mcp": {"servers": {"x": {"url": "mcp.example.com"}}}},
+        "mcp.servers.x.url must be an http:// or https:// URL with a host, got 'mcp.example.com'",
+    ),
+    (
+        {"mcp": {"servers": {"x": {"url": "http://h/mcp", "allow": "("}}}},
+        "mcp.servers.x.allow must be a valid Python regular expression (missing ),"
+        " unterminated subpattern at position 0), got '('",
+    ),
+    (
+        {"mcp": {"servers": {"x": {"url": "http://h/", "headers": {"A": "${actor.name}"}}}}},
+        "mcp.servers.x.headers.A may only reference ${actor.id} or ${actor.metadata.<key>},"
+        " got '${actor.name}'",
+    ),
+    (
+        {"mcp": {"servers": {"x": {"url": "http://h/", "headers": {"A": 12345}}}}},
+        "mcp.servers.x.headers must be a table of strings, got a value of type int for 'A'",
+    ),
+    (
+        {"mcp": {"servers": {"x": {"command": "python", "args": "-m x"}}}},
+        "mcp.servers.x.args must be a list of strings, got '-m x'",
+    ),
+    (
+        {"mcp": {"servers": {"x": {"url": "http://h/", "env": {"K": "v"}}}}},
+        "mcp.servers.x.env is for stdio servers; use headers with url",
+    ),
+    (
+        {"mcp": {"servers": {"x": {"url": "http://h/", "alow": "a"}}}},
+        "unknown key 'mcp.servers.x.alow'; did you mean 'mcp.servers.x.allow'?",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), MCP_ERRORS)
+def test_invalid_mcp_settings_are_rejected_with_the_rule(
+    data: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=exactly(message)):
+        config_from_mapping(data, {})
+
+
+def test_an_invalid_deny_regex_names_the_key_and_the_regex_error() -> None:
+    with pytest.raises(ConfigError, match=r"^mcp\.servers\.x\.deny must be a valid Python regular"):
+        MCPServerConfig("x", url="http://h/mcp", deny="(?P<")
+
+
+def test_duplicate_mcp_server_names_are_rejected() -> None:
+    server = MCPServerConfig("x", command="python")
+    with pytest.raises(ConfigError, match=r"^duplicate MCP server name 'x'"):
+        MCPConfig(servers=(server, server))
+
+
+def test_mcp_header_and_env_values_are_masked() -> None:
+    data = {
+        "mcp": {
+            "servers": {
+                "remote": {"url": "https://h/mcp", "headers": {"Authorization": SECRET}},
+                "local": {"command": "python", "env": {"TOKEN": SECRET}},
+            }
+        }
+    }
+    config = config_from_mapping(data, {})
+    assert SECRET not in repr(config)
+    text = render_config(config)
+    assert SECRET not in text
+    assert 'headers = { "Authorization" = "sk-a...0123" }  # masked' in text.splitlines()
+    parsed = tomllib.loads(text)["mcp"]
+    assert parsed["servers"]["local"]["env"] == {"TOKEN": mask_secret(SECRET)}
+    assert parsed["servers"]["remote"]["url"] == "https://h/mcp"
+
+
+def test_render_config_loads_back_the_same_mcp_servers() -> None:
+    data = {
+        "mcp": {
+            "max_iterations": 3,
+            "servers": {
+                "remote": {"url": "https://h/mcp", "allow": "^a", "deny": "b$"},
+                "local": {"command": "python", "args": ["-m", "srv", '--flag="x"']},
+            },
+        }
+    }
+    config = config_from_mapping(data, {})
     assert config_from_mapping(tomllib.loads(render_config(config)), {}) == config

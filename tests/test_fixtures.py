@@ -8,6 +8,7 @@ driven against the mock upstream over loopback.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ import trio
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from bridge import sse
+from bridge.mcp_tools import TOOL_ID_PREFIX
 from bridge.mock_upstream import (
     FIXTURES_DIR,
     ExpectedUsage,
@@ -29,6 +31,19 @@ from bridge.mock_upstream import (
 )
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
+
+
+def summed(usages: list[ExpectedUsage]) -> ExpectedUsage:
+    """The gateway records one token record per upstream response; expect states their sum."""
+    names = [f.name for f in dataclasses.fields(ExpectedUsage)]
+    return ExpectedUsage(**{n: sum(getattr(u, n) for u in usages) for n in names})
+
+
+def is_client_call(name: str) -> bool:
+    """Calls of gateway-injected MCP tools (``bmcp_...``) never reach the client."""
+    return not name.startswith(TOOL_ID_PREFIX)
+
+
 ANTHROPIC = sorted(name for name, s in SCENARIOS.items() if s.api == "anthropic.messages")
 MESSAGE_SCENARIOS = [name for name in ANTHROPIC if SCENARIOS[name].request is not None]
 SUCCESSFUL = [
@@ -123,30 +138,38 @@ def test_every_fixture_loads_with_its_file_name() -> None:
 @pytest.mark.parametrize("name", SUCCESSFUL)
 def test_stream_accumulates_to_exactly_the_blocking_body(name: str) -> None:
     upstream = SCENARIOS[name].upstream
-    assert upstream.blocking[0].body == accumulate(upstream.streaming[0].events or ())
+    assert len(upstream.blocking) == len(upstream.streaming)
+    for blocking, streaming in zip(upstream.blocking, upstream.streaming, strict=True):
+        assert blocking.body == accumulate(streaming.events or ())
 
 
 @pytest.mark.parametrize("name", SUCCESSFUL)
 def test_stream_has_the_documented_shape(name: str) -> None:
-    events = SCENARIOS[name].upstream.streaming[0].events or ()
-    kinds = [event.event for event in events]
-    assert kinds[0] == "message_start"
-    assert kinds[-2:] == ["message_delta", "message_stop"]
-    assert "ping" in kinds
-    assert 1 <= events[0].data["message"]["usage"]["output_tokens"] <= 5
-    assert events[0].data["message"]["stop_reason"] is None
+    for response in SCENARIOS[name].upstream.streaming:
+        events = response.events or ()
+        kinds = [event.event for event in events]
+        assert kinds[0] == "message_start"
+        assert kinds[-2:] == ["message_delta", "message_stop"]
+        assert "ping" in kinds
+        assert 1 <= events[0].data["message"]["usage"]["output_tokens"] <= 5
+        assert events[0].data["message"]["stop_reason"] is None
 
 
 @pytest.mark.parametrize("name", SUCCESSFUL)
 def test_expect_states_the_true_totals(name: str) -> None:
     scenario = SCENARIOS[name]
-    body = scenario.upstream.blocking[0].body
-    streamed = accumulate(scenario.upstream.streaming[0].events or ())
-    assert scenario.expect.usage == usage_totals(body["usage"])
-    assert scenario.expect.usage == usage_totals(streamed["usage"])
+    bodies = [response.body for response in scenario.upstream.blocking]
+    streams = [accumulate(response.events or ()) for response in scenario.upstream.streaming]
+    assert scenario.expect.usage == summed([usage_totals(b["usage"]) for b in bodies])
+    assert scenario.expect.usage == summed([usage_totals(m["usage"]) for m in streams])
+    body = bodies[-1]
     texts = [block["text"] for block in body["content"] if block["type"] == "text"]
     assert scenario.expect.text == "".join(texts)
-    tool_uses = [block for block in body["content"] if block["type"] == "tool_use"]
+    tool_uses = [
+        block
+        for block in body["content"]
+        if block["type"] == "tool_use" and is_client_call(block["name"])
+    ]
     expected_calls = scenario.expect.tool_calls or ()
     assert [(c.name, c.id, c.input) for c in expected_calls] == [
         (b["name"], b["id"], b["input"]) for b in tool_uses
@@ -256,14 +279,14 @@ OPENAI_ERRORS_BEFORE_STREAM = sorted(
 )
 
 
-def wire_data(name: str) -> list[tuple[str | None, str]]:
+def wire_data(name: str, index: int = 0) -> list[tuple[str | None, str]]:
     """The (event, data) pairs a client decodes from the mock's streaming wire bytes.
 
     Decoding the wire form (not the fixture's event list) also covers ``raw`` streams and
     drops SSE comments, as every client does.
     """
     decoder = sse.Decoder()
-    for chunk in SCENARIOS[name].upstream.streaming[0].wire_chunks:
+    for chunk in SCENARIOS[name].upstream.streaming[index].wire_chunks:
         decoder.receive_data(chunk)
     decoder.receive_data(b"")
     return [(event.event, event.data) for event in decoder.events()]
@@ -485,6 +508,8 @@ def test_every_openai_scenario_the_brief_names_is_present() -> None:
         "failed",
         "malformed_line",
     }
+    chat |= {"mcp_add", "mcp_loop_forever"}
+    responses |= {"mcp_add", "mcp_loop_forever"}
     assert set(CHAT) == {f"openai_chat_{name}" for name in chat}
     assert set(RESPONSES) == {f"openai_responses_{name}" for name in responses}
     assert SCENARIOS["openai_models"].upstream.get is not None
@@ -492,24 +517,25 @@ def test_every_openai_scenario_the_brief_names_is_present() -> None:
 
 @pytest.mark.parametrize("name", CHAT_SUCCESSFUL)
 def test_chat_stream_accumulates_to_exactly_the_blocking_body(name: str) -> None:
-    body = SCENARIOS[name].upstream.blocking[0].body
-    assert accumulate_chat([data for _, data in wire_data(name)]) == body
+    for index, response in enumerate(SCENARIOS[name].upstream.blocking):
+        assert accumulate_chat([data for _, data in wire_data(name, index)]) == response.body
 
 
 @pytest.mark.parametrize("name", CHAT_SUCCESSFUL)
 def test_chat_stream_has_the_documented_shape(name: str) -> None:
-    pairs = wire_data(name)
-    assert all(event is None for event, _ in pairs), "chat streams have no event: lines"
-    chunks = [json.loads(data) for _, data in pairs[:-1]]
-    assert "role" in chunks[0]["choices"][0]["delta"]
-    assert all(chunk["usage"] is None for chunk in chunks[:-1])
-    last = chunks[-1]
-    assert last["usage"] is not None
-    if name == "openai_chat_usage_in_last_choice_chunk":
-        assert last["choices"][0]["finish_reason"] == "stop"
-    else:
-        assert last["choices"] == []
-        assert chunks[-2]["choices"][0]["finish_reason"] is not None
+    for index in range(len(SCENARIOS[name].upstream.streaming)):
+        pairs = wire_data(name, index)
+        assert all(event is None for event, _ in pairs), "chat streams have no event: lines"
+        chunks = [json.loads(data) for _, data in pairs[:-1]]
+        assert "role" in chunks[0]["choices"][0]["delta"]
+        assert all(chunk["usage"] is None for chunk in chunks[:-1])
+        last = chunks[-1]
+        assert last["usage"] is not None
+        if name == "openai_chat_usage_in_last_choice_chunk":
+            assert last["choices"][0]["finish_reason"] == "stop"
+        else:
+            assert last["choices"] == []
+            assert chunks[-2]["choices"][0]["finish_reason"] is not None
 
 
 def test_nonzero_index_and_parallel_scenarios_have_their_indexes() -> None:
@@ -537,13 +563,14 @@ def test_keepalive_scenario_has_comment_lines_between_chunks() -> None:
 @pytest.mark.parametrize("name", CHAT_SUCCESSFUL)
 def test_chat_expect_states_the_true_totals(name: str) -> None:
     scenario = SCENARIOS[name]
-    body = scenario.upstream.blocking[0].body
-    message = body["choices"][0]["message"]
-    assert scenario.expect.usage == chat_totals(body)
+    bodies = [response.body for response in scenario.upstream.blocking]
+    assert scenario.expect.usage == summed([chat_totals(body) for body in bodies])
+    message = bodies[-1]["choices"][0]["message"]
     assert scenario.expect.text == message["content"]
     calls = [
         (call["function"]["name"], call["id"], json.loads(call["function"]["arguments"]))
         for call in message.get("tool_calls", ())
+        if is_client_call(call["function"]["name"])
     ]
     assert [(c.name, c.id, c.input) for c in scenario.expect.tool_calls or ()] == calls
     assert scenario.expect.thoughts is None
@@ -591,20 +618,22 @@ def test_openai_errors_before_the_stream_have_openai_error_bodies(name: str) -> 
 
 @pytest.mark.parametrize("name", RESPONSES_SUCCESSFUL)
 def test_responses_stream_completes_with_exactly_the_blocking_body(name: str) -> None:
-    events = [
-        (event, json.loads(data))
-        for event, data in wire_data(name)
-        if not data.startswith("{not json")
-    ]
-    final, _ = accumulate_response(events)
-    assert final == SCENARIOS[name].upstream.blocking[0].body
+    for index, response in enumerate(SCENARIOS[name].upstream.blocking):
+        events = [
+            (event, json.loads(data))
+            for event, data in wire_data(name, index)
+            if not data.startswith("{not json")
+        ]
+        final, _ = accumulate_response(events)
+        assert final == response.body
 
 
 @pytest.mark.parametrize("name", RESPONSES_SUCCESSFUL)
 def test_responses_expect_states_the_true_totals(name: str) -> None:
     scenario = SCENARIOS[name]
-    body = scenario.upstream.blocking[0].body
-    assert scenario.expect.usage == responses_totals(body)
+    bodies = [response.body for response in scenario.upstream.blocking]
+    assert scenario.expect.usage == summed([responses_totals(body) for body in bodies])
+    body = bodies[-1]
     assert scenario.expect.text == response_text(body["output"])
     calls = [
         (
@@ -613,7 +642,7 @@ def test_responses_expect_states_the_true_totals(name: str) -> None:
             json.loads(item["arguments"]) if item["type"] == "function_call" else item["input"],
         )
         for item in body["output"]
-        if item["type"] in ("function_call", "custom_tool_call")
+        if item["type"] in ("function_call", "custom_tool_call") and is_client_call(item["name"])
     ]
     assert [(c.name, c.id, c.input) for c in scenario.expect.tool_calls or ()] == calls
     thoughts: list[tuple[str, str]] = []
@@ -842,3 +871,62 @@ async def test_openai_sdk_sees_the_responses_stream_error(
         assert last.response.status == "failed"
         assert last.response.error is not None
         assert last.response.error.code == "server_error"
+
+
+# -- injected MCP tool scenarios: the follow-up call (one tool result) gets response 1
+
+
+async def test_sdks_get_the_final_answer_after_the_injected_tool_result(base_url: str) -> None:
+    anthropic_scenario = SCENARIOS["anthropic_mcp_add"]
+    assert anthropic_scenario.request is not None
+    call = anthropic_scenario.upstream.blocking[0].body
+    tool_use = call["content"][-1]
+    request = copy.deepcopy(anthropic_scenario.request)
+    request["messages"] += [
+        {"role": "assistant", "content": call["content"]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": tool_use["id"], "content": "5"}],
+        },
+    ]
+    async with sdk_client(base_url, anthropic_scenario) as client:
+        created = await client.messages.create(**request)
+        async with client.messages.stream(**request) as stream:
+            streamed = await stream.get_final_message()
+    assert created.to_dict() == anthropic_scenario.upstream.blocking[1].body
+    assert streamed.to_dict() == created.to_dict()
+
+    chat = SCENARIOS["openai_chat_mcp_add"]
+    assert chat.request is not None
+    message = chat.upstream.blocking[0].body["choices"][0]["message"]
+    chat_request = copy.deepcopy(chat.request)
+    chat_request["messages"] += [
+        {"role": "assistant", "content": None, "tool_calls": message["tool_calls"]},
+        {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "5"},
+    ]
+    responses = SCENARIOS["openai_responses_mcp_add"]
+    assert responses.request is not None
+    item = responses.upstream.blocking[0].body["output"][0]
+    responses_request = copy.deepcopy(responses.request)
+    responses_request["input"] = [
+        {"role": "user", "content": responses.request["input"]},
+        item,
+        {"type": "function_call_output", "call_id": item["call_id"], "output": "5"},
+    ]
+    async with openai_client(base_url, chat) as client:
+        completion = await client.chat.completions.create(**chat_request)
+        chunks = [
+            chunk
+            async for chunk in await client.chat.completions.create(
+                **chat_request, stream=True, stream_options={"include_usage": True}
+            )
+        ]
+    assert completion.to_dict() == chat.upstream.blocking[1].body
+    assert accumulate_chat([c.to_json() for c in chunks] + ["[DONE]"]) == completion.to_dict()
+    async with openai_client(base_url, responses) as client:
+        created_response = await client.responses.create(**responses_request)
+        async with client.responses.stream(**responses_request) as helper:
+            final = await helper.get_final_response()
+    assert created_response.to_dict() == responses.upstream.blocking[1].body
+    assert final.id == created_response.id
+    assert final.output_text == "2 + 3 = 5."

@@ -28,9 +28,16 @@ from bridge import (
     ServerConfig,
     open_bridge,
 )
+from bridge.config import MCPConfig
 from bridge.mock_upstream import MockUpstream
 from bridge.recording.sqlite import SQLiteStore
 from bridge.server import hypercorn_config
+
+
+def is_inner_loop(name: str) -> bool:
+    """Scenarios that call injected MCP tools: they need an MCP server (test_inner_loop)."""
+    return "_mcp_" in name
+
 
 CENTRAL_KEY = "sk-ant-central-test-key-0123456789"
 OPENAI_KEY = "sk-openai-central-test-key-987654"
@@ -137,10 +144,13 @@ def start_gateway(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> 
         server_changes: dict[str, Any] | None = None,
         auth: AuthConfig | None = None,
         upstream_url: str | None = None,
+        mcp: MCPConfig | None = None,
     ) -> Gateway:
         config = gateway_config(tmp_path, mock.port, **(server_changes or {}))  # type: ignore[attr-defined]
         if auth is not None:
             config = replace(config, auth=auth)
+        if mcp is not None:
+            config = replace(config, mcp=mcp)
         if upstream_url is not None:
             providers = tuple(
                 replace(p, base_url=upstream_url + ("v1/" if p.type == "openai" else ""))

@@ -14,6 +14,7 @@ import httpx2
 import pytest
 
 from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+from tests.conftest import is_inner_loop
 
 from .conftest import CENTRAL_KEY, Gateway
 
@@ -21,7 +22,10 @@ SCENARIOS = load_scenarios(FIXTURES_DIR)
 MESSAGE_SCENARIOS = [
     name
     for name, s in sorted(SCENARIOS.items())
-    if s.api == "anthropic.messages" and s.request is not None and s.expect.error is None
+    if s.api == "anthropic.messages"
+    and s.request is not None
+    and s.expect.error is None
+    and not is_inner_loop(name)
 ]
 
 

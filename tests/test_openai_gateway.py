@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+from tests.conftest import is_inner_loop
 
 from .conftest import OPENAI_KEY, Gateway
 
@@ -24,7 +25,10 @@ def named(api: str, *, errors: bool = False) -> list[str]:
     return [
         name
         for name, s in sorted(SCENARIOS.items())
-        if s.api == api and s.request is not None and (s.expect.error is not None) == errors
+        if s.api == api
+        and s.request is not None
+        and (s.expect.error is not None) == errors
+        and not is_inner_loop(name)
     ]
 
 

@@ -23,6 +23,7 @@ from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
 from bridge.errors import ClientError, NotFound
+from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.providers import Provider, Route, RouteKind
 from bridge.recording.recorder import Recorder, open_recorder
 from bridge.recording.records import new_id
@@ -43,8 +44,11 @@ class Engine:
         recorder: Recorder,
         store: Store,
         upstreams: dict[str, UpstreamClient],
+        hub: ToolHub | None = None,
     ) -> None:
         self.config = config
+        self.hub = hub
+        """The MCP tool hub, if any MCP server is configured."""
         self.recorder = recorder
         self.store = store
         self.providers = {p.name: Provider(p) for p in config.providers}
@@ -80,6 +84,9 @@ class Engine:
         }
         configured = [p.name for p in self.config.providers]
         checks["providers"] = {"ok": bool(configured), "detail": ", ".join(configured) or "none"}
+        if self.hub is not None:
+            # A down MCP server does not make the gateway unready: its tools are just absent.
+            checks["mcp"] = {"ok": True, "servers": self.hub.status()}
         return checks
 
     def route(self, path: str) -> tuple[Provider | None, Route | None]:
@@ -117,6 +124,7 @@ class Engine:
             assert route.dialect is not None
             bridged = DIALECTS[route.dialect]
             parsed = bridged.parse_request(request.body)
+            tools = await self.hub.tools_for(actor) if self.hub is not None else ()
             ix = Interception(
                 id=new_id(),
                 route=route,
@@ -128,6 +136,10 @@ class Engine:
                 upstream=self._upstreams[route.provider.name],
                 recorder=self.recorder,
                 strip_headers=self._strip,
+                hub=self.hub,
+                tools=tools,
+                max_iterations=self.config.mcp.max_iterations,
+                call_timeout=self.config.mcp.call_timeout,
             )
             await intercept(ix, sink, ping_interval=self.config.server.ping_interval)
         except ClientError as exc:
@@ -195,4 +207,7 @@ async def open_engine(config: Config, *, store: Store | None = None) -> AsyncIte
             client = UpstreamClient(connect_timeout=provider.connect_timeout)
             stack.push_async_callback(client.aclose)
             upstreams[provider.name] = client
-        yield Engine(config, recorder, store, upstreams)
+        hub = None
+        if config.mcp.servers:
+            hub = await stack.enter_async_context(open_tool_hub(config.mcp))
+        yield Engine(config, recorder, store, upstreams, hub)

@@ -18,6 +18,7 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -26,8 +27,18 @@ from bridge.auth import Actor
 from bridge.clients import guess_client, session_id
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.relay import Relay
-from bridge.dialects.base import Dialect, ParsedRequest, Turn, TurnResult
+from bridge.dialects.base import (
+    Dialect,
+    ParsedRequest,
+    ToolCall,
+    ToolOutcome,
+    Turn,
+    TurnResult,
+    dumps,
+    outcome_text,
+)
 from bridge.errors import BridgeError, UpstreamError, UpstreamProtocolError
+from bridge.mcp_tools import Tool, ToolHub
 from bridge.providers import Credential, Route, forwardable_response_headers
 from bridge.recording.recorder import Recorder
 from bridge.recording.records import (
@@ -69,10 +80,20 @@ class Interception:
     upstream: UpstreamClient
     recorder: Recorder
     strip_headers: tuple[str, ...] = ()
+    hub: ToolHub | None = None
+    tools: tuple[Tool, ...] = ()
+    """The injected tools offered to the model, sorted by id."""
+    max_iterations: int = 16
+    call_timeout: float = 30.0
     client_gone: bool = False
     prompt_recorded: bool = False
     failure: str | None = None
     turns: list[TurnResult] = field(default_factory=list)
+
+    @property
+    def injected_names(self) -> frozenset[str]:
+        """The names the model calls injected tools by."""
+        return frozenset(tool.id for tool in self.tools)
 
 
 async def intercept(ix: Interception, sink: ResponseSink, *, ping_interval: float) -> Outcome:
@@ -118,7 +139,7 @@ async def _watch_client(ix: Interception, sink: ResponseSink, scope: trio.Cancel
 async def _run(ix: Interception, relay: Relay) -> None:
     """Call upstream and relay; turn every failure into the right client-visible error."""
     try:
-        await _exchange(ix, relay)
+        await _loop(ix, relay)
     except UpstreamError as exc:
         await _fail(ix, relay, exc.status_hint, str(exc))
     except BridgeError as exc:
@@ -139,46 +160,156 @@ async def _fail(ix: Interception, relay: Relay, status: int, message: str) -> No
         await relay.respond(status, [_JSON], ix.dialect.error_body(status, message))
 
 
-async def _exchange(ix: Interception, relay: Relay) -> None:
-    """One upstream exchange: send, then relay the stream or the body, then account."""
+async def _loop(ix: Interception, relay: Relay) -> None:
+    """The agentic loop: call upstream, relay, and while the model calls injected tools,
+    run them and call upstream again with their results.
+
+    Written once for every API; the dialect's exchange decides what the client sees.
+    Injected calls run in a nursery inside the interception's own, so a client that
+    leaves cancels them (and the MCP server is told).
+    """
+    tools = ix.tools if ix.dialect.wants_tools(ix.parsed) else ()
+    document, body = ix.dialect.prepare(ix.parsed, ix.request.body, tools)
+    injected = frozenset(tool.id for tool in tools)
+    exchange = ix.dialect.open_exchange(ix.id, injected)
+    # Raw relays (Responses) cannot hold back part of an iteration: with injected tools
+    # each iteration is buffered, and only the last one reaches the client.
+    buffer_raw = ix.dialect.relay_raw and bool(injected)
+    for iteration in range(1, ix.max_iterations + 1):
+        step = await _call_upstream(ix, relay, body, exchange.new_turn(), buffer=buffer_raw)
+        if step is None:
+            return  # an upstream HTTP error was relayed
+        result, client_body, buffered = step
+        pending = [call for call in result.tool_calls if call.name in injected]
+        if result.error is not None:
+            ix.failure = f"upstream error in stream: {result.error}"
+            await relay.send_frames(buffered)
+            break
+        if not result.complete:
+            await relay.send_frames(buffered)
+            message = "the upstream closed the stream before the message was complete"
+            await _fail(ix, relay, 502, message)
+            return
+        if not pending:
+            if client_body is not None:
+                await relay.respond(*client_body)
+            await relay.send_frames(buffered)
+            break
+        if iteration == ix.max_iterations:
+            message = (
+                f"the model kept calling gateway tools: the inner loop stopped at its cap of "
+                f"{ix.max_iterations} iterations (mcp.max_iterations)"
+            )
+            await _fail(ix, relay, 500, message)
+            return
+        assert document is not None  # tools were injected, so the body was edited
+        outcomes = await _run_tools(ix, result.response_id, pending)
+        ix.dialect.append_results(document, result, outcomes)
+        body = dumps(document)
+    await relay.finish(ix.dialect.stream_end_frame())
+
+
+async def _call_upstream(
+    ix: Interception, relay: Relay, body: bytes, turn: Turn, *, buffer: bool
+) -> tuple[TurnResult, tuple[int, list[tuple[str, str]], bytes] | None, list[bytes]] | None:
+    """One upstream call: relay the stream as it comes, or read the whole body.
+
+    Returns what the call amounted to, the client response of a blocking call (sent
+    by the loop only if the model is done), and raw chunks held back when buffering;
+    ``None`` if the upstream answered with an HTTP error (relayed to the client).
+    The turn is recorded whatever happens, also when cancelled.
+    """
     headers = ix.route.provider.upstream_headers(
         list(ix.request.headers), ix.credential, strip=ix.strip_headers
     )
     url = ix.route.upstream_url(ix.request.query)
-    body = ix.dialect.upstream_body(ix.parsed, ix.request.body)
-    turn = ix.dialect.new_turn(ix.id)
+    client_body = None
+    buffered: list[bytes] = []
     try:
         async with ix.upstream.open("POST", url, headers, body) as response:
             if response.status >= 400:
                 await _relay_upstream_error(ix, relay, response)
-                return
+                return None
             passed = forwardable_response_headers(response.headers)
+            passed = [(k, v) for k, v in passed if k != "content-type"]
             if ix.parsed.stream and response.content_type == "text/event-stream":
-                relay.set_stream_headers([(k, v) for k, v in passed if k != "content-type"])
-                await _relay_stream(response, turn, relay, raw=ix.dialect.relay_raw)
+                relay.set_stream_headers(passed)
+                sink = buffered.append if buffer else None
+                await _relay_stream(response, turn, relay, raw=ix.dialect.relay_raw, hold=sink)
             else:
-                body = turn.feed_body(await response.read())
-                passed = [(k, v) for k, v in passed if k != "content-type"]
-                await relay.respond(response.status, [_JSON, *passed], body)
+                client = turn.feed_body(await response.read())
+                client_body = (response.status, [_JSON, *passed], client)
     finally:
         result = turn.result()
         with trio.move_on_after(RECORD_DEADLINE, shield=True):
             await _record_turn(ix, result)
-    if result.error is not None:
-        ix.failure = f"upstream error in stream: {result.error}"
-    elif not result.complete:
-        message = "the upstream closed the stream before the message was complete"
-        await _fail(ix, relay, 502, message)
-        return
-    await relay.finish(ix.dialect.stream_end_frame())
+    return result, client_body, buffered
 
 
-async def _relay_stream(response: UpstreamResponse, turn: Turn, relay: Relay, *, raw: bool) -> None:
+async def _run_tools(
+    ix: Interception, response_id: str, calls: list[ToolCall]
+) -> list[ToolOutcome]:
+    """Run the injected calls of one turn concurrently; record each; never raise for a tool."""
+    outcomes: list[ToolOutcome | None] = [None] * len(calls)
+
+    async def run(index: int, call: ToolCall) -> None:
+        outcomes[index] = await _run_tool(ix, response_id, call)
+
+    async with trio.open_nursery() as nursery:
+        for index, call in enumerate(calls):
+            nursery.start_soon(run, index, call)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+async def _run_tool(ix: Interception, response_id: str, call: ToolCall) -> ToolOutcome:
+    assert ix.hub is not None
+    tool = ix.hub.get(call.name)
+    arguments = call.input if isinstance(call.input, dict) else None
+    if tool is None:
+        outcome = ToolOutcome(call, error=f"tool {call.name} is not available")
+        server_url = None
+    else:
+        result = await ix.hub.call(tool, arguments, actor=ix.actor, timeout=ix.call_timeout)
+        outcome = ToolOutcome(
+            call,
+            content=result.content,
+            is_error=result.is_error,
+            error=result.error,
+            result_json=result.as_json(),
+        )
+        server_url = tool.server_url
+    error = outcome.error
+    if error is None and outcome.is_error:
+        error = "the tool reported an error: " + outcome_text(outcome)[:500]
+    with trio.move_on_after(RECORD_DEADLINE, shield=True):
+        await ix.recorder.record(
+            ToolUsage(
+                ix.id,
+                response_id,
+                tool.name if tool is not None else call.name,
+                call.id,
+                call.input,
+                injected=True,
+                server_url=server_url,
+                invocation_error=error,
+            )
+        )
+    return outcome
+
+
+async def _relay_stream(
+    response: UpstreamResponse,
+    turn: Turn,
+    relay: Relay,
+    *,
+    raw: bool,
+    hold: Callable[[bytes], None] | None = None,
+) -> None:
     """Relay the upstream stream as it arrives.
 
     Frame by frame (each event as soon as it is complete, one write per frame, as the
     turn rewrites it), or with ``raw``, each chunk exactly as read while the events
-    are only read for accounting.
+    are only read for accounting; ``hold`` takes raw chunks instead of the client.
     """
     decoder = Decoder()
 
@@ -194,7 +325,10 @@ async def _relay_stream(response: UpstreamResponse, turn: Turn, relay: Relay, *,
     try:
         async for chunk in response.chunks():
             if raw and chunk:
-                await relay.send_frame(chunk)
+                if hold is not None:
+                    hold(chunk)
+                else:
+                    await relay.send_frame(chunk)
             decoder.receive_data(chunk)
             await drain()
         decoder.receive_data(b"")
@@ -264,6 +398,7 @@ async def _record_turn(ix: Interception, result: TurnResult) -> None:
     records.extend(
         ToolUsage(ix.id, result.response_id, call.name, call.id, call.input)
         for call in result.tool_calls
+        if call.name not in ix.injected_names
     )
     records.extend(ModelThought(ix.id, content, source) for source, content in result.thoughts)
     for record in records:

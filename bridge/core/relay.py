@@ -56,6 +56,11 @@ class Relay:
             await self._sink.send(frame)
             self._last_write = trio.current_time()
 
+    async def send_frames(self, frames: list[bytes]) -> None:
+        """Send held-back frames, in order (nothing if there are none)."""
+        for frame in frames:
+            await self.send_frame(frame)
+
     async def respond(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
         """Commit to a whole response; only possible before the stream has started.
 

@@ -13,19 +13,25 @@ adds them, counting the first output tokens twice).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Final
 
 from bridge.dialects.base import (
+    InjectedTool,
     ParsedRequest,
     TokenCounts,
     ToolCall,
+    ToolOutcome,
     TurnResult,
+    add_usage,
     dumps,
     int_field,
+    outcome_text,
     parse_json_object,
     required_messages,
     required_model,
     swap_id,
+    tool_parameters,
 )
 from bridge.errors import UpstreamProtocolError
 from bridge.sse import Event, encode, frame
@@ -77,13 +83,62 @@ class AnthropicMessages:
             session_hint=_session_from_metadata(document.get("metadata")),
         )
 
-    def upstream_body(self, request: ParsedRequest, body: bytes) -> bytes:
-        """The client's bytes, unchanged (Claude Code's fields must not be normalised)."""
-        return body
+    def wants_tools(self, request: ParsedRequest) -> bool:
+        """Not for streaming requests of small, fast models (Claude Code's haiku calls)."""
+        return not (request.stream and "haiku" in request.model)
 
-    def new_turn(self, interception_id: str) -> _Turn:
-        """State for one upstream message."""
-        return _Turn(interception_id)
+    def prepare(
+        self, request: ParsedRequest, body: bytes, tools: Sequence[InjectedTool]
+    ) -> tuple[dict[str, Any] | None, bytes]:
+        """The client's bytes unless tools are injected (Claude Code's fields stay as sent).
+
+        Injected tools go *before* the client's, so the client's ``cache_control``
+        breakpoints keep covering the same prefix, and parallel tool use is disabled
+        so that each inner-loop turn has one call to answer (reference 3.3).
+        """
+        if not tools:
+            return None, body
+        document = dict(request.document)
+        injected = [
+            {
+                "name": tool.id,
+                "description": tool.description,
+                "input_schema": tool_parameters(tool),
+            }
+            for tool in tools
+        ]
+        document["tools"] = [*injected, *(document.get("tools") or [])]
+        choice = document.get("tool_choice")
+        if choice is None or (isinstance(choice, dict) and choice.get("type") in ("", None)):
+            document["tool_choice"] = {"type": "auto", "disable_parallel_tool_use": True}
+        elif isinstance(choice, dict) and choice.get("type") in ("auto", "any", "tool"):
+            document["tool_choice"] = {**choice, "disable_parallel_tool_use": True}
+        return document, dumps(document)
+
+    def append_results(
+        self, document: dict[str, Any], result: TurnResult, outcomes: Sequence[ToolOutcome]
+    ) -> None:
+        """The assistant message, then one user message with every ``tool_result``."""
+        message = result.message if isinstance(result.message, dict) else {}
+        content = [_block_param(b) for b in message.get("content") or () if isinstance(b, dict)]
+        results = [
+            {
+                "type": "tool_result",
+                "tool_use_id": outcome.call.id,
+                "content": [{"type": "text", "text": outcome_text(outcome)}],
+                **({"is_error": True} if outcome.is_error or outcome.error else {}),
+            }
+            for outcome in outcomes
+        ]
+        document["messages"] = [
+            *document.get("messages", []),
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": results},
+        ]
+
+    def open_exchange(self, interception_id: str, injected: frozenset[str]) -> _Exchange:
+        """State shared by the upstream messages of one interception."""
+        return _Exchange(interception_id, injected)
 
     def error_body(self, status: int, message: str) -> bytes:
         """``{"type": "error", "error": {"type": ..., "message": ...}}``."""
@@ -119,11 +174,41 @@ class AnthropicMessages:
         return _PING
 
 
+class _Exchange:
+    """What the client has seen so far across the upstream messages of one interception.
+
+    The client sees one message: the first ``message_start`` only, content blocks
+    numbered on from those already sent, no injected ``tool_use`` block, no stop of
+    a message that ends in an injected call, and usage that adds up every message.
+    """
+
+    def __init__(self, interception_id: str, injected: frozenset[str]) -> None:
+        self.interception_id = interception_id
+        self.injected = injected
+        self.turns = 0
+        self.blocks_sent = 0
+        self.usage: dict[str, Any] = {}
+        """The summed usage of the messages before the current one."""
+
+    def new_turn(self) -> _Turn:
+        self.turns += 1
+        return _Turn(self)
+
+    def add_usage(self, usage: Any) -> None:
+        """Count a finished message's usage in what later messages report."""
+        if isinstance(usage, dict):
+            self.usage = add_usage(self.usage, usage)
+
+
 class _Turn:
     """One upstream message, accumulated from its stream or read whole."""
 
-    def __init__(self, interception_id: str) -> None:
-        self._interception_id = interception_id
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange = exchange
+        self._interception_id = exchange.interception_id
+        self._first = exchange.turns == 1
+        self._index_map: dict[int, int] = {}
+        self._hidden: set[int] = set()
         self._response_id = ""
         self._message: dict[str, Any] = {}
         self._blocks: dict[int, dict[str, Any]] = {}
@@ -147,21 +232,32 @@ class _Turn:
                 return self._on_message_start(data, event.raw)
             if kind == "content_block_start":
                 index = data["index"]
-                self._blocks[index] = data["content_block"]
+                block = self._blocks[index] = data["content_block"]
                 self._parts[index] = []
-            elif kind == "content_block_delta":
+                if block.get("type") == "tool_use" and block.get("name") in self._exchange.injected:
+                    self._hidden.add(index)
+                    return None
+                self._index_map[index] = self._exchange.blocks_sent
+                self._exchange.blocks_sent += 1
+                return self._renumbered(data, event.raw)
+            if kind == "content_block_delta":
                 self._on_delta(data["index"], data["delta"])
-            elif kind == "content_block_stop":
+                return None if data["index"] in self._hidden else self._renumbered(data, event.raw)
+            if kind == "content_block_stop":
                 self._close_block(data["index"])
-            elif kind == "message_delta":
+                return None if data["index"] in self._hidden else self._renumbered(data, event.raw)
+            if kind == "message_delta":
                 self._message.update(data.get("delta") or {})
                 usage = self._message.setdefault("usage", {})
                 for key, value in (data.get("usage") or {}).items():
                     if value is not None:
                         usage[key] = value
-            elif kind == "message_stop":
+                return self._on_message_delta(data, event.raw)
+            if kind == "message_stop":
                 self._complete = True
-            elif kind == "error":
+                self._exchange.add_usage(self._message.get("usage"))
+                return None if self._hidden else frame(event.raw)
+            if kind == "error":
                 error = data.get("error")
                 message = error.get("message") if isinstance(error, dict) else None
                 self._error = str(message or event.data)
@@ -171,11 +267,31 @@ class _Turn:
             ) from None
         return frame(event.raw)
 
-    def _on_message_start(self, data: dict[str, Any], raw: bytes) -> bytes:
+    def _on_message_start(self, data: dict[str, Any], raw: bytes) -> bytes | None:
         message = data["message"]
         self._response_id = str(message.get("id", ""))
         self._message = message
+        if not self._first:
+            return None  # the client already has its message_start
         return swap_id(frame(raw), self._response_id, self._interception_id)
+
+    def _renumbered(self, data: dict[str, Any], raw: bytes) -> bytes:
+        """The frame with the client's block index (re-encoded only when it differs)."""
+        index = self._index_map.get(data["index"], data["index"])
+        if index == data["index"]:
+            return frame(raw)
+        data["index"] = index
+        return _event(data)
+
+    def _on_message_delta(self, data: dict[str, Any], raw: bytes) -> bytes | None:
+        """Held back if the message ends in an injected call; otherwise usage adds up."""
+        if self._hidden:
+            return None
+        earlier = self._exchange.usage
+        if not earlier or not isinstance(data.get("usage"), dict):
+            return frame(raw)
+        data["usage"] = add_usage(earlier, data["usage"])
+        return _event(data)
 
     def _on_delta(self, index: int, delta: dict[str, Any]) -> None:
         kind = delta["type"]
@@ -217,6 +333,16 @@ class _Turn:
         )
         self._closed = set(self._blocks)
         self._complete = True
+        earlier = self._exchange.usage
+        self._exchange.add_usage(document.get("usage"))
+        if earlier and isinstance(document.get("usage"), dict):
+            return dumps(
+                {
+                    **document,
+                    "id": self._interception_id,
+                    "usage": add_usage(earlier, document["usage"]),
+                }
+            )
         return swap_id(body, self._response_id, self._interception_id)
 
     def result(self) -> TurnResult:
@@ -237,7 +363,26 @@ class _Turn:
             ),
             error=self._error,
             complete=self._complete and self._error is None,
+            message={**self._message, "content": blocks},
         )
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    """An event re-encoded from its data, the event name being its ``type``."""
+    return encode(Event(event=str(data["type"]), data=json.dumps(data, ensure_ascii=False)))
+
+
+# Fields of response content blocks that requests do not accept.
+_RESPONSE_ONLY_FIELDS = frozenset({"citations"})
+
+
+def _block_param(block: dict[str, Any]) -> dict[str, Any]:
+    """A response content block as a request block (``None`` fields dropped)."""
+    return {
+        k: v
+        for k, v in block.items()
+        if v is not None and not (k in _RESPONSE_ONLY_FIELDS and not v)
+    }
 
 
 def _counts(usage: dict[str, Any]) -> TokenCounts:

@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,17 +23,23 @@ from bridge.sse import Event
 
 __all__ = [
     "Dialect",
+    "Exchange",
+    "InjectedTool",
     "ParsedRequest",
     "TokenCounts",
     "ToolCall",
+    "ToolOutcome",
     "Turn",
     "TurnResult",
+    "add_usage",
     "dumps",
     "int_field",
+    "outcome_text",
     "parse_json_object",
     "required_messages",
     "required_model",
     "swap_id",
+    "tool_parameters",
 ]
 
 
@@ -76,6 +83,40 @@ class ToolCall:
     input: Any
 
 
+class InjectedTool(Protocol):
+    """A tool the gateway offers the model and runs itself (an MCP tool)."""
+
+    @property
+    def id(self) -> str:
+        """The name the model sees: ``bmcp_<server>_<tool>``."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """What the tool does, for the model."""
+        ...
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON schema of the tool's arguments."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    """An injected tool call and what came of it, to be given back to the model."""
+
+    call: ToolCall
+    content: tuple[dict[str, Any], ...] = ()
+    """MCP content blocks (``{"type": "text", "text": ...}``, images, resources...)."""
+    is_error: bool = False
+    """The tool reported an error (MCP ``isError``)."""
+    error: str | None = None
+    """The call itself failed: unknown tool, transport error, timeout."""
+    result_json: dict[str, Any] | None = None
+    """The whole MCP ``CallToolResult`` as JSON, for APIs that take it verbatim."""
+
+
 @dataclass(frozen=True, slots=True)
 class TurnResult:
     """What one upstream response amounted to, complete or cut short."""
@@ -89,6 +130,23 @@ class TurnResult:
     """An error the upstream reported inside a successful response (an error event)."""
     complete: bool = False
     """Whether the response reached its terminal event (or was a whole body)."""
+    message: Any = None
+    """The model's whole answer as the API represents it (an Anthropic message, a chat
+    message, a Response object), to be appended to the conversation by the loop."""
+
+
+class Exchange(Protocol):
+    """The state of one interception across its upstream calls (the inner loop).
+
+    It knows which tool names are injected, so that its turns hold back from the
+    client what belongs to injected calls (tool-call blocks, the ``tool_use`` stop,
+    intermediate usage), and what the client has already seen (one message start,
+    block numbering, cumulative usage).
+    """
+
+    def new_turn(self) -> Turn:
+        """State for the next upstream response."""
+        ...
 
 
 class Turn(Protocol):
@@ -125,12 +183,29 @@ class Dialect(Protocol):
         """Validate and inspect a client body; :class:`~bridge.errors.BadRequest` if unusable."""
         ...
 
-    def upstream_body(self, request: ParsedRequest, body: bytes) -> bytes:
-        """The body to send upstream: ``body`` itself unless the API needs an edit."""
+    def prepare(
+        self, request: ParsedRequest, body: bytes, tools: Sequence[InjectedTool]
+    ) -> tuple[dict[str, Any] | None, bytes]:
+        """The first upstream body, and the document it encodes if it was edited.
+
+        ``body`` itself when nothing needs editing (no injected tools, no API edit),
+        so the client's bytes go upstream unchanged; otherwise a deterministic
+        encoding of the edited document (same input, same bytes: prompt caches hold).
+        """
         ...
 
-    def new_turn(self, interception_id: str) -> Turn:
-        """Fresh state for the next upstream response of this interception."""
+    def wants_tools(self, request: ParsedRequest) -> bool:
+        """Whether injected tools are offered for this request at all."""
+        ...
+
+    def append_results(
+        self, document: dict[str, Any], result: TurnResult, outcomes: Sequence[ToolOutcome]
+    ) -> None:
+        """Continue the conversation in ``document``: the model's answer, then the results."""
+        ...
+
+    def open_exchange(self, interception_id: str, injected: frozenset[str]) -> Exchange:
+        """Fresh state for one interception; ``injected`` are the injected tool names."""
         ...
 
     def error_body(self, status: int, message: str) -> bytes:
@@ -202,3 +277,32 @@ def int_field(mapping: Any, key: str) -> int:
     """``mapping[key]`` if it is an integer (not a bool), else 0: usage fields may be null."""
     value = mapping.get(key) if isinstance(mapping, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def add_usage(total: Any, more: Any) -> Any:
+    """Add two usage objects field by field (nested objects too); for cumulative usage."""
+    if isinstance(total, dict) and isinstance(more, dict):
+        out = dict(total)
+        for key, value in more.items():
+            out[key] = add_usage(out[key], value) if key in out else value
+        return out
+    if isinstance(total, int) and isinstance(more, int) and not isinstance(total, bool):
+        return total + more
+    return more if more is not None else total
+
+
+def tool_parameters(tool: InjectedTool) -> dict[str, Any]:
+    """``{"type": "object", "properties": ..., "required": [...]}`` of a tool (reference 3.3)."""
+    schema = tool.input_schema
+    parameters: dict[str, Any] = {"type": "object", "properties": schema.get("properties") or {}}
+    if schema.get("required"):
+        parameters["required"] = list(schema["required"])
+    return parameters
+
+
+def outcome_text(outcome: ToolOutcome) -> str:
+    """The text of a tool outcome: its text blocks joined, or what went wrong."""
+    if outcome.error is not None:
+        return f"Error calling tool: {outcome.error}"
+    texts = [b.get("text", "") for b in outcome.content if b.get("type") == "text"]
+    return "\n".join(str(t) for t in texts) if texts else json.dumps(list(outcome.content))

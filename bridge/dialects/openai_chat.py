@@ -13,19 +13,24 @@ index the provider starts counting from.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Final
 
 from bridge.dialects.base import (
+    InjectedTool,
     ParsedRequest,
     TokenCounts,
     ToolCall,
+    ToolOutcome,
     TurnResult,
+    add_usage,
     dumps,
     int_field,
     parse_json_object,
     required_messages,
     required_model,
     swap_id,
+    tool_parameters,
 )
 from bridge.dialects.openai_common import error_body, error_document, last_text_part, upstream_error
 from bridge.errors import UpstreamProtocolError
@@ -61,24 +66,80 @@ class OpenAIChat:
             correlating_tool_call_id=tool_call_id if isinstance(tool_call_id, str) else None,
         )
 
-    def upstream_body(self, request: ParsedRequest, body: bytes) -> bytes:
-        """Force ``stream_options.include_usage`` on streams; otherwise the client's bytes."""
+    def wants_tools(self, request: ParsedRequest) -> bool:
+        """Always: every chat request may use injected tools."""
+        return True
+
+    def prepare(
+        self, request: ParsedRequest, body: bytes, tools: Sequence[InjectedTool]
+    ) -> tuple[dict[str, Any] | None, bytes]:
+        """Force ``stream_options.include_usage`` on streams and append injected tools.
+
+        Without either edit the client's bytes go upstream unchanged.
+        """
         document = request.document
         options = document.get("stream_options")
-        if not request.stream or (
+        needs_usage = request.stream and not (
             isinstance(options, dict) and options.get("include_usage") is True
-        ):
-            return body
+        )
+        if not needs_usage and not tools:
+            return None, body
         edited = dict(document)
-        edited["stream_options"] = {
-            **(options if isinstance(options, dict) else {}),
-            "include_usage": True,
-        }
-        return dumps(edited)
+        if needs_usage:
+            edited["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        if tools:
+            edited["tools"] = [
+                *(document.get("tools") or []),
+                *(
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": tool.id,
+                            "strict": False,
+                            "description": tool.description,
+                            "parameters": tool_parameters(tool),
+                        },
+                    }
+                    for tool in tools
+                ),
+            ]
+            edited["parallel_tool_calls"] = False
+        return edited, dumps(edited)
 
-    def new_turn(self, interception_id: str) -> _Turn:
-        """State for one upstream completion."""
-        return _Turn(interception_id)
+    def append_results(
+        self, document: dict[str, Any], result: TurnResult, outcomes: Sequence[ToolOutcome]
+    ) -> None:
+        """The assistant message with its tool calls, then one ``tool`` message per result."""
+        message = result.message if isinstance(result.message, dict) else {}
+        calls = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": _encode_arguments(call.input)},
+            }
+            for call in result.tool_calls
+        ]
+        replies = [
+            {
+                "role": "tool",
+                "tool_call_id": outcome.call.id,
+                "content": json.dumps(
+                    {"error": True, "message": outcome.error}
+                    if outcome.error is not None
+                    else outcome.result_json
+                ),
+            }
+            for outcome in outcomes
+        ]
+        assistant = {"role": "assistant", "content": message.get("content"), "tool_calls": calls}
+        document["messages"] = [*document.get("messages", []), assistant, *replies]
+
+    def open_exchange(self, interception_id: str, injected: frozenset[str]) -> _Exchange:
+        """State shared by the upstream completions of one interception."""
+        return _Exchange(interception_id, injected)
 
     def error_body(self, status: int, message: str) -> bytes:
         """``{"error": {"message", "type", "param", "code"}}``."""
@@ -101,11 +162,34 @@ class OpenAIChat:
         return
 
 
-class _Turn:
-    """One upstream completion, from its chunks or its whole body."""
+class _Exchange:
+    """What the client has seen across the upstream completions of one interception."""
 
-    def __init__(self, interception_id: str) -> None:
-        self._interception_id = interception_id
+    def __init__(self, interception_id: str, injected: frozenset[str]) -> None:
+        self.interception_id = interception_id
+        self.injected = injected
+        self.usage: dict[str, Any] = {}
+        """The summed usage of the completions before the current one."""
+        self._current: _Turn | None = None
+
+    def new_turn(self) -> _Turn:
+        if self._current is not None and self._current.usage is not None:
+            self.usage = add_usage(self.usage, self._current.usage)
+        self._current = _Turn(self)
+        return self._current
+
+
+class _Turn:
+    """One upstream completion, from its chunks or its whole body.
+
+    Chunks that carry an injected tool call, and the finish and usage chunks of a
+    completion that ends in one, are held back: the client never sees them.
+    """
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange = exchange
+        self._interception_id = exchange.interception_id
+        self._hidden: set[int] = set()
         self._response_id = ""
         self._usage: dict[str, Any] | None = None
         self._calls: dict[int, dict[str, Any]] = {}
@@ -131,19 +215,32 @@ class _Turn:
             return frame(event.raw)
         if not self._response_id:
             self._response_id = str(chunk.get("id") or "")
-        if isinstance(usage := chunk.get("usage"), dict):
-            self._usage = usage
+        hide = False
         for choice in chunk.get("choices") or ():
             if isinstance(choice, dict):
-                self._on_choice(choice)
+                hide |= self._on_choice(choice)
+        if isinstance(usage := chunk.get("usage"), dict):
+            self._usage = usage
+            earlier = self._exchange.usage
+            if self._hidden:
+                return None
+            if earlier:
+                chunk["usage"] = add_usage(earlier, usage)
+                chunk["id"] = self._interception_id
+                return b"data: " + dumps(chunk) + b"\n\n"
+        if hide:
+            return None
         return swap_id(frame(event.raw), self._response_id, self._interception_id)
 
-    def _on_choice(self, choice: dict[str, Any]) -> None:
+    def _on_choice(self, choice: dict[str, Any]) -> bool:
+        """Accumulate one choice; whether it must be held back from the client."""
+        hide = False
         if choice.get("finish_reason"):
             self._finished = True
+            hide = bool(self._hidden)
         delta = choice.get("delta")
         if not isinstance(delta, dict):
-            return
+            return hide
         if isinstance(content := delta.get("content"), str):
             self._text.append(content)
         for call in delta.get("tool_calls") or ():
@@ -157,8 +254,12 @@ class _Turn:
             if isinstance(function, dict):
                 if isinstance(function.get("name"), str):
                     entry["name"] += function["name"]
+                    if entry["name"].strip() in self._exchange.injected:
+                        self._hidden.add(index)
                 if isinstance(function.get("arguments"), str):
                     entry["arguments"].append(function["arguments"])
+            hide |= index in self._hidden
+        return hide
 
     def feed_body(self, body: bytes) -> bytes:
         try:
@@ -184,7 +285,17 @@ class _Turn:
                 "arguments": [function.get("arguments") or ""],
             }
         self._done = True
+        earlier = self._exchange.usage
+        if earlier and self._usage is not None:
+            document["id"] = self._interception_id
+            document["usage"] = add_usage(earlier, self._usage)
+            return dumps(document)
         return swap_id(body, self._response_id, self._interception_id)
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """The completion's usage as last reported."""
+        return self._usage
 
     @property
     def text(self) -> str:
@@ -202,7 +313,15 @@ class _Turn:
             tool_calls=calls,
             error=self._error,
             complete=(self._done or self._finished) and self._error is None,
+            message={"role": "assistant", "content": self.text or None},
         )
+
+
+def _encode_arguments(arguments: Any) -> str:
+    """Tool-call arguments as the JSON text chat messages carry."""
+    if arguments is None:
+        return ""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
 def _arguments(text: str) -> Any:

@@ -11,17 +11,21 @@ too; reasoning summaries and ``commentary`` messages are model thoughts.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from bridge.dialects.base import (
+    InjectedTool,
     ParsedRequest,
     TokenCounts,
     ToolCall,
+    ToolOutcome,
     TurnResult,
     dumps,
     int_field,
     parse_json_object,
     required_model,
+    tool_parameters,
 )
 from bridge.dialects.openai_common import error_body, upstream_error
 from bridge.errors import BadRequest, NotSupported, UpstreamProtocolError
@@ -55,13 +59,58 @@ class OpenAIResponses:
             correlating_tool_call_id=_correlating_call(items),
         )
 
-    def upstream_body(self, request: ParsedRequest, body: bytes) -> bytes:
-        """The client's bytes, unchanged."""
-        return body
+    def wants_tools(self, request: ParsedRequest) -> bool:
+        """Always: every Responses request may use injected tools."""
+        return True
 
-    def new_turn(self, interception_id: str) -> _Turn:
-        """State for one upstream response."""
-        return _Turn()
+    def prepare(
+        self, request: ParsedRequest, body: bytes, tools: Sequence[InjectedTool]
+    ) -> tuple[dict[str, Any] | None, bytes]:
+        """The client's bytes, unless tools are injected (appended, parallel calls off)."""
+        if not tools:
+            return None, body
+        document = dict(request.document)
+        injected = []
+        for tool in tools:
+            parameters = tool_parameters(tool)
+            injected.append(
+                {
+                    "type": "function",
+                    "name": tool.id,
+                    "strict": False,
+                    "description": tool.description,
+                    "parameters": parameters if parameters["properties"] else None,
+                }
+            )
+        document["tools"] = [*(document.get("tools") or []), *injected]
+        document["parallel_tool_calls"] = False
+        return document, dumps(document)
+
+    def append_results(
+        self, document: dict[str, Any], result: TurnResult, outcomes: Sequence[ToolOutcome]
+    ) -> None:
+        """Every output item as an input item, then one ``function_call_output`` per call."""
+        items = document.get("input")
+        if isinstance(items, str):
+            items = [{"role": "user", "content": items}]
+        response = result.message if isinstance(result.message, dict) else {}
+        outputs = [
+            {
+                "type": "function_call_output",
+                "call_id": outcome.call.id,
+                "output": (
+                    f"invocation error: {json.dumps(outcome.error)}"
+                    if outcome.error is not None
+                    else json.dumps(outcome.result_json)
+                ),
+            }
+            for outcome in outcomes
+        ]
+        document["input"] = [*(items or []), *(response.get("output") or []), *outputs]
+
+    def open_exchange(self, interception_id: str, injected: frozenset[str]) -> _Exchange:
+        """Responses keep no state across calls: the bytes are the upstream's."""
+        return _Exchange()
 
     def error_body(self, status: int, message: str) -> bytes:
         """``{"error": {"message", "type", "param", "code"}}``."""
@@ -83,6 +132,11 @@ class OpenAIResponses:
     def ping_frame(self) -> None:
         """Responses streams have no keep-alive event."""
         return
+
+
+class _Exchange:
+    def new_turn(self) -> _Turn:
+        return _Turn()
 
 
 class _Turn:
@@ -137,6 +191,7 @@ class _Turn:
             thoughts=summary[2] if summary else (),
             error=self._error,
             complete=self._complete and self._error is None,
+            message=self._response,
         )
 
 

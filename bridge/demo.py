@@ -1,9 +1,10 @@
 """``make demo``: the whole product in a minute, no provider key needed.
 
-Starts the mock upstream and the gateway on loopback (SQLite in a temporary
-directory), sends a few requests with the official ``anthropic`` SDK as two users
-(blocking, streaming, a tool call, thinking, an upstream error), then prints the
-usage per user and model read back from the database, and stops everything.
+Starts the mock upstream, a small MCP server of our own and the gateway on
+loopback (SQLite in a temporary directory), sends a few requests with the official
+``anthropic`` SDK as two users (blocking, streaming, a client tool call, thinking,
+an injected MCP tool round trip, an upstream error), then prints the usage per user
+and model read back from the database, and stops everything.
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ from pathlib import Path
 
 import anthropic
 import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from mcp.server.mcpserver import MCPServer
 
 from bridge.cli import format_usage
-from bridge.config import AuthConfig, Config, ProviderConfig, RecordingConfig, ServerConfig
+from bridge.config import (
+    AuthConfig,
+    Config,
+    MCPConfig,
+    MCPServerConfig,
+    ProviderConfig,
+    RecordingConfig,
+    ServerConfig,
+)
 from bridge.mock_upstream import MockUpstream
 from bridge.recording.store import open_store
 from bridge.server import serve
@@ -58,6 +70,14 @@ async def _requests(base_url: str) -> None:
     client = anthropic.AsyncAnthropic(
         base_url=base_url, api_key="demo", default_headers={"X-Bridge-User": "bob"}, max_retries=0
     )
+    answer = await client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=256,
+        messages=[{"role": "user", "content": "What is 2 + 3? Use the tool."}],
+        extra_headers={"x-mock-scenario": "anthropic_mcp_add"},
+    )
+    text = "".join(b.text for b in answer.content if b.type == "text")
+    print(f"[bob]   MCP tool   -> {text!r} (the gateway ran bmcp_demo_add itself)")
     try:
         await client.messages.create(
             model="claude-sonnet-4-6",
@@ -69,11 +89,34 @@ async def _requests(base_url: str) -> None:
         print(f"[bob]   bad request -> HTTP {exc.status_code}: {exc.message[:60]}")
 
 
+def _mcp_server() -> MCPServer:
+    """The demo's own MCP server: one tool, ``add``."""
+    server: MCPServer = MCPServer("bridge-demo", log_level="WARNING")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    return server
+
+
+async def _serve_mcp(*, task_status: trio.TaskStatus[str]) -> None:
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = config.errorlog = None
+    async with trio.open_nursery() as nursery:
+        app = _mcp_server().streamable_http_app()
+        urls = await nursery.start(partial(hypercorn_serve, app, config))  # type: ignore[arg-type]
+        task_status.started(urls[0] + "/mcp")
+
+
 async def _demo(directory: Path) -> None:
     database = f"sqlite:///{directory / 'bridge.db'}"
     async with trio.open_nursery() as nursery:
         mock = MockUpstream()
         mock_port = await nursery.start(partial(mock.serve, "127.0.0.1", 0))
+        mcp_url = await nursery.start(_serve_mcp)
         config = Config(
             server=ServerConfig(host="127.0.0.1", port=0, grace_period=1.0),
             auth=AuthConfig(mode="header", header="X-Bridge-User"),
@@ -86,6 +129,7 @@ async def _demo(directory: Path) -> None:
                     key="sk-ant-demo-centralized-key",
                 ),
             ),
+            mcp=MCPConfig(servers=(MCPServerConfig("demo", url=mcp_url),)),
         )
         serving = trio.CancelScope()
 
@@ -95,7 +139,8 @@ async def _demo(directory: Path) -> None:
 
         binds = await nursery.start(run_gateway)
         gateway = binds[0]
-        print(f"mock upstream on http://127.0.0.1:{mock_port}, gateway on {gateway}\n")
+        print(f"mock upstream on http://127.0.0.1:{mock_port}, MCP server on {mcp_url}")
+        print(f"gateway on {gateway}\n")
         await _requests(f"{gateway}/anthropic")
         serving.cancel()
         nursery.cancel_scope.cancel()

@@ -42,9 +42,11 @@ __all__ = [
     "ACTOR_REFERENCE",
     "AUTH_MODES",
     "BYTES",
+    "DEFAULT_FAILURE_STATUSES",
     "PROVIDER_TYPES",
     "SECONDS",
     "AuthConfig",
+    "BreakerConfig",
     "Config",
     "ConfigError",
     "MCPConfig",
@@ -92,15 +94,17 @@ class ProviderType:
     """What every provider of one type shares: where it lives and where its secrets come from.
 
     A provider *named like its type* (``[providers.anthropic]`` of type ``anthropic``) takes
-    an empty ``key`` from ``key_env`` and an empty ``base_url`` from ``base_url_env``, as
-    the official SDKs do; other providers of that type must be configured explicitly, so
-    that one environment variable never silently feeds two upstreams.
+    an empty ``key`` from ``key_env``, an empty ``base_url`` from ``base_url_env`` and an
+    unset ``max_retries`` from ``max_retries_env``, as the official SDKs do; other providers
+    of that type must be configured explicitly, so that one environment variable never
+    silently feeds two upstreams.
     """
 
     name: str
     default_base_url: str
     key_env: str
     base_url_env: str
+    max_retries_env: str
 
 
 # Known provider types. A new type is a row here, a route table in providers.py and dialects.
@@ -111,12 +115,14 @@ PROVIDER_TYPES: Final[Mapping[str, ProviderType]] = types.MappingProxyType(
             default_base_url="https://api.anthropic.com/",
             key_env="ANTHROPIC_API_KEY",
             base_url_env="ANTHROPIC_BASE_URL",
+            max_retries_env="ANTHROPIC_MAX_RETRIES",
         ),
         "openai": ProviderType(
             name="openai",
             default_base_url="https://api.openai.com/v1/",
             key_env="OPENAI_API_KEY",
             base_url_env="OPENAI_BASE_URL",
+            max_retries_env="OPENAI_MAX_RETRIES",
         ),
         # Copilot has no central key: every user brings their own GitHub token.
         "copilot": ProviderType(
@@ -124,6 +130,7 @@ PROVIDER_TYPES: Final[Mapping[str, ProviderType]] = types.MappingProxyType(
             default_base_url="https://api.individual.githubcopilot.com/",
             key_env="",
             base_url_env="COPILOT_BASE_URL",
+            max_retries_env="COPILOT_MAX_RETRIES",
         ),
     }
 )
@@ -373,6 +380,38 @@ def _check_secret_table(label: str, value: object) -> Mapping[str, str]:
     return types.MappingProxyType(dict(value))
 
 
+def _check_secret_list(label: str, value: object) -> tuple[str, ...]:
+    """A list of secrets: a bad item is named by its position, never shown."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigError(
+            f"{label} must be a list of strings, got a value of type {type(value).__name__}"
+        )
+    for position, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ConfigError(
+                f"{label} must be a list of strings, got a value of type"
+                f" {type(item).__name__} at position {position}"
+            )
+    return tuple(value)
+
+
+def _check_statuses(label: str, value: object) -> tuple[int, ...]:
+    rule = "a list of HTTP status codes from 100 to 599"
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        _fail(label, rule, _show(value))
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
+            _fail(label, rule, _show(list(value)))
+    return tuple(value)
+
+
+def _check_breaker(label: str, value: object) -> BreakerConfig | None:
+    """``None`` (no breaker) or a :class:`BreakerConfig`; the loader builds it from a table."""
+    if value is not None and not isinstance(value, BreakerConfig):
+        _fail(label, "a BreakerConfig or None", _show(value))
+    return value
+
+
 def _check_regex(label: str, value: object) -> str:
     if not isinstance(value, str):
         _fail(label, "a regular expression string", _show(value))
@@ -412,6 +451,17 @@ _PROVIDER_RULES: Final[Mapping[str, _Rule]] = {
     "base_url": _Rule(_check_base_url),
     "key": _Rule(_check_secret),
     "connect_timeout": _seconds(0, inclusive=False),
+    "keys": _Rule(_check_secret_list),
+    "max_retries": _integer(0, 10),
+    "key_cooldown": _seconds(0, inclusive=False),
+    "circuit_breaker": _Rule(_check_breaker),  # loaded from its own table, see _load_breaker
+}
+_BREAKER_RULES: Final[Mapping[str, _Rule]] = {
+    "failure_threshold": _integer(1),
+    "interval": _seconds(0, inclusive=True),
+    "timeout": _seconds(0, inclusive=False),
+    "max_requests": _integer(1),
+    "failure_statuses": _Rule(_check_statuses),
 }
 _MCP_RULES: Final[Mapping[str, _Rule]] = {
     "max_iterations": _integer(1),
@@ -456,6 +506,7 @@ def _check_mcp_server_name(name: object, where: str = "") -> str:
 # How each field is shown by repr and render_config: secrets masked.
 _MASKS: Final[Mapping[str, Callable[[str], str]]] = {
     "key": mask_secret,
+    "keys": mask_secret,  # each item of the list
     "database": mask_url,
     "base_url": mask_url,
     "url": mask_url,
@@ -468,6 +519,8 @@ def _masked(name: str, value: object) -> object:
     mask = _MASKS.get(name)
     if mask is not None and isinstance(value, Mapping):
         return {key: mask(item) for key, item in value.items()}
+    if mask is not None and isinstance(value, tuple):
+        return tuple(mask(item) for item in value)
     return mask(value) if mask is not None and isinstance(value, str) else value
 
 
@@ -526,12 +579,37 @@ class RecordingConfig:
         _check_fields(self, "recording", _RECORDING_RULES)
 
 
+DEFAULT_FAILURE_STATUSES: Final = (503, 504, 529)
+"""Statuses that count against the breaker by default: overload, not rate limits (design 4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """A provider's circuit breaker (``[providers.<name>.circuit_breaker]``); opt-in.
+
+    The table's presence enables the breaker, with these defaults for the keys it omits
+    (those of the reference, reference-behaviour.md 4). 429 is not a failure by default:
+    rate limits are answered by retrying and by key failover, not by refusing everyone.
+    """
+
+    failure_threshold: int = 5  # consecutive failures that open the breaker
+    interval: float = 10 * SECONDS  # the closed state forgets its counts this often; 0 = never
+    timeout: float = 30 * SECONDS  # open -> half-open after this long
+    max_requests: int = 3  # requests admitted while half-open
+    failure_statuses: tuple[int, ...] = DEFAULT_FAILURE_STATUSES
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "circuit_breaker", _BREAKER_RULES)
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     """One upstream (``[providers.<name>]``); its name is also its route prefix.
 
     An empty ``base_url`` means the type's default. Direct construction never reads the
     environment: ``ANTHROPIC_API_KEY`` and friends are applied by the loader only.
+    ``key`` and ``keys`` are the centralized keys, used round-robin (:attr:`all_keys`);
+    requests that bring their own key (BYOK) never use them.
     """
 
     name: str
@@ -539,6 +617,10 @@ class ProviderConfig:
     base_url: str = ""
     key: str = ""
     connect_timeout: float = 10 * SECONDS
+    keys: tuple[str, ...] = ()  # more centralized keys besides ``key``
+    max_retries: int = 2  # retries of one upstream call (reference 2.3); 0 disables
+    key_cooldown: float = 60 * SECONDS  # a key rejected with 401/403 rests this long
+    circuit_breaker: BreakerConfig | None = None  # None: no breaker
 
     __repr__ = _masked_repr
 
@@ -557,6 +639,14 @@ class ProviderConfig:
         (reference 1.2): the suffix after the prefix joins the base URL unchanged.
         """
         return f"/{self.name}/v1" if self.type == "openai" else f"/{self.name}"
+
+    @property
+    def all_keys(self) -> tuple[str, ...]:
+        """The centralized key pool: ``key`` then ``keys``, empties and repeats dropped.
+
+        A repeated key would otherwise take two turns of the round robin and rest twice.
+        """
+        return tuple(dict.fromkeys(secret for secret in (self.key, *self.keys) if secret))
 
 
 @dataclass(frozen=True, slots=True)
@@ -817,11 +907,14 @@ def _load_providers(
         table = dict(_table(entry, prefix, where))
         if table.get("base_url") == "":  # explicitly empty: the same as absent
             del table["base_url"]
+        breaker = table.pop("circuit_breaker", None)
         _reject_unknown_keys(table, prefix, _PROVIDER_RULES, where)
         values = {
             key: _PROVIDER_RULES[key].check(f"{prefix}.{key}{where}", value)
             for key, value in table.items()
         }
+        if breaker is not None:
+            values["circuit_breaker"] = _load_breaker(breaker, f"{prefix}.circuit_breaker", where)
         values.setdefault("type", name if name in PROVIDER_TYPES else None)
         if values["type"] is None:
             raise ConfigError(
@@ -835,8 +928,24 @@ def _load_providers(
                 values["base_url"] = _check_base_url(provider_type.base_url_env, base_url)
             if not values.get("key") and provider_type.key_env:
                 values["key"] = environ.get(provider_type.key_env, "")
+            retries = environ.get(provider_type.max_retries_env, "")
+            if retries and "max_retries" not in values:
+                rule = _PROVIDER_RULES["max_retries"]
+                values["max_retries"] = rule.check(
+                    provider_type.max_retries_env, rule.from_text(retries)
+                )
         providers.append(ProviderConfig(name=name, **values))
     return tuple(providers)
+
+
+def _load_breaker(raw: object, prefix: str, where: str) -> BreakerConfig:
+    table = _table(raw, prefix, where)
+    _reject_unknown_keys(table, prefix, _BREAKER_RULES, where)
+    values = {
+        key: _BREAKER_RULES[key].check(f"{prefix}.{key}{where}", value)
+        for key, value in table.items()
+    }
+    return BreakerConfig(**values)
 
 
 def _load_mcp_servers(raw: object, where: str) -> tuple[MCPServerConfig, ...]:
@@ -870,7 +979,11 @@ def render_config(config: Config) -> str:
     if not config.providers:
         lines += ["", "[providers]  # none configured"]
     for provider in config.providers:
-        lines += ["", f"[providers.{provider.name}]", *_render_fields(provider, skip={"name"})]
+        fields = _render_fields(provider, skip={"name", "circuit_breaker"})
+        lines += ["", f"[providers.{provider.name}]", *fields]
+        if provider.circuit_breaker is not None:
+            breaker = _render_fields(provider.circuit_breaker)
+            lines += ["", f"[providers.{provider.name}.circuit_breaker]", *breaker]
     lines += ["", "[mcp]", *_render_fields(config.mcp, skip={"servers"})]
     for server in config.mcp.servers:
         unused = {"command", "args", "env"} if server.url else {"url", "headers"}

@@ -1,7 +1,7 @@
 """Tests for bridge/config.py: defaults, file, environment, validation messages, masking.
 
-Every test runs in an empty temporary working directory with no BRIDGE_*, ANTHROPIC_* or
-OPENAI_* variables in os.environ; most pass their environment explicitly anyway.
+Every test runs in an empty temporary working directory with no BRIDGE_*, ANTHROPIC_*,
+OPENAI_* or COPILOT_* variables in os.environ; most pass their environment explicitly anyway.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from bridge.config import (
     SECONDS,
     AuthConfig,
+    BreakerConfig,
     Config,
     ConfigError,
     MCPConfig,
@@ -41,7 +42,7 @@ SECRET = "sk-ant-api03-very-secret-value-0123"
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
-        if name.startswith(("BRIDGE_", "ANTHROPIC_", "OPENAI_")):
+        if name.startswith(("BRIDGE_", "ANTHROPIC_", "OPENAI_", "COPILOT_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
@@ -299,6 +300,65 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
         {"providers": {"anthropic": {"key": 12345678901234567890}}},
         "providers.anthropic.key must be a string, got a value of type int",
     ),
+    (
+        {"providers": {"anthropic": {"keys": "sk-one"}}},
+        "providers.anthropic.keys must be a list of strings, got a value of type str",
+    ),
+    (
+        {"providers": {"anthropic": {"keys": ["sk-one", 12345678901234567890]}}},
+        "providers.anthropic.keys must be a list of strings, got a value of type int at position 1",
+    ),
+    (
+        {"providers": {"anthropic": {"max_retries": 11}}},
+        "providers.anthropic.max_retries must be an integer from 0 to 10, got 11",
+    ),
+    (
+        {"providers": {"anthropic": {"max_retries": -1}}},
+        "providers.anthropic.max_retries must be an integer from 0 to 10, got -1",
+    ),
+    (
+        {"providers": {"anthropic": {"max_retries": 2.5}}},
+        "providers.anthropic.max_retries must be an integer from 0 to 10, got 2.5",
+    ),
+    (
+        {"providers": {"anthropic": {"key_cooldown": 0}}},
+        "providers.anthropic.key_cooldown must be a number of seconds > 0, got 0",
+    ),
+    (
+        {"providers": {"anthropic": {"circuit_breaker": 5}}},
+        "providers.anthropic.circuit_breaker must be a table, got 5",
+    ),
+    (
+        {"providers": {"anthropic": {"circuit_breaker": {"failure_threshold": 0}}}},
+        "providers.anthropic.circuit_breaker.failure_threshold must be an integer >= 1, got 0",
+    ),
+    (
+        {"providers": {"anthropic": {"circuit_breaker": {"interval": -1}}}},
+        "providers.anthropic.circuit_breaker.interval must be a number of seconds >= 0, got -1",
+    ),
+    (
+        {"providers": {"anthropic": {"circuit_breaker": {"timeout": 0}}}},
+        "providers.anthropic.circuit_breaker.timeout must be a number of seconds > 0, got 0",
+    ),
+    (
+        {"providers": {"anthropic": {"circuit_breaker": {"max_requests": 0}}}},
+        "providers.anthropic.circuit_breaker.max_requests must be an integer >= 1, got 0",
+    ),
+    (
+        {"providers": {"anthropic": {"circuit_breaker": {"failure_statuses": [503, 600]}}}},
+        "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP status"
+        " codes from 100 to 599, got [503, 600]",
+    ),
+    (
+        {"providers": {"anthropic": {"circuit_breaker": {"failure_statuses": 503}}}},
+        "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP status"
+        " codes from 100 to 599, got 503",
+    ),
+    (
+        {"providers": {"anthropic": {"circuit_breaker": {"failure_statuses": [True]}}}},
+        "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP status"
+        " codes from 100 to 599, got [True]",
+    ),
 ]
 
 
@@ -407,6 +467,18 @@ UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
         " did you mean 'providers.anthropic.base_url'?",
     ),
     (
+        {"providers": {"anthropic": {"circuit_braker": {}}}},
+        {},
+        "unknown key 'providers.anthropic.circuit_braker' in bridge.toml;"
+        " did you mean 'providers.anthropic.circuit_breaker'?",
+    ),
+    (
+        {"providers": {"anthropic": {"circuit_breaker": {"treshold": 3}}}},
+        {},
+        "unknown key 'providers.anthropic.circuit_breaker.treshold' in bridge.toml;"
+        " did you mean 'providers.anthropic.circuit_breaker.failure_threshold'?",
+    ),
+    (
         {},
         {"BRIDGE_SERVER_PROT": "1"},
         "unknown environment variable 'BRIDGE_SERVER_PROT'; did you mean 'BRIDGE_SERVER_PORT'?",
@@ -504,6 +576,99 @@ def test_provider_lookup_by_name() -> None:
         Config().provider("x")
 
 
+def test_resilience_settings_are_read_from_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "bridge.toml",
+        """
+        [providers.anthropic]
+        key = "key-one"
+        keys = ["key-two", "", "key-three"]
+        max_retries = 0
+        key_cooldown = 5
+        [providers.anthropic.circuit_breaker]
+        failure_threshold = 2
+        interval = 0
+        timeout = 1.5
+        max_requests = 1
+        failure_statuses = [429, 503]
+        [providers.openai]
+        """,
+    )
+    anthropic, openai = load_config(path, environ={}).providers
+    assert anthropic == ProviderConfig(
+        name="anthropic",
+        type="anthropic",
+        key="key-one",
+        keys=("key-two", "", "key-three"),
+        max_retries=0,
+        key_cooldown=5.0,
+        circuit_breaker=BreakerConfig(
+            failure_threshold=2,
+            interval=0.0,
+            timeout=1.5,
+            max_requests=1,
+            failure_statuses=(429, 503),
+        ),
+    )
+    assert anthropic.all_keys == ("key-one", "key-two", "key-three")
+    assert (openai.keys, openai.max_retries, openai.key_cooldown) == ((), 2, 60.0)
+    assert openai.circuit_breaker is None  # the breaker is opt-in
+
+
+def test_an_empty_breaker_table_enables_the_reference_defaults() -> None:
+    data: dict[str, Any] = {"providers": {"anthropic": {"circuit_breaker": {}}}}
+    (provider,) = config_from_mapping(data, {}).providers
+    assert provider.circuit_breaker == BreakerConfig(
+        failure_threshold=5,
+        interval=10.0,
+        timeout=30.0,
+        max_requests=3,
+        failure_statuses=(503, 504, 529),
+    )
+
+
+def test_all_keys_drops_empty_and_repeated_keys() -> None:
+    provider = ProviderConfig(name="a", type="anthropic", key="", keys=("k1", "", "k2", "k1"))
+    assert provider.all_keys == ("k1", "k2")
+    assert ProviderConfig(name="a", type="anthropic").all_keys == ()
+
+
+@pytest.mark.parametrize(
+    ("variable", "provider"),
+    [
+        ("ANTHROPIC_MAX_RETRIES", "anthropic"),
+        ("OPENAI_MAX_RETRIES", "openai"),
+        ("COPILOT_MAX_RETRIES", "copilot"),
+    ],
+)
+def test_max_retries_comes_from_the_sdk_variable(variable: str, provider: str) -> None:
+    config = config_from_mapping({}, {variable: "5"})
+    assert {p.name: p.max_retries for p in config.providers} == {
+        name: 5 if name == provider else 2 for name in ("anthropic", "openai", "copilot")
+    }
+
+
+def test_file_max_retries_beats_the_sdk_variable() -> None:
+    data = {"providers": {"anthropic": {"max_retries": 1}}}
+    (provider,) = config_from_mapping(data, {"ANTHROPIC_MAX_RETRIES": "7"}).providers
+    assert provider.max_retries == 1
+
+
+def test_max_retries_variable_feeds_only_the_provider_named_like_its_type() -> None:
+    data = {"providers": {"anthropic-work": {"type": "anthropic"}}}
+    (provider,) = config_from_mapping(data, {"ANTHROPIC_MAX_RETRIES": "7"}).providers
+    assert provider.max_retries == 2
+
+
+@pytest.mark.parametrize(("value", "shown"), [("many", "'many'"), ("11", "11"), ("1.5", "'1.5'")])
+def test_invalid_max_retries_variable_is_named(value: str, shown: str) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=exactly(f"OPENAI_MAX_RETRIES must be an integer from 0 to 10, got {shown}"),
+    ):
+        config_from_mapping({}, {"OPENAI_MAX_RETRIES": value})
+
+
 # --- Direct construction (embedding) ---------------------------------------------------------
 
 
@@ -524,6 +689,26 @@ def test_direct_construction_is_validated_like_the_file() -> None:
         AuthConfig(mode="")
     with pytest.raises(ConfigError, match=r"^invalid provider name 'Anthropic': "):
         ProviderConfig(name="Anthropic", type="anthropic")
+
+
+def test_direct_construction_validates_resilience_settings() -> None:
+    with pytest.raises(
+        ConfigError, match=exactly("circuit_breaker.timeout must be a number of seconds > 0, got 0")
+    ):
+        BreakerConfig(timeout=0)
+    with pytest.raises(
+        ConfigError,
+        match=exactly("providers.a.max_retries must be an integer from 0 to 10, got 20"),
+    ):
+        ProviderConfig(name="a", type="anthropic", max_retries=20)
+    with pytest.raises(
+        ConfigError,
+        match=exactly("providers.a.circuit_breaker must be a BreakerConfig or None, got {}"),
+    ):
+        ProviderConfig(name="a", type="anthropic", circuit_breaker={})  # type: ignore[arg-type]
+    provider = ProviderConfig(name="a", type="anthropic", keys=["k"])  # type: ignore[arg-type]
+    assert provider.keys == ("k",)
+    assert BreakerConfig(failure_statuses=[429]).failure_statuses == (429,)  # type: ignore[arg-type]
 
 
 def test_direct_construction_never_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -604,6 +789,22 @@ def test_repr_masks_secrets() -> None:
     assert "key='sk-a...0123'" in text
 
 
+def test_extra_keys_are_masked_in_repr_and_render() -> None:
+    other = "sk-ant-api03-other-secret-value-9876"
+    config = config_from_mapping({"providers": {"anthropic": {"key": SECRET, "keys": [other]}}}, {})
+    text = repr(config) + render_config(config)
+    assert SECRET not in text
+    assert other not in text
+    assert "keys=('sk-a...9876',)" in text
+    assert 'keys = ["sk-a...9876"]  # masked' in render_config(config).splitlines()
+
+
+def test_a_misplaced_extra_key_is_not_echoed_in_the_message() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_mapping({"providers": {"anthropic": {"keys": [1234567890123]}}}, {})
+    assert "1234567890123" not in str(caught.value)
+
+
 def test_a_misplaced_secret_is_not_echoed_in_the_message() -> None:
     with pytest.raises(ConfigError) as caught:
         config_from_mapping({"providers": {"anthropic": {"key": 1234567890123}}}, {})
@@ -637,6 +838,27 @@ def test_render_config_loads_back_to_the_same_config() -> None:
         {},
     )
     assert config_from_mapping(tomllib.loads(render_config(config)), {}) == config
+
+
+def test_render_config_loads_back_the_same_resilience_settings() -> None:
+    config = config_from_mapping(
+        {
+            "providers": {
+                "anthropic": {
+                    "max_retries": 0,
+                    "key_cooldown": 2.5,
+                    "circuit_breaker": {"timeout": 5, "failure_statuses": [429, 503]},
+                },
+                "openai": {"circuit_breaker": {}},
+                "copilot": {},
+            }
+        },
+        {},
+    )
+    text = render_config(config)
+    assert "[providers.anthropic.circuit_breaker]" in text.splitlines()
+    assert "[providers.copilot.circuit_breaker]" not in text
+    assert config_from_mapping(tomllib.loads(text), {}) == config
 
 
 def test_render_config_keeps_an_empty_provider_set_empty() -> None:

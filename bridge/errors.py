@@ -11,7 +11,9 @@
     │   └── NotSupported       501: a valid request for a feature bridge does not offer
     └── UpstreamError          the provider failed us
         ├── UpstreamUnavailable    502: could not connect, connection reset, timed out
-        └── UpstreamProtocolError  502: the provider sent something we cannot read
+        ├── UpstreamProtocolError  502: the provider sent something we cannot read
+        ├── CircuitOpen            503: the breaker of this provider/endpoint/model is open
+        └── KeysExhausted          429: every centralized key of the provider is resting
 
 Every error carries ``status_hint``, the HTTP status a client should see if the error
 happens before the response has started (h11's ``error_status_hint``). After the
@@ -25,7 +27,9 @@ from __future__ import annotations
 __all__ = [
     "BadRequest",
     "BridgeError",
+    "CircuitOpen",
     "ClientError",
+    "KeysExhausted",
     "NotFound",
     "NotSupported",
     "PayloadTooLarge",
@@ -90,3 +94,24 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The provider's response could not be parsed (bad JSON, bad or oversized SSE)."""
+
+
+class _RetryLater(UpstreamError):
+    """An upstream refusal the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Whole seconds, sent to the client as ``Retry-After``."""
+
+
+class CircuitOpen(_RetryLater):
+    """The circuit breaker rejected the request: the upstream was not called (503)."""
+
+    status_hint = 503
+
+
+class KeysExhausted(_RetryLater):
+    """Every centralized key is rate limited or disabled (429); BYOK never gets this."""
+
+    status_hint = 429

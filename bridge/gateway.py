@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from bridge.app import ASGIApp, make_asgi_app
+from bridge.breaker import Breakers
 from bridge.config import Config
 from bridge.core.engine import Engine, open_engine
 from bridge.core.exchange import Request
@@ -123,6 +124,11 @@ class Bridge:
     def inflight(self) -> int:
         """Requests being served right now."""
         return self._engine.inflight
+
+    @property
+    def breakers(self) -> Breakers:
+        """The circuit breakers created so far; ``snapshot()`` lists their states."""
+        return self._engine.breakers
 
     async def wait_idle(self) -> None:
         """Return once no request is being served; their records are all queued."""

@@ -38,7 +38,7 @@ import json
 import math
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -539,6 +539,32 @@ def _error_response(status: int, error_type: str, message: str) -> UpstreamRespo
     )
 
 
+# Statuses the mock can answer for a key named in ``x-mock-key-status``, with their error types.
+_KEY_ERRORS: Final = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def _key_refusal(request: ReceivedRequest, error: _ErrorShape) -> UpstreamResponse | None:
+    """The error ``x-mock-key-status: <key>=<status>,...`` asks for the key presented, if any.
+
+    Lets key-failover tests make one centralized key rate limited or revoked while the
+    others work; a 429 carries ``retry-after: 30``.
+    """
+    rules = request.header("x-mock-key-status")
+    if not rules:
+        return None
+    presented = request.header("x-api-key") or (request.header("authorization") or "")[7:]
+    for rule in rules.split(","):
+        key, _, status = rule.strip().rpartition("=")
+        if key == presented and status.isdigit() and int(status) in _KEY_ERRORS:
+            code = int(status)
+            refusal = error(code, _KEY_ERRORS[code], f"key refused with {code} by the mock")
+            if code == 429:
+                headers = (*refusal.headers, ("retry-after", "30"))
+                return _encode(replace(refusal, headers=headers, wire_headers=()), streaming=False)
+            return refusal
+    return None
+
+
 def _openai_error_response(
     status: int, error_type: str, message: str, code: str | None = None
 ) -> UpstreamResponse:
@@ -790,6 +816,8 @@ class MockUpstream:
                 return _OPENAI_NOT_AUTHENTICATED, 0.0
         elif request.header("x-api-key") is None and request.header("authorization") is None:
             return _NOT_AUTHENTICATED, 0.0
+        if (refusal := _key_refusal(request, error)) is not None:
+            return refusal, 0.0
         pace = self.pace
         pace_ms = request.header("x-mock-pace-ms")
         if pace_ms is not None:

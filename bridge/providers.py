@@ -194,23 +194,24 @@ class Provider:
         byok_bearer = Credential(
             CredentialKind.BYOK, ("authorization", f"Bearer {token}"), mask_secret(token)
         )
-        key = self.config.key
         if self.type == "anthropic":
             api_key = header_value(headers, "x-api-key")
             if api_key:
                 return Credential(CredentialKind.BYOK, ("x-api-key", api_key), mask_secret(api_key))
-            if token:
-                return byok_bearer
-            return Credential(CredentialKind.CENTRALIZED, ("x-api-key", key), mask_secret(key))
         if token:
             return byok_bearer
         if self.type == "copilot":
             raise Unauthorized(
                 "Copilot requests need the user's GitHub Copilot token in 'Authorization: Bearer'"
             )
-        return Credential(
-            CredentialKind.CENTRALIZED, ("authorization", f"Bearer {key}"), mask_secret(key)
+        return self.centralized(self.config.key)
+
+    def centralized(self, key: str) -> Credential:
+        """The credential of one of the provider's own keys, in the header its API wants."""
+        header = (
+            ("x-api-key", key) if self.type == "anthropic" else ("authorization", f"Bearer {key}")
         )
+        return Credential(CredentialKind.CENTRALIZED, header, mask_secret(key))
 
     def upstream_headers(
         self, headers: Headers, credential: Credential, *, strip: Iterable[str] = ()

@@ -55,6 +55,14 @@ class UpstreamResponse:
             async for chunk in self._response.aiter_raw():
                 yield chunk
 
+    def header(self, name: str) -> str:
+        """The first value of header ``name`` (lower-case), or ``""``."""
+        return next((v for k, v in self.headers if k == name), "")
+
+    async def aclose(self) -> None:
+        """Close the response (and its connection, if the body was not read to the end)."""
+        await self._response.aclose()
+
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; past ``limit`` bytes, :class:`UpstreamProtocolError`."""
         parts: list[bytes] = []
@@ -87,21 +95,28 @@ class UpstreamClient:
         for name in ("user-agent", "accept", "accept-encoding"):
             del self._client.headers[name]
 
-    @asynccontextmanager
-    async def open(
+    async def send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
-    ) -> AsyncIterator[UpstreamResponse]:
-        """Send a request and yield the response once its headers are in.
+    ) -> UpstreamResponse:
+        """Send a request; return the response once its headers are in, body unread.
 
-        The body is left unread, to be streamed. On exit (including cancellation,
-        for instance because the client went away) the response is closed, which
-        closes its connection if the body was not read to the end.
+        The caller must :meth:`UpstreamResponse.aclose` it (``async with`` does); closing
+        a response whose body was not read to the end closes its connection, so a
+        cancelled interception stops the provider generating.
         """
         request = self._client.build_request(method, url, headers=headers, content=body)
         with _translate():
             response = await self._client.send(request, stream=True)
+        return UpstreamResponse(response.status_code, list(response.headers.items()), response)
+
+    @asynccontextmanager
+    async def open(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+    ) -> AsyncIterator[UpstreamResponse]:
+        """:meth:`send` as a context manager that closes the response on exit."""
+        response = await self.send(method, url, headers, body)
         try:
-            yield UpstreamResponse(response.status_code, list(response.headers.items()), response)
+            yield response
         finally:
             await response.aclose()
 

@@ -104,15 +104,20 @@ def gateway_config(tmp_path: Path, upstream_port: int, **server: Any) -> Config:
                 type="anthropic",
                 base_url=f"http://127.0.0.1:{upstream_port}/",
                 key=CENTRAL_KEY,
+                max_retries=0,  # error fixtures answer once; resilience tests turn retries on
             ),
             ProviderConfig(
                 name="openai",
                 type="openai",
                 base_url=f"http://127.0.0.1:{upstream_port}/v1/",
                 key=OPENAI_KEY,
+                max_retries=0,
             ),
             ProviderConfig(
-                name="copilot", type="copilot", base_url=f"http://127.0.0.1:{upstream_port}/"
+                name="copilot",
+                type="copilot",
+                base_url=f"http://127.0.0.1:{upstream_port}/",
+                max_retries=0,
             ),
         ),
     )
@@ -145,12 +150,16 @@ def start_gateway(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> 
         auth: AuthConfig | None = None,
         upstream_url: str | None = None,
         mcp: MCPConfig | None = None,
+        provider_changes: dict[str, Any] | None = None,
     ) -> Gateway:
         config = gateway_config(tmp_path, mock.port, **(server_changes or {}))  # type: ignore[attr-defined]
         if auth is not None:
             config = replace(config, auth=auth)
         if mcp is not None:
             config = replace(config, mcp=mcp)
+        if provider_changes:
+            providers = tuple(replace(p, **provider_changes) for p in config.providers)
+            config = replace(config, providers=providers)
         if upstream_url is not None:
             providers = tuple(
                 replace(p, base_url=upstream_url + ("v1/" if p.type == "openai" else ""))

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Protocol
 
 import trio
 
 from bridge.auth import authenticate, identity_headers
-from bridge.config import Config
+from bridge.breaker import Breakers, BreakerSettings, CircuitBreaker, StateChange
+from bridge.config import BreakerConfig, Config
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
@@ -28,6 +29,7 @@ from bridge.providers import Provider, Route, RouteKind
 from bridge.recording.recorder import Recorder, open_recorder
 from bridge.recording.records import new_id
 from bridge.recording.store import Store, open_store
+from bridge.resilience import KeyPool
 from bridge.upstream import UpstreamClient
 
 __all__ = ["Engine", "open_engine"]
@@ -52,12 +54,35 @@ class Engine:
         self.recorder = recorder
         self.store = store
         self.providers = {p.name: Provider(p) for p in config.providers}
+        self.breakers = Breakers(on_change=_log_state_change)
+        """One circuit breaker per provider, endpoint and model (for providers that opt in)."""
+        self.pools = {
+            p.name: KeyPool(
+                p.all_keys, clock=trio.current_time, cooldown=p.key_cooldown, name=p.name
+            )
+            for p in config.providers
+            if p.all_keys
+        }
+        """Each provider's centralized keys, used round-robin with failover."""
+        self._breaker_settings = {
+            p.name: _settings(p.circuit_breaker)
+            for p in config.providers
+            if p.circuit_breaker is not None
+        }
         self._upstreams = upstreams
         self._strip = identity_headers(config.auth)
         self.inflight = 0
         """Interceptions and passthrough relays under way."""
         self._idle = trio.Event()
         self._idle.set()
+        self._sleep: Callable[[float], Awaitable[None]] = trio.sleep
+        """How upstream retries wait; tests replace it to observe the delays."""
+
+    def _breaker(self, route: Route, model: str) -> CircuitBreaker | None:
+        settings = self._breaker_settings.get(route.provider.name)
+        if settings is None:
+            return None
+        return self.breakers.get(route.provider.name, route.suffix, model, settings)
 
     def owns(self, path: str) -> bool:
         """Whether ``path`` starts with a provider's route prefix."""
@@ -140,6 +165,10 @@ class Engine:
                 tools=tools,
                 max_iterations=self.config.mcp.max_iterations,
                 call_timeout=self.config.mcp.call_timeout,
+                breaker=self._breaker(route, parsed.model),
+                pool=self.pools.get(route.provider.name),
+                max_retries=route.provider.config.max_retries,
+                sleep=self._sleep,
             )
             await intercept(ix, sink, ping_interval=self.config.server.ping_interval)
         except ClientError as exc:
@@ -165,6 +194,28 @@ async def _respond(sink: ResponseSink, status: int, body: bytes) -> None:
     await sink.start(status, headers)
     await sink.send(body)
     await sink.end()
+
+
+def _settings(config: BreakerConfig) -> BreakerSettings:
+    return BreakerSettings(
+        failure_threshold=config.failure_threshold,
+        interval=config.interval,
+        timeout=config.timeout,
+        max_requests=config.max_requests,
+        failure_statuses=frozenset(config.failure_statuses),
+    )
+
+
+def _log_state_change(change: StateChange) -> None:
+    provider, endpoint, model = change.name.split(":", 2)
+    logger.info(
+        "circuit breaker state change: provider=%s endpoint=%s model=%s from=%s to=%s",
+        provider,
+        endpoint,
+        model,
+        change.from_state.value,
+        change.to_state.value,
+    )
 
 
 class ErrorShape(Protocol):

@@ -18,12 +18,15 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 
 from bridge.auth import Actor
+from bridge.breaker import CircuitBreaker, Ticket
 from bridge.clients import guess_client, session_id
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.relay import Relay
@@ -37,11 +40,19 @@ from bridge.dialects.base import (
     dumps,
     outcome_text,
 )
-from bridge.errors import BridgeError, UpstreamError, UpstreamProtocolError
+from bridge.errors import (
+    BridgeError,
+    CircuitOpen,
+    KeysExhausted,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
 from bridge.mcp_tools import Tool, ToolHub
 from bridge.providers import Credential, Route, forwardable_response_headers
 from bridge.recording.recorder import Recorder
 from bridge.recording.records import (
+    CredentialKind,
     InterceptionEnded,
     InterceptionStarted,
     ModelThought,
@@ -52,6 +63,7 @@ from bridge.recording.records import (
     ToolUsage,
     new_id,
 )
+from bridge.resilience import Key, KeyPool, NoKeyAvailable, next_step
 from bridge.sse import Decoder, Event
 from bridge.sse import UpstreamProtocolError as SSEProtocolError
 from bridge.upstream import MAX_ERROR_BODY, UpstreamClient, UpstreamResponse
@@ -85,6 +97,13 @@ class Interception:
     """The injected tools offered to the model, sorted by id."""
     max_iterations: int = 16
     call_timeout: float = 30.0
+    breaker: CircuitBreaker | None = None
+    pool: KeyPool | None = None
+    """The provider's centralized keys; used only for centralized requests."""
+    max_retries: int = 0
+    sleep: Callable[[float], Awaitable[None]] = trio.sleep
+    """How retries wait (tests pass a recording fake)."""
+    rejected: bool = False
     client_gone: bool = False
     prompt_recorded: bool = False
     failure: str | None = None
@@ -117,6 +136,8 @@ async def intercept(ix: Interception, sink: ResponseSink, *, ping_interval: floa
             nursery.cancel_scope.cancel()
         if ix.client_gone and not relay.complete:
             outcome, error = Outcome.CLIENT_DISCONNECTED, "the client disconnected"
+        elif ix.rejected:
+            outcome, error = Outcome.REJECTED, ix.failure
         elif ix.failure is not None:
             outcome, error = Outcome.FAILED, ix.failure
         else:
@@ -140,6 +161,9 @@ async def _run(ix: Interception, relay: Relay) -> None:
     """Call upstream and relay; turn every failure into the right client-visible error."""
     try:
         await _loop(ix, relay)
+    except (CircuitOpen, KeysExhausted) as exc:
+        headers = [("retry-after", str(exc.retry_after))]
+        await _fail(ix, relay, exc.status_hint, str(exc), headers=headers)
     except UpstreamError as exc:
         await _fail(ix, relay, exc.status_hint, str(exc))
     except BridgeError as exc:
@@ -149,7 +173,14 @@ async def _run(ix: Interception, relay: Relay) -> None:
         await _fail(ix, relay, 500, f"internal error in the gateway (interception {ix.id})")
 
 
-async def _fail(ix: Interception, relay: Relay, status: int, message: str) -> None:
+async def _fail(
+    ix: Interception,
+    relay: Relay,
+    status: int,
+    message: str,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+) -> None:
     ix.failure = message
     if relay.complete:
         return
@@ -157,7 +188,7 @@ async def _fail(ix: Interception, relay: Relay, status: int, message: str) -> No
         await relay.send_frame(ix.dialect.stream_error_frame(message))
         await relay.finish(ix.dialect.stream_end_frame())
     else:
-        await relay.respond(status, [_JSON], ix.dialect.error_body(status, message))
+        await relay.respond(status, [_JSON, *headers], ix.dialect.error_body(status, message))
 
 
 async def _loop(ix: Interception, relay: Relay) -> None:
@@ -219,14 +250,10 @@ async def _call_upstream(
     ``None`` if the upstream answered with an HTTP error (relayed to the client).
     The turn is recorded whatever happens, also when cancelled.
     """
-    headers = ix.route.provider.upstream_headers(
-        list(ix.request.headers), ix.credential, strip=ix.strip_headers
-    )
-    url = ix.route.upstream_url(ix.request.query)
     client_body = None
     buffered: list[bytes] = []
     try:
-        async with ix.upstream.open("POST", url, headers, body) as response:
+        async with _attempt(ix, body) as response:
             if response.status >= 400:
                 await _relay_upstream_error(ix, relay, response)
                 return None
@@ -244,6 +271,98 @@ async def _call_upstream(
         with trio.move_on_after(RECORD_DEADLINE, shield=True):
             await _record_turn(ix, result)
     return result, client_body, buffered
+
+
+@asynccontextmanager
+async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamResponse]:
+    """Send ``body`` upstream with the provider's resilience; yield the final response.
+
+    Each attempt passes the circuit breaker first (open: :class:`CircuitOpen`, the
+    upstream is not called) and feeds it its outcome. Then :func:`next_step` decides:
+    keep the response, retry it (connection errors, 408/409/429/5xx, after
+    ``retry-after`` or a backoff), or fail over to the provider's next centralized
+    key (429/401/403). Nothing has been sent to the client for this call yet, so
+    retrying is invisible to it. :class:`KeysExhausted` when every key is resting.
+    """
+    provider = ix.route.provider
+    url = ix.route.upstream_url(ix.request.query)
+    pool = ix.pool if ix.credential.kind is CredentialKind.CENTRALIZED else None
+    key = _choose_key(ix, pool, set())
+    tried: set[int] = set()
+    attempt = 0
+    while True:
+        ticket = _admit(ix)
+        credential = provider.centralized(key.secret) if key is not None else ix.credential
+        headers = provider.upstream_headers(
+            list(ix.request.headers), credential, strip=ix.strip_headers
+        )
+        try:
+            response = await ix.upstream.send("POST", url, headers, body)
+        except UpstreamUnavailable:
+            _judge(ix, ticket, None)
+            step = next_step(
+                None,
+                {},
+                attempt=attempt,
+                max_retries=ix.max_retries,
+                byok=pool is None,
+                pool=pool,
+                key=key,
+                tried=tried,
+            )
+            if step.action != "retry":
+                raise
+            await ix.sleep(step.delay)
+            attempt, key = step.attempt, step.key
+            continue
+        _judge(ix, ticket, response.status)
+        step = next_step(
+            response.status,
+            dict(response.headers),
+            attempt=attempt,
+            max_retries=ix.max_retries,
+            byok=pool is None,
+            pool=pool,
+            key=key,
+            tried=tried,
+        )
+        if step.action in ("done", "give_up"):
+            break
+        await response.aclose()
+        await ix.sleep(step.delay)
+        attempt, key = step.attempt, step.key
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+def _choose_key(ix: Interception, pool: KeyPool | None, tried: set[int]) -> Key | None:
+    if pool is None:
+        return None
+    try:
+        return pool.choose(exclude=tried)
+    except NoKeyAvailable as exc:
+        raise KeysExhausted(
+            f"every key of provider {ix.route.provider.name!r} is rate limited or disabled",
+            max(1, math.ceil(exc.retry_after)),
+        ) from None
+
+
+def _admit(ix: Interception) -> Ticket | None:
+    if ix.breaker is None:
+        return None
+    ticket = ix.breaker.allow()
+    if ticket is None:
+        ix.rejected = True
+        raise CircuitOpen("circuit breaker is open", ix.breaker.retry_after())
+    return ticket
+
+
+def _judge(ix: Interception, ticket: Ticket | None, status: int | None) -> None:
+    """Tell the breaker how an attempt went (a connection failure counts as ``None``)."""
+    if ix.breaker is not None and ticket is not None:
+        ix.breaker.record(ticket, success=not ix.breaker.settings.is_failure(status))
 
 
 async def _run_tools(

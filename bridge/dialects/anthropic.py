@@ -47,6 +47,7 @@ _ERROR_TYPES: Final = {
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    503: "overloaded_error",  # the gateway's own 503s: an open circuit breaker
     504: "timeout_error",
     529: "overloaded_error",
 }

@@ -27,7 +27,8 @@ _ERROR_TYPES: Final = {
 def error_document(status: int, message: str) -> dict[str, Any]:
     """``{"error": {...}}`` for a gateway-made error with this status."""
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    code = "service_unavailable" if status == 503 else None
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 def error_body(status: int, message: str) -> bytes:

@@ -1,0 +1,212 @@
+"""Upstream resilience over real HTTP: circuit breakers, retries, key failover.
+
+Time is Trio's MockClock: the breaker's open timeout is crossed with
+``mock_clock.jump`` and retry waits pass by autojump, so nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+import pytest
+import trio
+import trio.testing
+
+from bridge.config import BreakerConfig
+
+from .conftest import CENTRAL_KEY, Gateway
+
+OVERLOADED = "anthropic_overloaded_midstream"  # blocking form: 529 with retry-after: 3
+
+
+def body(model: str, *, stream: bool = False) -> dict[str, Any]:
+    return {
+        "model": model,
+        "max_tokens": 16,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+
+
+async def send(
+    gateway: Gateway, model: str, scenario: str = "anthropic_text", **headers: str
+) -> httpx2.Response:
+    async with httpx2.AsyncClient(timeout=None) as client:
+        return await client.post(
+            f"{gateway.url}/anthropic/v1/messages",
+            json=body(model),
+            headers={"x-mock-scenario": scenario, **headers},
+        )
+
+
+@pytest.fixture
+async def breaker_gateway(start_gateway: Any) -> Gateway:
+    breaker = BreakerConfig(failure_threshold=5, interval=10, timeout=30, max_requests=3)
+    gateway: Gateway = await start_gateway(provider_changes={"circuit_breaker": breaker})
+    return gateway
+
+
+async def trip(gateway: Gateway, model: str) -> None:
+    for _ in range(5):
+        assert (await send(gateway, model, OVERLOADED)).status_code == 529
+
+
+async def test_overload_storm_trips_only_that_model(
+    breaker_gateway: Gateway, mock_clock: trio.testing.MockClock
+) -> None:
+    gateway = breaker_gateway
+    await trip(gateway, "claude-storm")
+    calls = len(gateway.mock.requests)
+    rejected = await send(gateway, "claude-storm")
+    assert rejected.status_code == 503
+    assert rejected.headers["retry-after"] == "30"
+    assert rejected.json() == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "circuit breaker is open"},
+    }
+    assert len(gateway.mock.requests) == calls  # the upstream was not called
+    assert (await send(gateway, "claude-calm")).status_code == 200  # other models still work
+    await gateway.flush()
+    outcomes = [r["outcome"] for r in gateway.store.interceptions()]
+    assert outcomes.count("rejected") == 1
+    assert outcomes.count("failed") == 5
+
+
+async def test_full_recovery_cycle(
+    breaker_gateway: Gateway, mock_clock: trio.testing.MockClock
+) -> None:
+    gateway = breaker_gateway
+    await trip(gateway, "claude-x")
+    assert (await send(gateway, "claude-x")).status_code == 503
+    mock_clock.jump(31)  # open -> half-open
+    for _ in range(3):  # max_requests successes close it
+        assert (await send(gateway, "claude-x")).status_code == 200
+    await gateway.bridge.wait_idle()
+    [(_, endpoint, model, state, trips, rejects)] = gateway.bridge.breakers.snapshot()
+    assert (endpoint, model, state.value, trips, rejects) == (
+        "/v1/messages",
+        "claude-x",
+        "closed",
+        1,
+        1,
+    )
+
+
+async def test_half_open_failure_reopens(
+    breaker_gateway: Gateway, mock_clock: trio.testing.MockClock
+) -> None:
+    gateway = breaker_gateway
+    await trip(gateway, "claude-y")
+    mock_clock.jump(31)
+    assert (await send(gateway, "claude-y", OVERLOADED)).status_code == 529
+    assert (await send(gateway, "claude-y")).status_code == 503
+
+
+async def test_half_open_admits_max_requests_of_concurrent_requests(
+    breaker_gateway: Gateway, mock_clock: trio.testing.MockClock
+) -> None:
+    gateway = breaker_gateway
+    await trip(gateway, "claude-z")
+    mock_clock.jump(31)
+    statuses: list[int] = []
+    started = trio.Event()
+
+    async def stream_one(client: httpx2.AsyncClient) -> None:
+        async with client.stream(
+            "POST",
+            f"{gateway.url}/anthropic/v1/messages",
+            json=body("claude-z", stream=True),
+            headers={"x-mock-scenario": "anthropic_slow_stream", "x-mock-pace-ms": "1000"},
+        ) as response:
+            statuses.append(response.status_code)
+            if len(statuses) == 5:
+                started.set()
+            await response.aread()
+
+    async with httpx2.AsyncClient(timeout=None) as client, trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(stream_one, client)
+        await started.wait()  # 3 streams admitted and held open by the paced mock
+        assert sorted(statuses) == [200, 200, 200, 503, 503]
+        nursery.cancel_scope.cancel()
+
+
+async def test_retries_honour_retry_after(
+    start_gateway: Any, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0.05  # retry waits pass when nothing else is running
+    gateway: Gateway = await start_gateway(provider_changes={"max_retries": 2})
+    start = trio.current_time()
+    response = await send(gateway, "claude-r", OVERLOADED)
+    elapsed = trio.current_time() - start
+    assert response.status_code == 529
+    assert len(gateway.mock.requests) == 3  # the first call and two retries
+    assert elapsed == pytest.approx(6, abs=0.5)  # twice the upstream's retry-after: 3
+
+
+async def test_x_should_retry_false_is_not_retried(start_gateway: Any) -> None:
+    gateway: Gateway = await start_gateway(provider_changes={"max_retries": 2})
+    # The 400 fixture is not retryable; a 200 is final.
+    assert (await send(gateway, "m", "anthropic_error_400")).status_code == 400
+    assert len(gateway.mock.requests) == 1
+
+
+async def key_gateway(start_gateway: Any) -> Gateway:
+    gateway: Gateway = await start_gateway(
+        provider_changes={"keys": ("sk-ant-second-key-2222222222",), "key_cooldown": 600.0}
+    )
+    return gateway
+
+
+async def test_rate_limited_key_fails_over_to_the_next(start_gateway: Any) -> None:
+    gateway = await key_gateway(start_gateway)
+    response = await send(gateway, "m", **{"x-mock-key-status": f"{CENTRAL_KEY}=429"})
+    assert response.status_code == 200
+    first, second = gateway.mock.requests
+    assert first.header("x-api-key") == CENTRAL_KEY
+    assert second.header("x-api-key") == "sk-ant-second-key-2222222222"
+    # The rate-limited key rests: the next request goes straight to the second key.
+    await send(gateway, "m", **{"x-mock-key-status": f"{CENTRAL_KEY}=429"})
+    assert gateway.mock.requests[-1].header("x-api-key") == "sk-ant-second-key-2222222222"
+    assert len(gateway.mock.requests) == 3
+
+
+async def test_revoked_key_is_taken_out_of_rotation(start_gateway: Any) -> None:
+    gateway = await key_gateway(start_gateway)
+    assert (
+        await send(gateway, "m", **{"x-mock-key-status": f"{CENTRAL_KEY}=401"})
+    ).status_code == 200
+    for _ in range(3):
+        await send(gateway, "m")
+    keys = [r.header("x-api-key") for r in gateway.mock.requests[2:]]
+    assert keys == ["sk-ant-second-key-2222222222"] * 3
+
+
+async def test_exhausted_pool_answers_429_with_the_soonest_retry_after(start_gateway: Any) -> None:
+    gateway = await key_gateway(start_gateway)
+    both = f"{CENTRAL_KEY}=429,sk-ant-second-key-2222222222=429"
+    first = await send(gateway, "m", **{"x-mock-key-status": both})
+    assert first.status_code == 429  # both tried; the upstream's answer is relayed
+    calls = len(gateway.mock.requests)
+    second = await send(gateway, "m")
+    assert second.status_code == 429
+    assert second.json()["error"]["type"] == "rate_limit_error"
+    assert 1 <= int(second.headers["retry-after"]) <= 30
+    assert len(gateway.mock.requests) == calls  # no key left: the upstream is not called
+
+
+async def test_byok_never_fails_over(start_gateway: Any) -> None:
+    gateway = await key_gateway(start_gateway)
+    response = await send(
+        gateway,
+        "m",
+        **{
+            "x-api-key": "sk-ant-users-own-key-000",
+            "x-mock-key-status": "sk-ant-users-own-key-000=429",
+        },
+    )
+    assert response.status_code == 429
+    assert [r.header("x-api-key") for r in gateway.mock.requests] == ["sk-ant-users-own-key-000"]
+    assert json.loads(response.content)["error"]["type"] == "rate_limit_error"

@@ -146,9 +146,9 @@ async def test_retries_honour_retry_after(
     assert elapsed == pytest.approx(6, abs=0.5)  # twice the upstream's retry-after: 3
 
 
-async def test_x_should_retry_false_is_not_retried(start_gateway: Any) -> None:
+async def test_a_client_error_is_not_retried(start_gateway: Any) -> None:
     gateway: Gateway = await start_gateway(provider_changes={"max_retries": 2})
-    # The 400 fixture is not retryable; a 200 is final.
+    # 400 is final: retrying cannot fix the request.
     assert (await send(gateway, "m", "anthropic_error_400")).status_code == 400
     assert len(gateway.mock.requests) == 1
 

@@ -4,14 +4,28 @@ It follows the store rules of :mod:`bridge.recording.store` exactly as the SQLit
 does (idempotent by id, first end wins, same usage report), so a test written against it
 says something true about the real store. A lock makes it safe to read from any thread
 while the recorder writes from a worker thread.
+
+It keeps gateway keys (:mod:`bridge.keys`) as the SQLite store does: the prefix and the hash,
+never the key, and the same answers from the same calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Final, TypeVar
+
+from bridge.keys import (
+    GatewayKey,
+    check_new_key,
+    generate_key,
+    hash_key,
+    key_prefix,
+    secret_matches,
+)
 
 from .records import (
     InterceptionEnded,
@@ -21,6 +35,7 @@ from .records import (
     Record,
     TokenUsage,
     ToolUsage,
+    utcnow,
 )
 from .store import FAILED_OUTCOMES, GROUP_COLUMNS, UsageRow, as_utc, check_group_by
 
@@ -40,6 +55,9 @@ class MemoryStore:
         # idempotent by id.
         self._records: dict[type[Record], dict[str, Record]] = {kind: {} for kind in _KINDS}
         self._ended: dict[str, InterceptionEnded] = {}
+        # Gateway keys: id -> (key, hash of its secret), and prefix -> id.
+        self._keys: dict[str, tuple[GatewayKey, str]] = {}
+        self._key_ids: dict[str, str] = {}
         self.closed = False
 
     # -- the Store protocol ---------------------------------------------------------------
@@ -140,3 +158,61 @@ class MemoryStore:
             UsageRow(dict(zip(names, group, strict=True)), *total)
             for group, total in sorted(totals.items())
         ]
+
+    # -- gateway keys (bridge.keys.KeyStore) ----------------------------------------------
+
+    def create_key(self, user: str, metadata: Mapping[str, str]) -> tuple[str, GatewayKey]:
+        """Create a key for *user*, as :meth:`bridge.recording.sqlite.SQLiteStore.create_key`."""
+        kept = check_new_key(user, metadata)
+        with self._lock:
+            while True:  # a taken prefix (48 random bits) is drawn again
+                secret, prefix = generate_key()
+                if prefix not in self._key_ids:
+                    break
+            key = GatewayKey(str(uuid.uuid4()), user, prefix, kept, utcnow(), None, None)
+            self._keys[key.id] = (key, hash_key(secret))
+            self._key_ids[prefix] = key.id
+        return secret, _copy(key)
+
+    def list_keys(self) -> list[GatewayKey]:
+        """Every key, revoked ones included, oldest first."""
+        with self._lock:
+            return [_copy(key) for key, _ in self._keys.values()]
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke *key_id*; ``False`` if there is no such key or it was revoked already."""
+        with self._lock:
+            kept = self._keys.get(key_id)
+            if kept is None or kept[0].revoked_at is not None:
+                return False
+            self._keys[key_id] = (dataclasses.replace(kept[0], revoked_at=utcnow()), kept[1])
+            return True
+
+    def find_key(self, secret: str) -> GatewayKey | None:
+        """The active key whose secret is *secret*: by prefix, then one constant-time
+        comparison of hashes, made even when the prefix is unknown."""
+        prefix = key_prefix(secret)
+        with self._lock:
+            key_id = None if prefix is None else self._key_ids.get(prefix)
+            kept = None if key_id is None else self._keys[key_id]
+        if not secret_matches(secret, None if kept is None else kept[1]):
+            return None
+        assert kept is not None  # secret_matches is never true without a stored hash
+        return None if kept[0].revoked_at is not None else _copy(kept[0])
+
+    def touch_key(self, key_id: str, when: _dt.datetime) -> None:
+        """Set the key's ``last_used_at`` to *when*, unless it is later already."""
+        moment = as_utc(when)
+        with self._lock:
+            kept = self._keys.get(key_id)
+            if kept is None:
+                return
+            last = kept[0].last_used_at
+            if last is None or last < moment:
+                self._keys[key_id] = (dataclasses.replace(kept[0], last_used_at=moment), kept[1])
+
+
+def _copy(key: GatewayKey) -> GatewayKey:
+    """*key* with a metadata dict of its own, so a caller cannot change what is stored
+    (the SQLite store returns fresh values too)."""
+    return dataclasses.replace(key, metadata=dict(key.metadata))

@@ -17,6 +17,8 @@ Rules:
   one ``executemany`` per record type.
 * Timestamps are ISO-8601 UTC text of fixed width (microseconds, ``+00:00``), so text
   order is time order. JSON values (metadata, extra counters, tool input) are text.
+* Gateway keys (:mod:`bridge.keys`) live in ``bridge_gateway_keys``: the prefix and the hash,
+  never the key. Their methods take the same lock and connection as the records.
 """
 
 from __future__ import annotations
@@ -26,10 +28,20 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
+
+from bridge.keys import (
+    GatewayKey,
+    check_new_key,
+    generate_key,
+    hash_key,
+    key_prefix,
+    secret_matches,
+)
 
 from .records import (
     InterceptionEnded,
@@ -51,6 +63,8 @@ from .store import (
 )
 
 __all__ = ["BUSY_TIMEOUT", "MIGRATIONS", "SQLiteStore"]
+
+_CREATE_ATTEMPTS: Final = 3  # new keys tried when a random prefix is taken (48 bits: rare)
 
 BUSY_TIMEOUT: Final = 5.0
 """Seconds a connection waits for another process's write lock before failing."""
@@ -124,6 +138,19 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         created_at TEXT NOT NULL
     );
     CREATE INDEX bridge_model_thoughts_interception_id ON bridge_model_thoughts (interception_id);
+    """,
+    # 2: gateway keys (bridge.keys). UNIQUE on prefix is also the index find_key looks up by.
+    """
+    CREATE TABLE bridge_gateway_keys (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        prefix TEXT NOT NULL UNIQUE,
+        key_hash TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at TEXT
+    );
     """,
 )
 """Migration scripts; script ``n`` (from 1) brings the schema to version ``n``. Append only,
@@ -485,3 +512,100 @@ class SQLiteStore:
     def model_thoughts(self, interception_id: str | None = None) -> list[dict[str, Any]]:
         """Model-thought rows, as stored, of one interception or of all."""
         return self._select("bridge_model_thoughts", interception_id)
+
+    # -- gateway keys (bridge.keys.KeyStore) ----------------------------------------------
+
+    def create_key(self, user: str, metadata: Mapping[str, str]) -> tuple[str, GatewayKey]:
+        """Create a key for *user*; only its prefix and hash are stored. Returns
+        ``(secret, key)``: the one time the secret exists outside the client."""
+        kept = check_new_key(user, metadata)
+        created_at = utcnow()
+        with self._lock:
+            self._ensure_open()
+            for _ in range(_CREATE_ATTEMPTS):
+                secret, prefix = generate_key()
+                key = GatewayKey(str(uuid.uuid4()), user, prefix, kept, created_at, None, None)
+                try:
+                    self._conn.execute(
+                        "INSERT INTO bridge_gateway_keys (id, user_id, prefix, key_hash,"
+                        " metadata, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (key.id, user, prefix, hash_key(secret), _json(kept), _ts(created_at)),
+                    )
+                except sqlite3.IntegrityError:
+                    continue  # the random prefix (or id) is taken: draw another key
+                return secret, key
+        raise StoreError(
+            f"could not create a gateway key in {self.path!r}: {_CREATE_ATTEMPTS} random"
+            " prefixes in a row were taken, which points at a broken random source"
+        )
+
+    def list_keys(self) -> list[GatewayKey]:
+        """Every key, revoked ones included, oldest first."""
+        with self._lock:
+            self._ensure_open()
+            rows = self._conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM bridge_gateway_keys ORDER BY created_at, rowid"
+            ).fetchall()
+        return [_key(row) for row in rows]
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke *key_id*; ``False`` if there is no such key or it was revoked already
+        (the first revocation time is kept)."""
+        with self._lock:
+            self._ensure_open()
+            cursor = self._conn.execute(
+                "UPDATE bridge_gateway_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (_ts(utcnow()), key_id),
+            )
+        return cursor.rowcount == 1
+
+    def find_key(self, secret: str) -> GatewayKey | None:
+        """The active key whose secret is *secret*: found by prefix (an indexed lookup),
+        then confirmed by one constant-time comparison of hashes, made even when no row
+        has that prefix (see :func:`bridge.keys.secret_matches`)."""
+        prefix = key_prefix(secret)
+        row = None
+        if prefix is not None:
+            with self._lock:
+                self._ensure_open()
+                row = self._conn.execute(
+                    f"SELECT {_KEY_COLUMNS}, key_hash FROM bridge_gateway_keys WHERE prefix = ?",
+                    (prefix,),
+                ).fetchone()
+        if not secret_matches(secret, None if row is None else row[-1]):
+            return None
+        assert row is not None  # secret_matches is never true without a stored hash
+        key = _key(row[:-1])
+        return None if key.revoked_at is not None else key
+
+    def touch_key(self, key_id: str, when: _dt.datetime) -> None:
+        """Set the key's ``last_used_at`` to *when*, unless it is later already."""
+        moment = _ts(when)
+        with self._lock:
+            self._ensure_open()
+            self._conn.execute(
+                "UPDATE bridge_gateway_keys SET last_used_at = ?"
+                " WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                (moment, key_id, moment),
+            )
+
+
+_KEY_COLUMNS: Final = "id, user_id, prefix, metadata, created_at, last_used_at, revoked_at"
+
+
+def _moment(text: str | None) -> _dt.datetime | None:
+    return None if text is None else _dt.datetime.fromisoformat(text)
+
+
+def _key(row: Sequence[Any]) -> GatewayKey:
+    """A :class:`GatewayKey` from a row of :data:`_KEY_COLUMNS` (never the hash)."""
+    key_id, user, prefix, metadata, created_at, last_used_at, revoked_at = row
+    return GatewayKey(
+        id=key_id,
+        user=user,
+        prefix=prefix,
+        metadata=json.loads(metadata),
+        created_at=_dt.datetime.fromisoformat(created_at),
+        last_used_at=_moment(last_used_at),
+        revoked_at=_moment(revoked_at),
+    )

@@ -1,19 +1,17 @@
 """The ``bridge`` command line.
 
-``bridge serve``, ``bridge check-config``, ``bridge usage`` and
+``bridge serve``, ``bridge check-config``, ``bridge usage``, ``bridge keys`` and
 ``bridge mock-upstream``. Configuration errors print one clear line and exit 2;
-nothing prints a traceback for a user's mistake.
+nothing prints a traceback for a user's mistake. A gateway key is printed once, by
+``bridge keys create``, and never again: ``bridge keys list`` shows prefixes only.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import io
 import json
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -21,12 +19,11 @@ from functools import partial
 import trio
 
 from bridge.config import Config, ConfigError, load_config, render_config
-from bridge.recording.store import GROUP_BY, StoreError, UsageRow, open_store
+from bridge.keys import GatewayKey, KeyStore
+from bridge.recording.store import GROUP_BY, StoreError, open_store
+from bridge.reports import format_usage, parse_since
 
 __all__ = ["main"]
-
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,65 +50,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
+    keys = commands.add_parser("keys", help="create, list and revoke gateway keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--user", required=True, help="the user the key identifies")
+    create.add_argument(
+        "--meta",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label to keep with the key, e.g. team=payments (repeatable)",
+    )
+    create.add_argument("--config", help="path to bridge.toml")
+    listing = key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing.add_argument("--config", help="path to bridge.toml")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("id", help="the key's id, as `bridge keys list` shows it")
+    revoke.add_argument("--config", help="path to bridge.toml")
+
     mock = commands.add_parser("mock-upstream", help="a deterministic fake provider for demos")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9090)
     return parser
-
-
-def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
-    """``24h``/``7d``-style durations back from now, or an ISO date or datetime (UTC)."""
-    now = now or dt.datetime.now(dt.UTC)
-    if match := _DURATION.match(text.strip()):
-        return now - dt.timedelta(seconds=int(match[1]) * _UNITS[match[2]])
-    try:
-        parsed = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--since must be a duration like 24h or 7d, or a date like 2026-11-01, got {text!r}"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-_COLUMNS = (
-    "interceptions",
-    "failures",
-    "input",
-    "output",
-    "cache_read",
-    "cache_write",
-    "reasoning",
-    "tool_calls",
-)
-
-
-def format_usage(rows: Sequence[UsageRow], by: Sequence[str], fmt: str) -> str:
-    """Render a usage report as an aligned table, JSON or CSV."""
-    records = [
-        {**{key: row.group.get(key, "") for key in by}, **{c: getattr(row, c) for c in _COLUMNS}}
-        for row in rows
-    ]
-    header = [*by, *_COLUMNS]
-    if fmt == "json":
-        return json.dumps(records, indent=2)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
-        return out.getvalue().rstrip("\n")
-    cells = [header, *[[str(r[h]) for h in header] for r in records]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i < len(by) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in cells
-    ]
-    if not records:
-        lines.append("(no interceptions recorded in this period)")
-    return "\n".join(lines)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -129,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "usage":
             return _usage(args)
+        if args.command == "keys":
+            return _keys(args)
         if args.command == "mock-upstream":
             from bridge.mock_upstream import main as mock_main
 
@@ -179,6 +143,112 @@ def _usage(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(format_usage(rows, by, args.format))
+    return 0
+
+
+def parse_meta(items: Sequence[str]) -> dict[str, str]:
+    """``--meta KEY=VALUE`` arguments as a dict; :class:`ConfigError` for a bad one."""
+    metadata: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(
+                f"--meta must be KEY=VALUE with a non-empty KEY, got {item!r};"
+                " e.g. --meta team=payments"
+            )
+        if name.strip() in metadata:
+            raise ConfigError(f"--meta {name.strip()!r} is given twice: give each key once")
+        metadata[name.strip()] = value
+    return metadata
+
+
+def _when(moment: dt.datetime | None) -> str:
+    return "-" if moment is None else moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def format_keys(keys: Sequence[GatewayKey], fmt: str) -> str:
+    """Render gateway keys as an aligned table or JSON: never a secret nor a hash."""
+    if fmt == "json":
+        return json.dumps(
+            [
+                {
+                    "id": key.id,
+                    "user": key.user,
+                    "prefix": key.prefix,
+                    "metadata": key.metadata,
+                    "created_at": key.created_at.isoformat(),
+                    "last_used_at": key.last_used_at and key.last_used_at.isoformat(),
+                    "revoked_at": key.revoked_at and key.revoked_at.isoformat(),
+                }
+                for key in keys
+            ],
+            indent=2,
+        )
+    header = ["id", "user", "prefix", "created", "last_used", "revoked", "metadata"]
+    cells = [header]
+    for key in keys:
+        labels = ",".join(f"{name}={value}" for name, value in key.metadata.items())
+        cells.append(
+            [
+                key.id,
+                key.user,
+                key.prefix,
+                _when(key.created_at),
+                _when(key.last_used_at),
+                _when(key.revoked_at),
+                labels or "-",
+            ]
+        )
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    if not keys:
+        lines.append("(no gateway keys; create one with `bridge keys create --user NAME`)")
+    return "\n".join(lines)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    config = _load(args)
+    metadata = parse_meta(args.meta) if args.keys_command == "create" else {}
+    store = open_store(config.recording.database)
+    try:
+        if not isinstance(store, KeyStore):
+            raise StoreError(
+                f"the recording database {config.recording.database!r} cannot keep gateway keys"
+            )
+        if args.keys_command == "create":
+            try:
+                secret, key = store.create_key(args.user, metadata)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            print(secret)
+            print(
+                f"Created key {key.id} ({key.prefix}) for user {key.user!r}. This is the only"
+                " time the key is shown: store it now.",
+                file=sys.stderr,
+            )
+            return 0
+        if args.keys_command == "list":
+            print(format_keys(store.list_keys(), args.format))
+            return 0
+        return _revoke(store, args.id)
+    finally:
+        store.close()
+
+
+def _revoke(store: KeyStore, key_id: str) -> int:
+    if store.revoke_key(key_id):
+        print(f"Revoked key {key_id}.")
+        return 0
+    known = next((key for key in store.list_keys() if key.id == key_id), None)
+    if known is None:
+        print(
+            f"bridge: no gateway key has id {key_id!r}; `bridge keys list` shows the ids",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"Key {key_id} was already revoked at {_when(known.revoked_at)}.")
     return 0
 
 

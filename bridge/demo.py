@@ -19,7 +19,6 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from mcp.server.mcpserver import MCPServer
 
-from bridge.cli import format_usage
 from bridge.config import (
     AuthConfig,
     Config,
@@ -31,6 +30,7 @@ from bridge.config import (
 )
 from bridge.mock_upstream import MockUpstream
 from bridge.recording.store import open_store
+from bridge.reports import format_usage
 from bridge.server import serve
 
 __all__ = ["main"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import format_usage, main, parse_since
+from bridge.cli import main
 from bridge.recording.records import (
     CredentialKind,
     InterceptionEnded,
@@ -19,6 +19,7 @@ from bridge.recording.records import (
     TokenUsage,
 )
 from bridge.recording.sqlite import SQLiteStore
+from bridge.reports import format_usage, parse_since
 
 ROOT = Path(__file__).resolve().parent.parent
 

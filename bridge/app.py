@@ -14,18 +14,23 @@ for unknown paths) is served by a small Quart-Trio app.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from bridge.config import ConfigError
 from bridge.core.engine import Engine
 from bridge.core.exchange import Request
 from bridge.errors import PayloadTooLarge
+from bridge.headers import bearer_token
+from bridge.reports import parse_since, usage_records
 
 __all__ = ["ASGIApp", "make_asgi_app"]
 
@@ -177,6 +182,32 @@ def _control_app(engine: Engine) -> QuartTrio:
         checks = await engine.readiness()
         ready = all(check["ok"] for check in checks.values())
         return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    @app.get("/api/v1/usage")
+    async def usage() -> Response:
+        """The usage report of ``bridge usage``, as JSON; ``since`` and ``by`` as there."""
+        admin_key = engine.config.auth.admin_key
+        if not admin_key:
+            message = "the usage API is off: set auth.admin_key to enable it"
+            return _json({"error": {"type": "not_found", "message": message}}, 404)
+        presented = bearer_token(request.headers.get("authorization", ""))
+        if not hmac.compare_digest(presented.encode(), admin_key.encode()):
+            message = "the usage API needs 'Authorization: Bearer <auth.admin_key>'"
+            return _json({"error": {"type": "authentication_error", "message": message}}, 401)
+        by = tuple(dict.fromkeys(request.args.getlist("by") or ["user"]))
+        try:
+            since_text = request.args.get("since")
+            since = parse_since(since_text) if since_text else None
+            rows = await trio.to_thread.run_sync(lambda: engine.store.usage(since=since, by=by))
+        except (ConfigError, ValueError) as exc:
+            return _json({"error": {"type": "invalid_request_error", "message": str(exc)}}, 400)
+        return _json(
+            {
+                "since": since.isoformat() if since else None,
+                "by": list(by),
+                "rows": usage_records(rows, by),
+            }
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from bridge.headers import header_value
+
 __all__ = ["guess_client", "session_id"]
 
 # (user-agent prefix, client name), in order: the first match wins.
@@ -40,23 +42,16 @@ _SESSION_HEADERS: Final = {
 }
 
 
-def _get(headers: Sequence[tuple[str, str]], name: str) -> str:
-    for key, value in headers:
-        if key == name:
-            return value
-    return ""
-
-
 def guess_client(headers: Sequence[tuple[str, str]]) -> str:
     """The client's name, or ``Unknown``."""
-    user_agent = _get(headers, "user-agent").lower()
+    user_agent = header_value(headers, "user-agent").lower()
     for prefix, name in _USER_AGENT_PREFIXES:
         if user_agent.startswith(prefix):
             return name
-    originator = _get(headers, "originator").lower()
+    originator = header_value(headers, "originator").lower()
     if originator in _ORIGINATORS:
         return _ORIGINATORS[originator]
-    if _get(headers, "x-cursor-client-version"):
+    if header_value(headers, "x-cursor-client-version"):
         return "Cursor"
     return "Unknown"
 
@@ -66,7 +61,7 @@ def session_id(
 ) -> str | None:
     """The client's session id from its header, else from the body (Claude Code)."""
     for name in _SESSION_HEADERS.get(client, ()):
-        if value := _get(headers, name).strip():
+        if value := header_value(headers, name).strip():
             return value
     if client == "Claude Code" and body_hint:
         return body_hint

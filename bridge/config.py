@@ -75,8 +75,9 @@ DEFAULT_CONFIG_FILE: Final = "bridge.toml"
 # Authentication modes and what they mean (the http layer implements them).
 AUTH_MODES: Final[Mapping[str, str]] = types.MappingProxyType(
     {
-        "none": "every request is made by the actor 'anonymous'",
+        "keys": "every request carries a gateway key issued by `bridge keys create`",
         "header": "a trusted fronting proxy names the actor in auth.header",
+        "none": "every request is made by the actor 'anonymous'",
     }
 )
 
@@ -257,6 +258,18 @@ def _seconds(low: float, *, inclusive: bool) -> _Rule:
         return float(value)
 
     return _Rule(check, _float_or_text)
+
+
+def _boolean() -> _Rule:
+    def check(label: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            _fail(label, "true or false", _show(value))
+        return value
+
+    def from_text(text: str) -> object:
+        return {"true": True, "false": False, "1": True, "0": False}.get(text.lower(), text)
+
+    return _Rule(check, from_text)
 
 
 def _choice(choices: Sequence[str]) -> _Rule:
@@ -440,6 +453,7 @@ _SERVER_RULES: Final[Mapping[str, _Rule]] = {
 _AUTH_RULES: Final[Mapping[str, _Rule]] = {
     "mode": _choice(list(AUTH_MODES)),
     "header": _matching(_HTTP_TOKEN, "an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"),
+    "admin_key": _Rule(_check_secret),
 }
 _RECORDING_RULES: Final[Mapping[str, _Rule]] = {
     "database": _Rule(_check_database),
@@ -454,6 +468,7 @@ _PROVIDER_RULES: Final[Mapping[str, _Rule]] = {
     "keys": _Rule(_check_secret_list),
     "max_retries": _integer(0, 10),
     "key_cooldown": _seconds(0, inclusive=False),
+    "send_actor_headers": _boolean(),
     "circuit_breaker": _Rule(_check_breaker),  # loaded from its own table, see _load_breaker
 }
 _BREAKER_RULES: Final[Mapping[str, _Rule]] = {
@@ -506,6 +521,7 @@ def _check_mcp_server_name(name: object, where: str = "") -> str:
 # How each field is shown by repr and render_config: secrets masked.
 _MASKS: Final[Mapping[str, Callable[[str], str]]] = {
     "key": mask_secret,
+    "admin_key": mask_secret,
     "keys": mask_secret,  # each item of the list
     "database": mask_url,
     "base_url": mask_url,
@@ -553,8 +569,9 @@ class ServerConfig:
 class AuthConfig:
     """Who is asking (``[auth]``); ``mode`` is one of :data:`AUTH_MODES`."""
 
-    mode: str = "none"
+    mode: str = "keys"
     header: str = "X-Bridge-User"  # names the actor in mode "header"
+    admin_key: str = ""  # guards GET /api/v1/usage; empty: the endpoint is off
 
     def __post_init__(self) -> None:
         _check_fields(self, "auth", _AUTH_RULES)
@@ -621,6 +638,7 @@ class ProviderConfig:
     max_retries: int = 2  # retries of one upstream call (reference 2.3); 0 disables
     key_cooldown: float = 60 * SECONDS  # a key rejected with 401/403 rests this long
     circuit_breaker: BreakerConfig | None = None  # None: no breaker
+    send_actor_headers: bool = False  # X-AI-Bridge-Actor-ID/-Metadata-* on bridged requests
 
     __repr__ = _masked_repr
 

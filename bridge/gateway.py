@@ -12,7 +12,7 @@ or mounts :attr:`Bridge.asgi_app` in any ASGI server.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -129,6 +129,11 @@ class Bridge:
     def breakers(self) -> Breakers:
         """The circuit breakers created so far; ``snapshot()`` lists their states."""
         return self._engine.breakers
+
+    @property
+    def auth_failures(self) -> Mapping[str, int]:
+        """Refused credentials so far, per client address."""
+        return self._engine.auth_failures
 
     async def wait_idle(self) -> None:
         """Return once no request is being served; their records are all queued."""

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from bridge.auth import Actor
 from bridge.config import ProviderConfig, mask_secret
 from bridge.errors import Unauthorized
+from bridge.headers import bearer_token, header_value
 from bridge.recording.records import CredentialKind
 
 __all__ = [
@@ -32,7 +34,6 @@ __all__ = [
     "Route",
     "RouteKind",
     "forwardable_response_headers",
-    "header_value",
     "passthrough_headers",
 ]
 
@@ -130,6 +131,9 @@ _ROUTES: dict[str, _RouteTable] = {
     ),
 }
 
+# Headers that attribute a request to an actor: set by the gateway only, never by clients.
+_ACTOR_HEADER = "x-ai-bridge-actor"
+
 _UNSAFE_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 
 
@@ -214,19 +218,36 @@ class Provider:
         return Credential(CredentialKind.CENTRALIZED, header, mask_secret(key))
 
     def upstream_headers(
-        self, headers: Headers, credential: Credential, *, strip: Iterable[str] = ()
+        self,
+        headers: Headers,
+        credential: Credential,
+        *,
+        strip: Iterable[str] = (),
+        actor: Actor | None = None,
     ) -> Headers:
         """The client's headers as the upstream should see them (reference 1.5).
 
         Hop-by-hop, transport-managed and client credential headers are removed, as
-        are the names in ``strip`` (e.g. the identity header of a trusted proxy);
-        everything else the client sent (``anthropic-version``, ``anthropic-beta``,
-        ``user-agent``...) is forwarded unchanged, and the chosen credential added.
+        are the names in ``strip`` (gateway identity) and any ``X-AI-Bridge-Actor*``
+        header a client made up; everything else the client sent
+        (``anthropic-version``, ``anthropic-beta``, ``user-agent``...) is forwarded
+        unchanged. Then the chosen credential, and with ``send_actor_headers`` the
+        actor's id and metadata (reference 1.6).
         """
         drop = _HOP_BY_HOP | _TRANSPORT | _CLIENT_AUTH | {name.lower() for name in strip}
-        out = [(name, value) for name, value in headers if name not in drop]
+        out = [
+            (name, value)
+            for name, value in headers
+            if name not in drop and not name.startswith(_ACTOR_HEADER)
+        ]
         if credential.header[1]:
             out.append(credential.header)
+        if actor is not None and self.config.send_actor_headers:
+            out.append(("x-ai-bridge-actor-id", actor.id))
+            out.extend(
+                (f"x-ai-bridge-actor-metadata-{key.lower()}", str(value))
+                for key, value in actor.metadata.items()
+            )
         out.append(("accept-encoding", "identity"))
         return out
 
@@ -238,22 +259,6 @@ def _is_safe(suffix: str) -> bool:
     if "%2f" in suffix.lower() or "%5c" in suffix.lower():
         return False
     return _UNSAFE_SEGMENT.search(decoded) is None and "//" not in decoded
-
-
-def header_value(headers: Sequence[tuple[str, str]], name: str) -> str:
-    """The first value of header ``name`` (lower-case), or ``""``."""
-    for key, value in headers:
-        if key == name:
-            return value
-    return ""
-
-
-def bearer_token(value: str) -> str:
-    """The token of an ``Authorization: Bearer <token>`` value, or ``""``."""
-    parts = value.split()
-    if len(parts) == 2 and parts[0].lower() == "bearer":
-        return parts[1]
-    return ""
 
 
 def forwardable_response_headers(headers: Iterable[tuple[str, str]]) -> Headers:
@@ -279,6 +284,7 @@ def passthrough_headers(
     added, and the provider key injected only when the client brought none.
     """
     drop = _HOP_BY_HOP | _TRANSPORT | {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+    headers = [(k, v) for k, v in headers if not k.startswith(_ACTOR_HEADER)]
     drop |= {name.lower() for name in strip}
     out = [(name, value) for name, value in headers if name not in drop]
     forwarded = [v for k, v in headers if k == "x-forwarded-for"]
@@ -291,13 +297,12 @@ def passthrough_headers(
     out.append(("x-forwarded-proto", scheme))
     if not header_value(headers, "user-agent"):
         out.append(("user-agent", "bridge"))
+    # Whatever credential the client sent and we did not strip (BYOK) is kept.
     key = provider.config.key
     if provider.type == "anthropic":
-        if key and not (
-            header_value(headers, "x-api-key") or header_value(headers, "authorization")
-        ):
+        if key and not (header_value(out, "x-api-key") or header_value(out, "authorization")):
             out.append(("x-api-key", key))
-    elif provider.type == "openai" and key and not header_value(headers, "authorization"):
+    elif provider.type == "openai" and key and not header_value(out, "authorization"):
         out.append(("authorization", f"Bearer {key}"))
     out.append(("accept-encoding", "identity"))
     return out

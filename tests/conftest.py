@@ -97,6 +97,7 @@ async def run_gateway(config: Config, *, task_status: trio.TaskStatus[tuple[Brid
 def gateway_config(tmp_path: Path, upstream_port: int, **server: Any) -> Config:
     return Config(
         server=ServerConfig(host="127.0.0.1", port=0, **server),
+        auth=AuthConfig(mode="none"),
         recording=RecordingConfig(database=f"sqlite:///{tmp_path / 'bridge.db'}"),
         providers=(
             ProviderConfig(

@@ -70,7 +70,7 @@ def test_defaults_without_file_or_environment() -> None:
         backlog=1024,
         ping_interval=10 * SECONDS,
     )
-    assert config.auth == AuthConfig(mode="none", header="X-Bridge-User")
+    assert config.auth == AuthConfig(mode="keys", header="X-Bridge-User", admin_key="")
     assert config.recording == RecordingConfig(
         database="sqlite:///bridge.db", queue_size=10_000, batch_size=512
     )
@@ -243,7 +243,7 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
         {"server": {"ping_interval": 0}},
         "server.ping_interval must be a number of seconds > 0, got 0",
     ),
-    ({"auth": {"mode": "basic"}}, "auth.mode must be 'none' or 'header', got 'basic'"),
+    ({"auth": {"mode": "basic"}}, "auth.mode must be 'keys', 'header' or 'none', got 'basic'"),
     (
         {"auth": {"header": "X User"}},
         "auth.header must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~),"
@@ -389,7 +389,11 @@ ENVIRONMENT_ERRORS: list[tuple[str, str, str]] = [
         "nan",
         "BRIDGE_SERVER_GRACE_PERIOD must be a number of seconds >= 0, got nan",
     ),
-    ("BRIDGE_AUTH_MODE", "keys", "BRIDGE_AUTH_MODE must be 'none' or 'header', got 'keys'"),
+    (
+        "BRIDGE_AUTH_MODE",
+        "oauth",
+        "BRIDGE_AUTH_MODE must be 'keys', 'header' or 'none', got 'oauth'",
+    ),
     (
         "BRIDGE_RECORDING_DATABASE",
         "postgres://bob:hunter2@db/bridge",
@@ -498,7 +502,7 @@ UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
         {},
         {"BRIDGE_AUTH_X": "1"},
         "unknown environment variable 'BRIDGE_AUTH_X'; expected one of 'BRIDGE_AUTH_MODE',"
-        " 'BRIDGE_AUTH_HEADER'",
+        " 'BRIDGE_AUTH_HEADER', 'BRIDGE_AUTH_ADMIN_KEY'",
     ),
 ]
 
@@ -685,7 +689,9 @@ def test_direct_construction_is_validated_like_the_file() -> None:
         ConfigError, match=exactly("server.port must be an integer from 0 to 65535, got 70000")
     ):
         ServerConfig(port=70000)
-    with pytest.raises(ConfigError, match=exactly("auth.mode must be 'none' or 'header', got ''")):
+    with pytest.raises(
+        ConfigError, match=exactly("auth.mode must be 'keys', 'header' or 'none', got ''")
+    ):
         AuthConfig(mode="")
     with pytest.raises(ConfigError, match=r"^invalid provider name 'Anthropic': "):
         ProviderConfig(name="Anthropic", type="anthropic")

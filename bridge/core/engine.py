@@ -10,29 +10,35 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Protocol
 
 import trio
 
-from bridge.auth import authenticate, identity_headers
+from bridge.auth import Actor, Identity, identify, identity_headers
 from bridge.breaker import Breakers, BreakerSettings, CircuitBreaker, StateChange
 from bridge.config import BreakerConfig, Config
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
-from bridge.errors import ClientError, NotFound
+from bridge.errors import ClientError, NotFound, Unauthorized
+from bridge.keys import KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
-from bridge.providers import Provider, Route, RouteKind
+from bridge.providers import Credential, Provider, Route, RouteKind
 from bridge.recording.recorder import Recorder, open_recorder
-from bridge.recording.records import new_id
+from bridge.recording.records import new_id, utcnow
 from bridge.recording.store import Store, open_store
 from bridge.resilience import KeyPool
 from bridge.upstream import UpstreamClient
 
-__all__ = ["Engine", "open_engine"]
+__all__ = ["KEY_TOUCH_INTERVAL", "Engine", "open_engine"]
+
+KEY_TOUCH_INTERVAL = 60.0
+"""Seconds between two writes of a gateway key's ``last_used_at``."""
 
 logger = logging.getLogger("bridge.engine")
 
@@ -75,8 +81,48 @@ class Engine:
         """Interceptions and passthrough relays under way."""
         self._idle = trio.Event()
         self._idle.set()
+        self.auth_failures: Counter[str] = Counter()
+        """Refused credentials per client address (for metrics and abuse detection)."""
+        self._touched: dict[str, float] = {}
         self._sleep: Callable[[float], Awaitable[None]] = trio.sleep
         """How upstream retries wait; tests replace it to observe the delays."""
+
+    async def _identify(self, request: Request) -> Identity:
+        """Who sent ``request``: its own actor (embedding), or by the auth mode."""
+        if request.actor is not None:
+            return Identity(request.actor)
+        try:
+            return await identify(self.config.auth, request.headers, self._find_actor)
+        except Unauthorized:
+            self.auth_failures[request.client_address or "unknown"] += 1
+            raise
+
+    async def _find_actor(self, secret: str) -> Actor | None:
+        """The actor of a gateway key; the key's last use is noted at most once a minute."""
+        if not looks_like_gateway_key(secret) or not isinstance(self.store, KeyStore):
+            return None
+        key = await trio.to_thread.run_sync(self.store.find_key, secret)
+        if key is None:
+            return None
+        now = trio.current_time()
+        if now - self._touched.get(key.id, -math.inf) >= KEY_TOUCH_INTERVAL:
+            self._touched[key.id] = now
+            await trio.to_thread.run_sync(self.store.touch_key, key.id, utcnow())
+        return Actor(key.user, dict(key.metadata))
+
+    @staticmethod
+    def _credential(route: Route, request: Request, identity: Identity) -> Credential:
+        """The provider key: the client's own (BYOK), or the provider's when the client's
+        API-key headers held its gateway key."""
+        provider = route.provider
+        if identity.central:
+            if provider.type == "copilot":
+                raise Unauthorized(
+                    "Copilot needs your own GitHub token in 'Authorization: Bearer': send the"
+                    " gateway key in X-Bridge-Key"
+                )
+            return provider.centralized(provider.config.key)
+        return provider.credential(list(request.headers))
 
     def _breaker(self, route: Route, model: str) -> CircuitBreaker | None:
         settings = self._breaker_settings.get(route.provider.name)
@@ -135,7 +181,9 @@ class Engine:
         try:
             if route is None:
                 raise NotFound(f"route not supported: {request.method} {request.path}")
-            actor = request.actor or authenticate(self.config.auth, request.headers)
+            identity = await self._identify(request)
+            actor = identity.actor
+            strip = (*self._strip, *identity.strip)
             if route.kind is RouteKind.PASSTHROUGH:
                 await passthrough(
                     route,
@@ -143,7 +191,7 @@ class Engine:
                     sink,
                     self._upstreams[route.provider.name],
                     error_body=dialect.error_body(502, "the upstream is unreachable"),
-                    strip=self._strip,
+                    strip=strip,
                 )
                 return
             assert route.dialect is not None
@@ -157,10 +205,10 @@ class Engine:
                 actor=actor,
                 parsed=parsed,
                 dialect=bridged,
-                credential=route.provider.credential(list(request.headers)),
+                credential=self._credential(route, request, identity),
                 upstream=self._upstreams[route.provider.name],
                 recorder=self.recorder,
-                strip_headers=self._strip,
+                strip_headers=strip,
                 hub=self.hub,
                 tools=tools,
                 max_iterations=self.config.mcp.max_iterations,

@@ -294,7 +294,7 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
         ticket = _admit(ix)
         credential = provider.centralized(key.secret) if key is not None else ix.credential
         headers = provider.upstream_headers(
-            list(ix.request.headers), credential, strip=ix.strip_headers
+            list(ix.request.headers), credential, strip=ix.strip_headers, actor=ix.actor
         )
         try:
             response = await ix.upstream.send("POST", url, headers, body)

@@ -43,6 +43,8 @@ __all__ = [
     "AUTH_MODES",
     "BYTES",
     "DEFAULT_FAILURE_STATUSES",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
     "PROVIDER_TYPES",
     "SECONDS",
     "AuthConfig",
@@ -52,6 +54,7 @@ __all__ = [
     "MCPConfig",
     "MCPServerConfig",
     "MiB",
+    "ObservabilityConfig",
     "ProviderConfig",
     "ProviderType",
     "RecordingConfig",
@@ -478,6 +481,16 @@ _BREAKER_RULES: Final[Mapping[str, _Rule]] = {
     "max_requests": _integer(1),
     "failure_statuses": _Rule(_check_statuses),
 }
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS: Final = ("logfmt", "json", "text")
+_OBSERVABILITY_RULES: Final[Mapping[str, _Rule]] = {
+    "metrics_prefix": _matching(
+        r"^([a-zA-Z_:][a-zA-Z0-9_:]*)?$", "a Prometheus name prefix such as 'bridge_' (or empty)"
+    ),
+    "log_format": _choice(list(LOG_FORMATS)),
+    "log_level": _choice(list(LOG_LEVELS)),
+    "dump_dir": _Rule(_check_secret),  # any path; "" turns the API dump off
+}
 _MCP_RULES: Final[Mapping[str, _Rule]] = {
     "max_iterations": _integer(1),
     "call_timeout": _seconds(0, inclusive=False),
@@ -733,6 +746,19 @@ class MCPConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ObservabilityConfig:
+    """Metrics, logs and the API dump (``[observability]``)."""
+
+    metrics_prefix: str = ""  # prepended to every metric name, e.g. "bridge_"
+    log_format: str = "logfmt"  # logfmt, json, or text for people at a terminal
+    log_level: str = "INFO"
+    dump_dir: str = ""  # write every upstream request and response below it; "" = off
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "observability", _OBSERVABILITY_RULES)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. Build it with :func:`load_config`, or directly in code.
 
@@ -745,6 +771,7 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     providers: tuple[ProviderConfig, ...] = ()
     mcp: MCPConfig = field(default_factory=MCPConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "providers", tuple(self.providers))
@@ -780,6 +807,7 @@ _SECTIONS: Final[Mapping[str, tuple[type[Any], Mapping[str, _Rule]]]] = {
     "auth": (AuthConfig, _AUTH_RULES),
     "recording": (RecordingConfig, _RECORDING_RULES),
     "mcp": (MCPConfig, _MCP_RULES),  # plus [mcp.servers.<name>], loaded separately
+    "observability": (ObservabilityConfig, _OBSERVABILITY_RULES),
 }
 _ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
     f"BRIDGE_{section.upper()}_{key.upper()}": (section, key)

@@ -462,7 +462,8 @@ UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
         {"logging": {}},
         {},
         "unknown section 'logging' in bridge.toml; expected one of 'server', 'auth',"
-        " 'recording', 'mcp', 'providers'",
+        " 'recording', 'mcp',"
+        " 'observability', 'providers'",
     ),
     (
         {"providers": {"anthropic": {"bsae_url": "http://x/"}}},

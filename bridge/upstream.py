@@ -19,7 +19,8 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -43,6 +44,10 @@ class UpstreamResponse:
     status: int
     headers: list[tuple[str, str]]
     _response: httpx2.Response
+    waited: float = 0.0
+    """Seconds spent waiting for the upstream: time to headers, then for each chunk."""
+    tee: Callable[[bytes], None] | None = None
+    """Called with every chunk as it is read (the API dump)."""
 
     @property
     def content_type(self) -> str:
@@ -52,7 +57,17 @@ class UpstreamResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, undecoded."""
         with _translate():
-            async for chunk in self._response.aiter_raw():
+            body = self._response.aiter_raw()
+            while True:
+                start = time.perf_counter()
+                try:
+                    chunk = await anext(body)
+                except StopAsyncIteration:
+                    self.waited += time.perf_counter() - start
+                    return
+                self.waited += time.perf_counter() - start
+                if self.tee is not None:
+                    self.tee(chunk)
                 yield chunk
 
     def header(self, name: str) -> str:
@@ -105,9 +120,13 @@ class UpstreamClient:
         cancelled interception stops the provider generating.
         """
         request = self._client.build_request(method, url, headers=headers, content=body)
+        start = time.perf_counter()
         with _translate():
             response = await self._client.send(request, stream=True)
-        return UpstreamResponse(response.status_code, list(response.headers.items()), response)
+        headers_in = time.perf_counter() - start
+        return UpstreamResponse(
+            response.status_code, list(response.headers.items()), response, waited=headers_in
+        )
 
     @asynccontextmanager
     async def open(

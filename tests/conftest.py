@@ -7,7 +7,10 @@ variable bridge or the SDKs read, so the machine's settings never leak in.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -41,6 +44,46 @@ def is_inner_loop(name: str) -> bool:
 
 CENTRAL_KEY = "sk-ant-central-test-key-0123456789"
 OPENAI_KEY = "sk-openai-central-test-key-987654"
+
+
+# Anything shaped like an unmasked provider or gateway key (masked keys contain "...").
+_KEY_PATTERN = re.compile(r"(sk-ant-|sk-|bk-|ghu_|github_pat_)[A-Za-z0-9_-]{12,}")
+
+
+class _KeyWatch(logging.Handler):
+    """Sees every log record of the whole test session, to prove no key is ever logged."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = (
+            self.format(record)
+            + " "
+            + " ".join(str(v) for k, v in vars(record).items() if k not in _STANDARD_ATTRS)
+        )
+        if _KEY_PATTERN.search(text):
+            self.leaks.append(text[:300])
+
+
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_key_is_ever_logged() -> Iterator[None]:
+    """Across the whole suite, no log line (message, extras, traceback) carries a key."""
+    watch = _KeyWatch()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(watch)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(watch)
+        root.setLevel(previous)
+    assert watch.leaks == [], f"keys reached the logs: {watch.leaks[:5]}"
 
 
 @pytest.fixture(autouse=True)

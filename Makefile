@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint fmt typecheck coverage demo clean
+.PHONY: install run test lint fmt typecheck coverage demo e2e clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ coverage: install
 
 demo: install
 	$(BIN)/python -m bridge.demo
+
+# The real Claude Code and Codex CLIs (from npm) against the gateway and the mock upstream.
+e2e: install
+	npm install -g --silent @anthropic-ai/claude-code @openai/codex
+	BRIDGE_REAL_CLIENTS=1 $(BIN)/python -m pytest -q tests/test_real_clients.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

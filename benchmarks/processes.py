@@ -60,13 +60,16 @@ def mock_process() -> Iterator[int]:
 
 
 @contextmanager
-def gateway_process(upstream_port: int) -> Iterator[int]:
-    """``bridge serve`` in front of the mock, SQLite in a temporary directory; yields the port."""
+def gateway_process(upstream_port: int, *, database: str | None = None) -> Iterator[int]:
+    """``bridge serve`` in front of the mock; yields the port.
+
+    SQLite in a temporary directory unless ``database`` names a store.
+    """
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bridge-bench-") as directory:
         env = {
             "BRIDGE_SERVER_PORT": str(port),
-            "BRIDGE_RECORDING_DATABASE": f"sqlite:///{Path(directory) / 'bench.db'}",
+            "BRIDGE_RECORDING_DATABASE": database or f"sqlite:///{Path(directory) / 'bench.db'}",
             "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{upstream_port}/",
             "ANTHROPIC_API_KEY": "sk-ant-bench-key-000000000000",
         }

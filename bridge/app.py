@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -30,6 +29,7 @@ from bridge.core.engine import Engine
 from bridge.core.exchange import Request
 from bridge.errors import PayloadTooLarge
 from bridge.headers import bearer_token
+from bridge.metrics import render
 from bridge.reports import parse_since, usage_records
 
 __all__ = ["ASGIApp", "make_asgi_app"]
@@ -209,9 +209,18 @@ def _control_app(engine: Engine) -> QuartTrio:
             }
         )
 
+    written = 0
+
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        nonlocal written
+        stats = engine.recorder.stats
+        engine.metrics.recorder_queued(stats.queued)
+        if stats.written > written:
+            engine.metrics.recorder_record("written", stats.written - written)
+            written = stats.written
+        body, content_type = await trio.to_thread.run_sync(render, engine.metrics)
+        return Response(body, content_type=content_type)
 
     @app.errorhandler(404)
     async def not_found(_: Exception) -> Response:

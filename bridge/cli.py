@@ -20,8 +20,10 @@ import trio
 
 from bridge.config import Config, ConfigError, load_config, render_config
 from bridge.keys import GatewayKey, KeyStore
+from bridge.logs import configure_logging
 from bridge.recording.store import GROUP_BY, StoreError, open_store
 from bridge.reports import format_usage, parse_since
+from bridge.tracing import configure_tracing
 
 __all__ = ["main"]
 
@@ -34,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="path to bridge.toml")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
-    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides observability.log_level)"
+    )
 
     check = commands.add_parser("check-config", help="validate and print the configuration")
     check.add_argument("--config", help="path to bridge.toml")
@@ -119,9 +123,11 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port if args.port is not None else config.server.port,
         )
         config = replace(config, server=server)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    observability = config.observability
+    if args.log_level is not None:
+        observability = replace(observability, log_level=args.log_level.upper())
+    configure_logging(observability)
+    stop_tracing = configure_tracing()
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -129,7 +135,10 @@ def _serve(args: argparse.Namespace) -> int:
             for url in binds:
                 logging.getLogger("bridge").info("bridge listening on %s", url)
 
-    trio.run(run)
+    try:
+        trio.run(run)
+    finally:
+        stop_tracing()
     return 0
 
 

@@ -23,8 +23,10 @@ from bridge.breaker import Breakers
 from bridge.config import Config
 from bridge.core.engine import Engine, open_engine
 from bridge.core.exchange import Request
+from bridge.metrics import Metrics
 from bridge.recording.recorder import Recorder
 from bridge.recording.store import Store
+from bridge.tracing import Tracer
 
 __all__ = ["Bridge", "Response", "StreamedResponse", "open_bridge"]
 
@@ -126,6 +128,11 @@ class Bridge:
         return self._engine.inflight
 
     @property
+    def metrics(self) -> Metrics:
+        """The Prometheus metrics of this bridge."""
+        return self._engine.metrics
+
+    @property
     def breakers(self) -> Breakers:
         """The circuit breakers created so far; ``snapshot()`` lists their states."""
         return self._engine.breakers
@@ -181,14 +188,15 @@ class Bridge:
 
 @asynccontextmanager
 async def open_bridge(
-    config: Config | None = None, *, store: Store | None = None
+    config: Config | None = None, *, store: Store | None = None, tracer: Tracer | None = None
 ) -> AsyncIterator[Bridge]:
     """Run a bridge for the duration of the block.
 
     ``config`` defaults to the built-in defaults (no file, no environment);
     ``store`` replaces the store named by ``recording.database``, e.g. a
-    :class:`~bridge.recording.MemoryStore` in tests. On exit every queued record is
+    :class:`~bridge.recording.MemoryStore` in tests; ``tracer`` the tracer of the
+    global OpenTelemetry provider. On exit every queued record is
     written before this returns.
     """
-    async with open_engine(config or Config(), store=store) as engine:
+    async with open_engine(config or Config(), store=store, tracer=tracer) as engine:
         yield Bridge(engine)

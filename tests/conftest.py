@@ -31,10 +31,11 @@ from bridge import (
     ServerConfig,
     open_bridge,
 )
-from bridge.config import MCPConfig
+from bridge.config import MCPConfig, ObservabilityConfig
 from bridge.mock_upstream import MockUpstream
 from bridge.recording.sqlite import SQLiteStore
 from bridge.server import hypercorn_config
+from bridge.tracing import Tracer
 
 
 def is_inner_loop(name: str) -> bool:
@@ -128,9 +129,14 @@ class Gateway:
             await self.bridge.recorder.flush()
 
 
-async def run_gateway(config: Config, *, task_status: trio.TaskStatus[tuple[Bridge, str]]) -> None:
+async def run_gateway(
+    config: Config,
+    *,
+    tracer: Tracer | None = None,
+    task_status: trio.TaskStatus[tuple[Bridge, str]],
+) -> None:
     """Serve ``config`` on loopback like ``bridge serve`` does, reporting (bridge, url)."""
-    async with open_bridge(config) as bridge, trio.open_nursery() as nursery:
+    async with open_bridge(config, tracer=tracer) as bridge, trio.open_nursery() as nursery:
         binds = await nursery.start(
             partial(hypercorn_serve, bridge.asgi_app, hypercorn_config(config))  # type: ignore[arg-type]
         )
@@ -195,6 +201,8 @@ def start_gateway(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> 
         upstream_url: str | None = None,
         mcp: MCPConfig | None = None,
         provider_changes: dict[str, Any] | None = None,
+        observability: ObservabilityConfig | None = None,
+        tracer: Tracer | None = None,
     ) -> Gateway:
         config = gateway_config(tmp_path, mock.port, **(server_changes or {}))  # type: ignore[attr-defined]
         if auth is not None:
@@ -210,7 +218,9 @@ def start_gateway(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> 
                 for p in config.providers
             )
             config = replace(config, providers=providers)
-        bridge, url = await nursery.start(partial(run_gateway, config))
+        if observability is not None:
+            config = replace(config, observability=observability)
+        bridge, url = await nursery.start(partial(run_gateway, config, tracer=tracer))
         return Gateway(bridge, url, mock)
 
     return start

@@ -14,10 +14,12 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Protocol
 
 import trio
 
+from bridge.apidump import APIDump
 from bridge.auth import Actor, Identity, identify, identity_headers
 from bridge.breaker import Breakers, BreakerSettings, CircuitBreaker, StateChange
 from bridge.config import BreakerConfig, Config
@@ -28,11 +30,13 @@ from bridge.dialects import DIALECTS
 from bridge.errors import ClientError, NotFound, Unauthorized
 from bridge.keys import KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
+from bridge.metrics import Metrics
 from bridge.providers import Credential, Provider, Route, RouteKind
 from bridge.recording.recorder import Recorder, open_recorder
 from bridge.recording.records import new_id, utcnow
 from bridge.recording.store import Store, open_store
 from bridge.resilience import KeyPool
+from bridge.tracing import SPAN_PASSTHROUGH, Tracer
 from bridge.upstream import UpstreamClient
 
 __all__ = ["KEY_TOUCH_INTERVAL", "Engine", "open_engine"]
@@ -53,14 +57,22 @@ class Engine:
         store: Store,
         upstreams: dict[str, UpstreamClient],
         hub: ToolHub | None = None,
+        metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics(config.observability.metrics_prefix)
+        """The gateway's Prometheus metrics."""
+        self.tracer = tracer or Tracer()
+        dump_dir = config.observability.dump_dir
+        self.dump = APIDump(Path(dump_dir)) if dump_dir else None
+        """The API dump, when ``observability.dump_dir`` is set."""
         self.hub = hub
         """The MCP tool hub, if any MCP server is configured."""
         self.recorder = recorder
         self.store = store
         self.providers = {p.name: Provider(p) for p in config.providers}
-        self.breakers = Breakers(on_change=_log_state_change)
+        self.breakers = Breakers(on_change=self._breaker_changed)
         """One circuit breaker per provider, endpoint and model (for providers that opt in)."""
         self.pools = {
             p.name: KeyPool(
@@ -93,8 +105,9 @@ class Engine:
             return Identity(request.actor)
         try:
             return await identify(self.config.auth, request.headers, self._find_actor)
-        except Unauthorized:
+        except Unauthorized as exc:
             self.auth_failures[request.client_address or "unknown"] += 1
+            self.metrics.auth_failure("missing" if str(exc).startswith("missing") else "invalid")
             raise
 
     async def _find_actor(self, secret: str) -> Actor | None:
@@ -123,6 +136,13 @@ class Engine:
                 )
             return provider.centralized(provider.config.key)
         return provider.credential(list(request.headers))
+
+    def _breaker_changed(self, change: StateChange) -> None:
+        _log_state_change(change)
+        provider, endpoint, model = change.name.split(":", 2)
+        self.metrics.breaker_changed(
+            provider=provider, endpoint=endpoint, model=model, state=change.to_state.gauge
+        )
 
     def _breaker(self, route: Route, model: str) -> CircuitBreaker | None:
         settings = self._breaker_settings.get(route.provider.name)
@@ -185,14 +205,23 @@ class Engine:
             actor = identity.actor
             strip = (*self._strip, *identity.strip)
             if route.kind is RouteKind.PASSTHROUGH:
-                await passthrough(
-                    route,
-                    request,
-                    sink,
-                    self._upstreams[route.provider.name],
-                    error_body=dialect.error_body(502, "the upstream is unreachable"),
-                    strip=strip,
+                self.metrics.passthrough(
+                    provider=route.provider.name, route=route.suffix, method=request.method
                 )
+                span = {
+                    "passthrough_url": route.suffix,
+                    "passthrough_upstream_url": route.upstream_url(""),
+                    "passthrough_method": request.method,
+                }
+                with self.tracer.span(SPAN_PASSTHROUGH, span):
+                    await passthrough(
+                        route,
+                        request,
+                        sink,
+                        self._upstreams[route.provider.name],
+                        error_body=dialect.error_body(502, "the upstream is unreachable"),
+                        strip=strip,
+                    )
                 return
             assert route.dialect is not None
             bridged = DIALECTS[route.dialect]
@@ -217,6 +246,9 @@ class Engine:
                 pool=self.pools.get(route.provider.name),
                 max_retries=route.provider.config.max_retries,
                 sleep=self._sleep,
+                metrics=self.metrics,
+                tracer=self.tracer,
+                dump=self.dump,
             )
             await intercept(ix, sink, ping_interval=self.config.server.ping_interval)
         except ClientError as exc:
@@ -285,7 +317,9 @@ _GENERIC = _GenericErrors()
 
 
 @asynccontextmanager
-async def open_engine(config: Config, *, store: Store | None = None) -> AsyncIterator[Engine]:
+async def open_engine(
+    config: Config, *, store: Store | None = None, tracer: Tracer | None = None
+) -> AsyncIterator[Engine]:
     """Open the store, the recorder and the upstream pools; close them in reverse.
 
     On exit, in-flight work is the caller's to have finished or cancelled; the
@@ -309,4 +343,4 @@ async def open_engine(config: Config, *, store: Store | None = None) -> AsyncIte
         hub = None
         if config.mcp.servers:
             hub = await stack.enter_async_context(open_tool_hub(config.mcp))
-        yield Engine(config, recorder, store, upstreams, hub)
+        yield Engine(config, recorder, store, upstreams, hub, tracer=tracer)

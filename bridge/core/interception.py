@@ -17,14 +17,18 @@ Rules of this module:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
+from bridge.apidump import APIDump
 from bridge.auth import Actor
 from bridge.breaker import CircuitBreaker, Ticket
 from bridge.clients import guess_client, session_id
@@ -48,7 +52,9 @@ from bridge.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from bridge.logs import interception_log
 from bridge.mcp_tools import Tool, ToolHub
+from bridge.metrics import Metrics
 from bridge.providers import Credential, Route, forwardable_response_headers
 from bridge.recording.recorder import Recorder
 from bridge.recording.records import (
@@ -66,6 +72,19 @@ from bridge.recording.records import (
 from bridge.resilience import Key, KeyPool, NoKeyAvailable, next_step
 from bridge.sse import Decoder, Event
 from bridge.sse import UpstreamProtocolError as SSEProtocolError
+from bridge.tracing import (
+    SPAN_INTERCEPT,
+    SPAN_PROCESS_REQUEST,
+    SPAN_RECORD_INTERCEPTION,
+    SPAN_RECORD_INTERCEPTION_ENDED,
+    SPAN_RECORD_MODEL_THOUGHT,
+    SPAN_RECORD_PROMPT_USAGE,
+    SPAN_RECORD_TOKEN_USAGE,
+    SPAN_RECORD_TOOL_USAGE,
+    SPAN_TOOL_CALL,
+    SPAN_UPSTREAM,
+    Tracer,
+)
 from bridge.upstream import MAX_ERROR_BODY, UpstreamClient, UpstreamResponse
 
 __all__ = ["RECORD_DEADLINE", "Interception", "intercept"]
@@ -104,6 +123,14 @@ class Interception:
     sleep: Callable[[float], Awaitable[None]] = trio.sleep
     """How retries wait (tests pass a recording fake)."""
     rejected: bool = False
+    outcome: Outcome = Outcome.FAILED
+    metrics: Metrics | None = None
+    tracer: Tracer = field(default_factory=Tracer)
+    waited: float = 0.0
+    """Seconds spent waiting for the upstream and for tools (the rest is the gateway's)."""
+    client: str = "Unknown"
+    dump: APIDump | None = None
+    """Writes every upstream request and response to files (``observability.dump_dir``)."""
     client_gone: bool = False
     prompt_recorded: bool = False
     failure: str | None = None
@@ -122,7 +149,66 @@ async def intercept(ix: Interception, sink: ResponseSink, *, ping_interval: floa
     the client may have seen a prefix of the response, the upstream is closed, what
     was learnt is recorded with outcome ``failed``, and ``Cancelled`` propagates.
     """
-    await ix.recorder.record(_started_record(ix))
+    started = time.perf_counter()
+    record = _started_record(ix)
+    ix.client = record.client
+    attributes = ix.tracer.interception_attributes(
+        request_path=ix.request.path,
+        interception_id=ix.id,
+        user_id=ix.actor.id,
+        provider=ix.route.provider.name,
+        model=ix.parsed.model,
+        streaming=ix.parsed.stream,
+    )
+    with ix.tracer.span(SPAN_INTERCEPT, attributes):
+        with ix.tracer.span(SPAN_RECORD_INTERCEPTION, attributes):
+            await ix.recorder.record(record)
+        if ix.metrics is not None:
+            ix.metrics.interception_started(
+                provider=ix.route.provider.name, model=ix.parsed.model, route=ix.route.suffix
+            )
+        try:
+            outcome = await _intercept(ix, sink, ping_interval=ping_interval)
+        finally:
+            _ended_metrics(ix, started)
+    return outcome
+
+
+def _ended_metrics(ix: Interception, started: float) -> None:
+    duration = time.perf_counter() - started
+    if ix.metrics is not None:
+        ix.metrics.interception_ended(
+            provider=ix.route.provider.name,
+            model=ix.parsed.model,
+            route=ix.route.suffix,
+            method=ix.request.method,
+            initiator_id=ix.actor.id,
+            client=ix.client,
+            status=ix.outcome.value,
+            duration=duration,
+            added=max(0.0, duration - ix.waited),
+        )
+    totals = [t.usage for t in ix.turns if t.usage is not None]
+    logger.info(
+        "interception ended",
+        extra=interception_log(
+            interception_id=ix.id,
+            user=ix.actor.id,
+            provider=ix.route.provider.name,
+            model=ix.parsed.model,
+            outcome=ix.outcome.value,
+            duration_ms=round(duration * 1000, 3),
+            input_tokens=sum(u.input for u in totals),
+            output_tokens=sum(u.output for u in totals),
+            cache_read=sum(u.cache_read for u in totals),
+            cache_write=sum(u.cache_write for u in totals),
+            client=ix.client,
+            streaming=ix.parsed.stream,
+        ),
+    )
+
+
+async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: float) -> Outcome:
     relay = Relay(sink)
     outcome: Outcome = Outcome.FAILED
     error: str | None = "cancelled: the gateway is shutting down"
@@ -132,7 +218,8 @@ async def intercept(ix: Interception, sink: ResponseSink, *, ping_interval: floa
             ping = ix.dialect.ping_frame()
             if ix.parsed.stream and ping is not None:
                 nursery.start_soon(relay.keep_alive, ping, ping_interval)
-            await _run(ix, relay)
+            with ix.tracer.span(SPAN_PROCESS_REQUEST):
+                await _run(ix, relay)
             nursery.cancel_scope.cancel()
         if ix.client_gone and not relay.complete:
             outcome, error = Outcome.CLIENT_DISCONNECTED, "the client disconnected"
@@ -143,8 +230,10 @@ async def intercept(ix: Interception, sink: ResponseSink, *, ping_interval: floa
         else:
             outcome, error = Outcome.COMPLETED, None
     finally:
+        ix.outcome = outcome
         with trio.move_on_after(RECORD_DEADLINE, shield=True):
-            await ix.recorder.record(InterceptionEnded(ix.id, outcome, error))
+            with ix.tracer.span(SPAN_RECORD_INTERCEPTION_ENDED):
+                await ix.recorder.record(InterceptionEnded(ix.id, outcome, error))
     if not ix.client_gone:
         # The client sees the end of the body only once the records are queued.
         await relay.close()
@@ -296,9 +385,13 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
         headers = provider.upstream_headers(
             list(ix.request.headers), credential, strip=ix.strip_headers, actor=ix.actor
         )
+        dump_base = _dump_request(ix, url, headers, body)
         try:
-            response = await ix.upstream.send("POST", url, headers, body)
-        except UpstreamUnavailable:
+            with ix.tracer.span(SPAN_UPSTREAM):
+                response = await ix.upstream.send("POST", url, headers, body)
+        except UpstreamUnavailable as exc:
+            if ix.dump is not None and dump_base is not None:
+                ix.dump.write_error(dump_base, str(exc))
             _judge(ix, ticket, None)
             step = next_step(
                 None,
@@ -316,6 +409,12 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
             attempt, key = step.attempt, step.key
             continue
         _judge(ix, ticket, response.status)
+        if ix.dump is not None and dump_base is not None:
+            response.tee = ix.dump.open_response(dump_base, response.status, response.headers).write
+        if ix.metrics is not None:
+            ix.metrics.upstream_ttfb(
+                provider=provider.name, model=ix.parsed.model, seconds=response.waited
+            )
         step = next_step(
             response.status,
             dict(response.headers),
@@ -328,13 +427,26 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
         )
         if step.action in ("done", "give_up"):
             break
+        ix.waited += response.waited
         await response.aclose()
         await ix.sleep(step.delay)
         attempt, key = step.attempt, step.key
     try:
         yield response
     finally:
+        ix.waited += response.waited
         await response.aclose()
+
+
+def _dump_request(
+    ix: Interception, url: str, headers: list[tuple[str, str]], body: bytes
+) -> Path | None:
+    """Write the request to the API dump (a debugging aid, off by default), if on."""
+    if ix.dump is None:
+        return None
+    base = ix.dump.request_path(ix.route.provider.name, ix.parsed.model, ix.id)
+    ix.dump.write_request(base, "POST", url, headers, body)
+    return base
 
 
 def _choose_key(ix: Interception, pool: KeyPool | None, tried: set[int]) -> Key | None:
@@ -355,6 +467,10 @@ def _admit(ix: Interception) -> Ticket | None:
     ticket = ix.breaker.allow()
     if ticket is None:
         ix.rejected = True
+        if ix.metrics is not None:
+            ix.metrics.breaker_rejected(
+                provider=ix.route.provider.name, endpoint=ix.route.suffix, model=ix.parsed.model
+            )
         raise CircuitOpen("circuit breaker is open", ix.breaker.retry_after())
     return ticket
 
@@ -388,7 +504,30 @@ async def _run_tool(ix: Interception, response_id: str, call: ToolCall) -> ToolO
         outcome = ToolOutcome(call, error=f"tool {call.name} is not available")
         server_url = None
     else:
-        result = await ix.hub.call(tool, arguments, actor=ix.actor, timeout=ix.call_timeout)
+        started = time.perf_counter()
+        mcp_attributes = {
+            "mcp_tool_name": tool.name,
+            "mcp_server_name": tool.server,
+            "mcp_server_url": tool.server_url,
+            "mcp_input": json.dumps(arguments)[:100],
+        }
+        with ix.tracer.span(SPAN_TOOL_CALL, mcp_attributes):
+            result = await ix.hub.call(tool, arguments, actor=ix.actor, timeout=ix.call_timeout)
+        seconds = time.perf_counter() - started
+        ix.waited += seconds
+        if ix.metrics is not None:
+            kind = "ok" if result.error is None and not result.is_error else "error"
+            if result.error is not None and "timed out" in result.error:
+                kind = "timeout"
+            ix.metrics.mcp_tool_call(
+                server=tool.server, name=tool.name, outcome=kind, seconds=seconds
+            )
+            ix.metrics.injected_tool_invocation(
+                provider=ix.route.provider.name,
+                model=ix.parsed.model,
+                server=tool.server_url,
+                name=tool.name,
+            )
         outcome = ToolOutcome(
             call,
             content=result.content,
@@ -521,7 +660,45 @@ async def _record_turn(ix: Interception, result: TurnResult) -> None:
     )
     records.extend(ModelThought(ix.id, content, source) for source, content in result.thoughts)
     for record in records:
-        await ix.recorder.record(record)
+        with ix.tracer.span(_RECORD_SPANS[type(record)]):
+            await ix.recorder.record(record)
+    if ix.metrics is not None:
+        _turn_metrics(ix, ix.metrics, records)
+
+
+def _turn_metrics(ix: Interception, metrics: Metrics, records: list[Record]) -> None:
+    labels = {
+        "provider": ix.route.provider.name,
+        "model": ix.parsed.model,
+        "initiator_id": ix.actor.id,
+        "client": ix.client,
+    }
+    for record in records:
+        if isinstance(record, PromptUsage):
+            metrics.prompt(**labels)
+        elif isinstance(record, TokenUsage):
+            counts = {
+                "input": record.input,
+                "output": record.output,
+                "cache_read_input_tokens": record.cache_read,
+                "cache_write_input_tokens": record.cache_write,
+                "reasoning": record.reasoning,
+                "web_search_requests": record.web_search_requests,
+                **record.extra,
+            }
+            metrics.tokens(**labels, counts={k: max(0, v) for k, v in counts.items()})
+        elif isinstance(record, ToolUsage):
+            metrics.non_injected_tool_selection(
+                provider=ix.route.provider.name, model=ix.parsed.model, name=record.tool
+            )
+
+
+_RECORD_SPANS: dict[type[Record], str] = {
+    PromptUsage: SPAN_RECORD_PROMPT_USAGE,
+    TokenUsage: SPAN_RECORD_TOKEN_USAGE,
+    ToolUsage: SPAN_RECORD_TOOL_USAGE,
+    ModelThought: SPAN_RECORD_MODEL_THOUGHT,
+}
 
 
 def new_interception_id() -> str:

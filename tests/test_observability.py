@@ -1,0 +1,221 @@
+"""Observability over real HTTP: metrics, spans, the interception log line, the API dump."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.config import ObservabilityConfig
+from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+from bridge.tracing import Tracer
+
+from .conftest import CENTRAL_KEY, Gateway
+
+SCENARIOS = load_scenarios(FIXTURES_DIR)
+
+
+def request_of(name: str, *, stream: bool) -> dict[str, Any]:
+    return {**(SCENARIOS[name].request or {}), "stream": stream}
+
+
+async def call(gateway: Gateway, path: str, name: str, *, stream: bool = False) -> httpx2.Response:
+    async with httpx2.AsyncClient() as client:
+        return await client.post(
+            f"{gateway.url}{path}",
+            json=request_of(name, stream=stream),
+            headers={"x-mock-scenario": name, "user-agent": "claude-cli/2.0 (external)"},
+        )
+
+
+async def scrape(gateway: Gateway) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with httpx2.AsyncClient() as client:
+        response = await client.get(f"{gateway.url}/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], metric: str, **labels: str
+) -> float:
+    return samples.get((metric, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_after_representative_scenarios(gateway: Gateway) -> None:
+    await call(gateway, "/anthropic/v1/messages", "anthropic_cache")
+    await call(gateway, "/anthropic/v1/messages", "anthropic_parallel_tools", stream=True)
+    await call(gateway, "/anthropic/v1/messages", "anthropic_error_400")
+    async with httpx2.AsyncClient() as client:
+        await client.get(f"{gateway.url}/anthropic/v1/models")
+    await gateway.flush()
+    samples = await scrape(gateway)
+    base = {
+        "provider": "anthropic",
+        "route": "/v1/messages",
+        "method": "POST",
+        "initiator_id": "anonymous",
+        "client": "Claude Code",
+    }
+    cache_model = SCENARIOS["anthropic_cache"].request["model"]  # type: ignore[index]
+    tools_model = SCENARIOS["anthropic_parallel_tools"].request["model"]  # type: ignore[index]
+    completed = value(samples, "interceptions_total", **base, model=cache_model, status="completed")
+    completed += (
+        0
+        if tools_model == cache_model
+        else value(samples, "interceptions_total", **base, model=tools_model, status="completed")
+    )
+    assert completed == 2
+    model_400 = SCENARIOS["anthropic_error_400"].request["model"]  # type: ignore[index]
+    assert value(samples, "interceptions_total", **base, model=model_400, status="failed") == 1
+    usage = SCENARIOS["anthropic_cache"].expect.usage
+    assert usage is not None
+    token_labels = {
+        "provider": "anthropic",
+        "model": cache_model,
+        "initiator_id": "anonymous",
+        "client": "Claude Code",
+    }
+    if cache_model != tools_model:
+        assert (
+            value(samples, "tokens_total", **token_labels, type="cache_read_input_tokens")
+            == usage.cache_read
+        )
+        assert (
+            value(samples, "tokens_total", **token_labels, type="cache_write_input_tokens")
+            == usage.cache_write
+        )
+    assert (
+        value(
+            samples,
+            "non_injected_tool_selections_total",
+            provider="anthropic",
+            model=tools_model,
+            name="get_weather",
+        )
+        == 2
+    )
+    assert (
+        value(samples, "passthrough_total", provider="anthropic", route="/v1/models", method="GET")
+        == 1
+    )
+    assert (
+        value(
+            samples,
+            "interceptions_inflight",
+            provider="anthropic",
+            model=cache_model,
+            route="/v1/messages",
+        )
+        == 0
+    )
+    assert (
+        value(
+            samples, "interceptions_duration_seconds_count", provider="anthropic", model=cache_model
+        )
+        >= 1
+    )
+    assert (
+        value(samples, "upstream_ttfb_seconds_count", provider="anthropic", model=cache_model) >= 1
+    )
+    assert (
+        value(samples, "gateway_added_seconds_count", provider="anthropic", model=cache_model) >= 1
+    )
+    prompts = sum(v for (name, _), v in samples.items() if name == "prompts_total")
+    assert prompts == 3
+    assert value(samples, "recorder_records_total", outcome="written") > 0
+
+
+async def test_metrics_prefix(start_gateway: Any) -> None:
+    gateway: Gateway = await start_gateway(
+        observability=ObservabilityConfig(metrics_prefix="bridge_")
+    )
+    await call(gateway, "/anthropic/v1/messages", "anthropic_text")
+    samples = await scrape(gateway)
+    assert any(name == "bridge_interceptions_total" for name, _ in samples)
+    assert not any(name == "interceptions_total" for name, _ in samples)
+
+
+@pytest.fixture
+def spans() -> tuple[Tracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracer(provider.get_tracer("bridge")), exporter
+
+
+async def test_span_set_of_a_streaming_interception(start_gateway: Any, spans: Any) -> None:
+    tracer, exporter = spans
+    gateway: Gateway = await start_gateway(tracer=tracer)
+    await call(gateway, "/anthropic/v1/messages", "anthropic_tool_call", stream=True)
+    await gateway.flush()
+    names = sorted(span.name for span in exporter.get_finished_spans())
+    assert names == sorted(
+        [
+            "Intercept",
+            "Intercept.RecordInterception",
+            "Intercept.ProcessRequest",
+            "Intercept.ProcessRequest.Upstream",
+            "Intercept.RecordPromptUsage",
+            "Intercept.RecordTokenUsage",
+            "Intercept.RecordToolUsage",
+            "Intercept.RecordInterceptionEnded",
+        ]
+    )
+    [root] = [s for s in exporter.get_finished_spans() if s.name == "Intercept"]
+    attributes = dict(root.attributes or {})
+    assert set(attributes) == {
+        "request_path",
+        "interception_id",
+        "user_id",
+        "provider",
+        "model",
+        "streaming",
+    }
+    assert attributes["streaming"] is True
+    assert all(s.context.trace_id == root.context.trace_id for s in exporter.get_finished_spans())
+
+
+async def test_one_log_line_per_interception_end(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.interception")
+    await call(gateway, "/anthropic/v1/messages", "anthropic_cache")
+    await gateway.flush()
+    [record] = [r for r in caplog.records if r.getMessage() == "interception ended"]
+    usage = SCENARIOS["anthropic_cache"].expect.usage
+    assert usage is not None
+    assert record.outcome == "completed"  # type: ignore[attr-defined]
+    assert record.user == "anonymous"  # type: ignore[attr-defined]
+    assert record.input_tokens == usage.input  # type: ignore[attr-defined]
+    assert record.cache_read == usage.cache_read  # type: ignore[attr-defined]
+
+
+async def test_api_dump_writes_masked_request_and_response_files(
+    start_gateway: Any, tmp_path: Path
+) -> None:
+    dump = tmp_path / "dump"
+    gateway: Gateway = await start_gateway(observability=ObservabilityConfig(dump_dir=str(dump)))
+    await call(gateway, "/anthropic/v1/messages", "anthropic_text", stream=True)
+    await gateway.flush()
+    files = sorted(p for p in dump.rglob("*") if p.is_file())
+    assert [p.suffixes[-2:] for p in files] == [[".req", ".txt"], [".resp", ".txt"]]
+    request, response = (p.read_text() for p in files)
+    assert request.startswith("POST http://127.0.0.1:")
+    assert '"messages"' in request
+    assert response.startswith("HTTP/1.1 200")
+    assert "event: message_stop" in response
+    everything = "".join(p.read_text(errors="replace") for p in files)
+    assert CENTRAL_KEY not in everything
+    assert json.dumps(CENTRAL_KEY)[1:-1] not in everything

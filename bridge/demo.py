@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import anthropic
+import httpx2
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
@@ -111,6 +112,28 @@ async def _serve_mcp(*, task_status: trio.TaskStatus[str]) -> None:
         task_status.started(urls[0] + "/mcp")
 
 
+# The metric families the demo prints from its own scrape of /metrics.
+_SHOWN_METRICS = (
+    "interceptions_total",
+    "tokens_total",
+    "prompts_total",
+    "injected_tool_invocations_total",
+    "non_injected_tool_selections_total",
+    "mcp_tool_call_seconds_count",
+    "gateway_added_seconds_sum",
+    "gateway_added_seconds_count",
+)
+
+
+async def _show_metrics(gateway: str) -> None:
+    async with httpx2.AsyncClient() as client:
+        text = (await client.get(f"{gateway}/metrics")).text
+    print("\nfrom GET /metrics (excerpt):\n")
+    for line in text.splitlines():
+        if line.startswith(_SHOWN_METRICS):
+            print("  " + line)
+
+
 async def _demo(directory: Path) -> None:
     database = f"sqlite:///{directory / 'bridge.db'}"
     async with trio.open_nursery() as nursery:
@@ -142,6 +165,7 @@ async def _demo(directory: Path) -> None:
         print(f"mock upstream on http://127.0.0.1:{mock_port}, MCP server on {mcp_url}")
         print(f"gateway on {gateway}\n")
         await _requests(f"{gateway}/anthropic")
+        await _show_metrics(gateway)
         serving.cancel()
         nursery.cancel_scope.cancel()
     store = open_store(database)

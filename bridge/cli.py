@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 
 import trio
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="path to bridge.toml")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--workers", type=int, help="processes sharing the port (overrides server.workers)"
+    )
     serve.add_argument(
         "--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides observability.log_level)"
     )
@@ -111,22 +115,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from bridge.server import serve
+    from bridge.server import run_workers
 
     config = _load(args)
-    if args.host is not None or args.port is not None:
-        server = replace(
-            config.server,
-            host=args.host if args.host is not None else config.server.host,
-            port=args.port if args.port is not None else config.server.port,
-        )
-        config = replace(config, server=server)
+    server = replace(
+        config.server,
+        host=args.host if args.host is not None else config.server.host,
+        port=args.port if args.port is not None else config.server.port,
+        workers=args.workers if args.workers is not None else config.server.workers,
+    )
     observability = config.observability
     if args.log_level is not None:
         observability = replace(observability, log_level=args.log_level.upper())
-    configure_logging(observability)
+    config = replace(config, server=server, observability=observability)
+    if config.server.workers > 1:
+        return run_workers(config, serve_worker)
+    serve_worker(config)
+    return 0
+
+
+def serve_worker(config: Config) -> None:
+    """One gateway process: logging, tracing, then serve until a signal."""
+    from bridge.server import serve
+
+    configure_logging(config.observability)
     stop_tracing = configure_tracing()
 
     async def run() -> None:
@@ -137,9 +149,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         trio.run(run)
+    except KeyboardInterrupt:
+        pass
     finally:
         stop_tracing()
-    return 0
 
 
 def _usage(args: argparse.Namespace) -> int:

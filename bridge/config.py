@@ -452,6 +452,7 @@ _SERVER_RULES: Final[Mapping[str, _Rule]] = {
     "grace_period": _seconds(0, inclusive=True),
     "backlog": _integer(1),
     "ping_interval": _seconds(0, inclusive=False),
+    "workers": _integer(1, 64),
 }
 _AUTH_RULES: Final[Mapping[str, _Rule]] = {
     "mode": _choice(list(AUTH_MODES)),
@@ -573,6 +574,7 @@ class ServerConfig:
     grace_period: float = 30 * SECONDS  # on shutdown, in-flight requests get this long
     backlog: int = 1024
     ping_interval: float = 10 * SECONDS  # keep-alive ping on a silent Anthropic stream
+    workers: int = 1  # Trio processes sharing the port (one per core)
 
     def __post_init__(self) -> None:
         _check_fields(self, "server", _SERVER_RULES)

@@ -9,12 +9,23 @@ Shutdown, on SIGINT or SIGTERM:
 
 A second signal skips the grace period: everything is cancelled at once, and the
 recorder is still drained.
+
+With ``server.workers`` > 1, :func:`run_workers` starts that many processes, each a
+Trio program serving the same port (``SO_REUSEPORT``: the kernel spreads connections),
+and points prometheus-client at a shared directory so ``/metrics`` on any worker
+shows the totals of all (stack-notes.md, section 7).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import shutil
 import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -22,8 +33,9 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from bridge.config import Config
 from bridge.gateway import open_bridge
+from bridge.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
-__all__ = ["serve"]
+__all__ = ["hypercorn_config", "run_workers", "serve"]
 
 logger = logging.getLogger("bridge.server")
 
@@ -42,6 +54,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.h11_max_incomplete_size = 64 * 1024
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.workers = server.workers  # > 1: the socket is bound with SO_REUSEPORT
     return hc
 
 
@@ -76,3 +89,43 @@ async def _on_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
                 logger.warning("second signal: cancelling in-flight requests now")
                 scope.cancel()
                 return
+
+
+def _worker_main(worker: Callable[[Config], None], config: Config) -> None:
+    # Its own process group: a terminal's Ctrl-C reaches the parent only, which passes
+    # it on once (twice would mean "stop at once" to the worker).
+    os.setpgrp()
+    worker(config)
+
+
+def run_workers(config: Config, worker: Callable[[Config], None]) -> int:
+    """Run ``worker(config)`` in ``server.workers`` processes until they all exit.
+
+    SIGINT/SIGTERM are passed on to the workers (each drains as :func:`serve` does);
+    the exit status is the first non-zero one of a worker, else 0.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="bridge-metrics-"))
+    prepare_multiprocess_dir(directory)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker_main, args=(worker, config), name=f"bridge-worker-{n}")
+        for n in range(config.server.workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        shutil.rmtree(directory, ignore_errors=True)
+    return next((p.exitcode for p in processes if p.exitcode), 0) or 0

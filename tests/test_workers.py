@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.processes import free_port, mock_process, wait_listening
+from tests.processes import free_port, mock_process, wait_listening
 
 
 def total(text: str, name: str) -> float:

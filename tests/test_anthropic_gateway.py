@@ -7,11 +7,15 @@ result and the rows in SQLite are asserted.
 from __future__ import annotations
 
 import json
+import socket
+import struct
+from functools import partial
 from typing import Any
 
 import anthropic
 import httpx2
 import pytest
+import trio
 
 from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
 from tests.conftest import is_inner_loop
@@ -325,3 +329,62 @@ async def test_health_and_readiness(gateway: Gateway) -> None:
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200
     assert ready.json()["ready"] is True
+
+
+async def _resetting_upstream(stream: trio.SocketStream, *, events_before_reset: int = 2) -> None:
+    """Answers one streaming request with a few events, then resets the connection."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += await stream.receive_some(65536)
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_reset",
+            "type": "message",
+            "role": "assistant",
+            "model": "m",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 11, "output_tokens": 1},
+        },
+    }
+    events = [b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n"]
+    events += [b'event: ping\ndata: {"type": "ping"}\n\n'] * (events_before_reset - 1)
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    await stream.send_all(head + body)
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()  # RST: the upstream dies mid-stream
+
+
+async def test_upstream_reset_mid_stream_is_an_error_event_and_fails(
+    start_gateway: Any, nursery: trio.Nursery
+) -> None:
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, _resetting_upstream, 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    gateway: Gateway = await start_gateway(upstream_url=f"http://127.0.0.1:{port}/")
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(
+            f"{gateway.url}/anthropic/v1/messages",
+            json={
+                "model": "m",
+                "max_tokens": 5,
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
+    assert response.status_code == 200  # the stream had started
+    frames = [f for f in response.text.split("\n\n") if f]
+    assert frames[0].startswith("event: message_start")
+    assert frames[-1].startswith("event: error")
+    assert json.loads(frames[-1].split("data: ", 1)[1])["error"]["type"] == "api_error"
+    await gateway.flush()
+    [row] = gateway.store.interceptions()
+    assert row["outcome"] == "failed"
+    [usage] = gateway.store.token_usages(row["id"])
+    assert usage["input"] == 11  # what was known when the upstream died

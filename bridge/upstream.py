@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import httpx2
 
-from bridge.errors import UpstreamProtocolError, UpstreamUnavailable
+from bridge.errors import BadRequest, UpstreamProtocolError, UpstreamUnavailable
 
 __all__ = ["UpstreamClient", "UpstreamResponse"]
 
@@ -119,7 +119,9 @@ class UpstreamClient:
         a response whose body was not read to the end closes its connection, so a
         cancelled interception stops the provider generating.
         """
-        request = self._client.build_request(method, url, headers=headers, content=body)
+        request = self._client.build_request(
+            method, url, headers=_encode_headers(headers), content=body
+        )
         start = time.perf_counter()
         with _translate():
             response = await self._client.send(request, stream=True)
@@ -142,6 +144,17 @@ class UpstreamClient:
     async def aclose(self) -> None:
         """Close every pooled connection."""
         await self._client.aclose()
+
+
+def _encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Headers as bytes, the way they arrived (HTTP carries latin-1, not only ASCII)."""
+    try:
+        return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    except UnicodeEncodeError as exc:
+        raise BadRequest(
+            f"a request header holds a character HTTP cannot carry ({exc.object[exc.start]!r});"
+            " header values must be latin-1 text"
+        ) from None
 
 
 @contextmanager

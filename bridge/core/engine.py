@@ -219,7 +219,7 @@ class Engine:
                         request,
                         sink,
                         self._upstreams[route.provider.name],
-                        error_body=dialect.error_body(502, "the upstream is unreachable"),
+                        error_body=dialect.error_body,
                         strip=strip,
                     )
                 return

@@ -9,10 +9,12 @@ nursery with a watcher of the client, so a client leaving closes the upstream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from bridge.core.exchange import Request, ResponseSink
-from bridge.errors import UpstreamError
+from bridge.errors import ClientError, UpstreamError
 from bridge.providers import Route, forwardable_response_headers, passthrough_headers
 from bridge.upstream import UpstreamClient
 
@@ -25,10 +27,15 @@ async def passthrough(
     sink: ResponseSink,
     upstream: UpstreamClient,
     *,
-    error_body: bytes,
+    error_body: Callable[[int, str], bytes],
     strip: tuple[str, ...] = (),
 ) -> None:
-    """Relay one request and its response; ``error_body`` answers an unreachable upstream."""
+    """Relay one request and its response; ``error_body`` shapes errors for the provider.
+
+    Failures before the response started are answered here (a 502 for an upstream
+    that cannot be reached, a 4xx for a request that cannot be sent); nothing leaves
+    this function as an exception group.
+    """
     headers = passthrough_headers(
         route.provider,
         list(request.headers),
@@ -52,10 +59,12 @@ async def passthrough(
                 async for chunk in response.chunks():
                     await sink.send(chunk)
                 await sink.end()
-        except UpstreamError:
+        except (UpstreamError, ClientError) as exc:
             if started:
-                raise
-            await sink.start(502, [("content-type", "application/json")])
-            await sink.send(error_body)
+                return  # the client sees the body end early: the upstream failed mid-way
+            message = "the upstream is unreachable" if isinstance(exc, UpstreamError) else str(exc)
+            body = error_body(exc.status_hint, message)
+            await sink.start(exc.status_hint, [("content-type", "application/json")])
+            await sink.send(body)
             await sink.end()
         nursery.cancel_scope.cancel()

@@ -39,6 +39,8 @@ demo: install
 	$(BIN)/python -m bridge.demo
 
 # The real Claude Code and Codex CLIs (from npm) against the gateway and the mock upstream.
+include benchmarks/Makefile.inc
+
 e2e: install
 	npm install -g --silent @anthropic-ai/claude-code @openai/codex
 	BRIDGE_REAL_CLIENTS=1 $(BIN)/python -m pytest -q tests/test_real_clients.py

@@ -1,87 +1,128 @@
-"""Time from a client disconnect to the upstream seeing its connection closed.
+"""Disconnect storm: streams cut at random moments; how fast the gateway closes upstream.
 
-The gateway runs as its own process (``bridge serve``); the mock upstream runs in
-this process, so the client's close and the upstream's observation of the close
-are timed on the same clock. Usage::
-
-    .venv/bin/python -m benchmarks.disconnect --tries 100
+The mock upstream runs in this process (on the load core), so the client's cut and the mock's
+observation of the upstream close are timed on the same trio clock. Each stream carries an
+``x-bench-cut: <n>`` header; :class:`_CutWatchingMock` notes, per stream, when its sending
+stopped because the peer (the gateway) closed. After the storm the gateway must hold no more
+file descriptors than before, and once stopped its database must hold exactly one ended
+interception per stream.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import statistics
+from pathlib import Path
 
+import h11
 import trio
 
-from benchmarks.processes import free_port, gateway_process
-from bridge.mock_upstream import MockUpstream
+from benchmarks.client import Connection, stream_body
+from benchmarks.procstat import fd_count
+from benchmarks.results import Check, Outcome, percentile
+from benchmarks.scenarios import bench_scenarios
+from bridge.mock_upstream import MockUpstream, UpstreamResponse
+from bridge.recording.sqlite import SQLiteStore
 
-BODY = json.dumps(
-    {
-        "model": "claude-sonnet-4-6",
-        "max_tokens": 100,
-        "stream": True,
-        "messages": [{"role": "user", "content": "count slowly"}],
-    }
-).encode()
+__all__ = ["CutWatchingMock", "check_records", "storm"]
 
 
-async def _one(port: int, mock: MockUpstream, index: int, events_before_cut: int) -> float:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    request = (
-        f"POST /anthropic/v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(BODY)}\r\n"
-        "x-mock-scenario: anthropic_slow_stream\r\nx-mock-pace-ms: 10\r\n\r\n"
-    ).encode() + BODY
-    await stream.send_all(request)
-    received = b""
-    while received.count(b"\n\n") < events_before_cut:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            raise RuntimeError("the gateway closed the stream early")
-        received += chunk
-    cut = trio.current_time()
-    await stream.aclose()
-    with trio.fail_after(5):
-        seen = await mock.wait_disconnect(index)
-    return (seen - cut) * 1000
+class CutWatchingMock(MockUpstream):
+    """The mock, noting when each tagged stream stopped because its client left.
+
+    It hooks ``_send_stream`` because the mock's public ``disconnects`` list does not say
+    which stream a disconnect belongs to, and the storm runs many streams at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(bench_scenarios())
+        self.closed: dict[str, float] = {}
+        self.seen: dict[str, trio.Event] = {}
+
+    async def _send_stream(
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        response: UpstreamResponse,
+        pace: float,
+    ) -> bool:
+        cut = self.requests[-1].header("x-bench-cut")  # no checkpoint since it was appended
+        whole = await super()._send_stream(conn, stream, response, pace)
+        if cut is not None and not whole:
+            self.closed[cut] = trio.current_time()
+            self.seen.setdefault(cut, trio.Event()).set()
+        return whole
 
 
-async def _measure(tries: int, upstream_port: int, gateway_port: int) -> list[float]:
-    mock = MockUpstream()
-    results: list[float] = []
-    async with trio.open_nursery() as nursery:
-        await nursery.start(mock.serve, "127.0.0.1", upstream_port)
-        rng = random.Random(7)
-        for index in range(1, tries + 1):
-            results.append(await _one(gateway_port, mock, index, rng.randint(2, 40)))
-        nursery.cancel_scope.cancel()
-    return results
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tries", type=int, default=100)
-    args = parser.parse_args()
-    upstream_port = free_port()
-    with gateway_process(upstream_port) as gateway_port:
-        results = trio.run(_measure, args.tries, upstream_port, gateway_port)
-    results.sort()
-    print(
-        json.dumps(
-            {
-                "tries": len(results),
-                "median_ms": round(statistics.median(results), 2),
-                "p90_ms": round(results[int(len(results) * 0.9) - 1], 2),
-                "max_ms": round(results[-1], 2),
-                "min_ms": round(results[0], 2),
-            }
-        )
+async def _cut_one(port: int, mock: CutWatchingMock, tag: str, events: int) -> float:
+    connection = await Connection.open(port)
+    headers = (
+        (b"x-mock-scenario", b"anthropic_slow_stream"),
+        (b"x-mock-pace-ms", b"10"),
+        (b"x-bench-cut", tag.encode()),
     )
+    seen = mock.seen.setdefault(tag, trio.Event())
+    await connection.stream("/anthropic/v1/messages", stream_body(), headers, stop_after=events)
+    cut = trio.current_time()
+    await connection.aclose()
+    with trio.move_on_after(5):
+        await seen.wait()
+        return (mock.closed[tag] - cut) * 1000
+    return float("inf")
 
 
-if __name__ == "__main__":
-    main()
+async def storm(
+    mock: CutWatchingMock, gateway_port: int, gateway_pid: int, count: int, concurrency: int
+) -> Outcome:
+    """Cut ``count`` streams, ``concurrency`` at a time, each after 1-60 events."""
+    outcome = Outcome("disconnect")
+    await _cut_one(gateway_port, mock, "warm-up", 3)
+    await trio.sleep(0.5)
+    fds_before = fd_count(gateway_pid)
+    rng = random.Random(7)
+    cuts = [rng.randint(1, 60) for _ in range(count)]
+    delays: list[float] = []
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one(index: int) -> None:
+        async with limiter:
+            delays.append(await _cut_one(gateway_port, mock, str(index), cuts[index]))
+
+    async with trio.open_nursery() as nursery:
+        for index in range(count):
+            nursery.start_soon(one, index)
+    fds_after = fd_count(gateway_pid)
+    with trio.move_on_after(5):
+        while fds_after > fds_before:
+            await trio.sleep(0.1)
+            fds_after = fd_count(gateway_pid)
+    median, worst = percentile(delays, 0.5), max(delays)
+    outcome.raw = {"ms": delays, "fds_before": fds_before, "fds_after": fds_after}
+    outcome.checks += [
+        Check(
+            f"upstream closed after cut, median ({count} streams)",
+            "<= 10 ms",
+            f"{median:.2f} ms",
+            median <= 10,
+        ),
+        Check("upstream closed after cut, max", "<= 100 ms", f"{worst:.2f} ms", worst <= 100),
+        Check(
+            "leaked gateway fds after the storm",
+            "0",
+            f"{fds_after - fds_before} ({fds_before} -> {fds_after})",
+            fds_after <= fds_before,
+        ),
+    ]
+    return outcome
+
+
+def check_records(database: Path, expected: int) -> Check:
+    """One ended interception record per stream (read after the gateway stopped)."""
+    with SQLiteStore(database) as store:
+        rows = store.interceptions()
+    ended = sum(1 for row in rows if row["ended_at"] is not None)
+    return Check(
+        "ended interception records after the storm",
+        f"{expected} (one per stream)",
+        f"{len(rows)} interceptions, {ended} ended",
+        len(rows) == expected == ended,
+    )

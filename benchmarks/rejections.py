@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import httpx2
 import trio
@@ -51,15 +48,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
-        config = Path(directory) / "bridge.toml"
-        config.write_text(
-            "[providers.anthropic]\ntype = 'anthropic'\nmax_retries = 0\n"
-            "[providers.anthropic.circuit_breaker]\ntimeout = 600.0\n"
-        )
-        os.environ["BRIDGE_CONFIG"] = str(config)
-        with mock_process() as mock_port, gateway_process(mock_port) as gateway_port:
-            result = trio.run(_measure, gateway_port, args.concurrency, args.seconds)
+    breaker = "[providers.anthropic.circuit_breaker]\ntimeout = 600.0\n"
+    with mock_process() as mock, gateway_process(mock.port, extra_config=breaker) as gateway:
+        result = trio.run(_measure, gateway.port, args.concurrency, args.seconds)
     print(json.dumps({"concurrency": args.concurrency, **result}))
 
 

@@ -1,0 +1,237 @@
+"""Streaming: time to first event, inter-event gaps under many streams, memory, soak.
+
+Each stream is Anthropic :data:`~benchmarks.scenarios.STREAM_64` (64 events) at a paced
+rate. Time to first event and gaps are measured at the client, gateway vs direct in the same
+run. Events are checked one by one: the 59 numbered text deltas must all arrive, each in its
+own SSE frame, in order ("lost", "merged", "reordered" are counted separately as one number
+of faults). CPU per relayed event is the gateway's CPU seconds over the events it relayed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import trio
+
+from benchmarks.client import DIRECT_AUTH, Connection, StreamTrace, blocking_body, stream_body
+from benchmarks.procstat import CpuWindow, rss_bytes
+from benchmarks.results import Check, Outcome, bound_by, percentile
+from benchmarks.scenarios import STREAM_64, STREAM_64_DELTAS
+
+__all__ = ["concurrent_streams", "open_stream_memory", "soak", "time_to_first_event"]
+
+GATEWAY_PATH = "/anthropic/v1/messages"
+DIRECT_PATH = "/v1/messages"
+EVENTS = 64
+
+
+def _headers(pace_ms: int, direct: bool) -> tuple[tuple[bytes, bytes], ...]:
+    own = ((b"x-mock-scenario", STREAM_64.encode()), (b"x-mock-pace-ms", str(pace_ms).encode()))
+    return own + DIRECT_AUTH if direct else own
+
+
+def _target(direct: bool, gateway_port: int, mock_port: int) -> tuple[int, str]:
+    return (mock_port, DIRECT_PATH) if direct else (gateway_port, GATEWAY_PATH)
+
+
+async def _one_stream(
+    port: int, path: str, headers: tuple[tuple[bytes, bytes], ...], stop_after: int | None
+) -> StreamTrace:
+    connection = await Connection.open(port)
+    try:
+        return await connection.stream(path, stream_body(), headers, stop_after=stop_after)
+    finally:
+        await connection.aclose()
+
+
+async def time_to_first_event(gateway_port: int, mock_port: int, samples: int) -> Outcome:
+    """Concurrency 1, a new connection per stream, closed after the first event."""
+    outcome = Outcome("ttfe")
+    times: dict[str, list[float]] = {"gateway": [], "direct": []}
+    for i in range(samples + 5):
+        for direct in (i % 2 == 0, i % 2 == 1):
+            port, path = _target(direct, gateway_port, mock_port)
+            trace = await _one_stream(port, path, _headers(20, direct), 1)
+            if i >= 5:  # the first five pairs warm up
+                times["direct" if direct else "gateway"].append(
+                    (trace.arrivals[0] - trace.started) * 1000
+                )
+    gw, direct_p50 = percentile(times["gateway"], 0.5), percentile(times["direct"], 0.5)
+    outcome.raw["ms"] = times
+    outcome.checks.append(
+        Check(
+            "added time to first event p50, 64 events @ 20 ms",
+            "<= 2 ms",
+            f"{gw - direct_p50:.2f} ms (gw {gw:.2f} / direct {direct_p50:.2f})",
+            gw - direct_p50 <= 2.0,
+        )
+    )
+    return outcome
+
+
+def _faults(trace: StreamTrace) -> int:
+    """Events lost, merged or out of order in one complete stream."""
+    expected = list(range(1, STREAM_64_DELTAS + 1))
+    missing = EVENTS - len(trace.arrivals)
+    wrong = sum(1 for got, want in zip(trace.deltas, expected, strict=False) if got != want)
+    return abs(missing) + wrong + abs(len(trace.deltas) - len(expected)) + (not trace.complete)
+
+
+async def _streams_round(
+    port: int, path: str, headers: tuple[tuple[bytes, bytes], ...], count: int
+) -> list[StreamTrace]:
+    traces: list[StreamTrace] = []
+    connections = [await Connection.open(port) for _ in range(count)]
+
+    async def run(connection: Connection) -> None:
+        traces.append(await connection.stream(path, stream_body(), headers))
+        await connection.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for connection in connections:
+            nursery.start_soon(run, connection)
+    return traces
+
+
+async def concurrent_streams(
+    gateway_port: int, mock_port: int, pids: Mapping[str, int], levels: tuple[int, ...]
+) -> Outcome:
+    """``levels`` concurrent streams at 50 events/s each, direct then gateway per level."""
+    outcome = Outcome("streams")
+    for count in levels:
+        row: dict[str, object] = {}
+        for direct in (True, False):
+            port, path = _target(direct, gateway_port, mock_port)
+            window = CpuWindow(pids)
+            window.start()
+            traces = await _streams_round(port, path, _headers(20, direct), count)
+            window.stop()
+            gaps = [
+                (later - earlier) * 1000
+                for trace in traces
+                for earlier, later in zip(trace.arrivals, trace.arrivals[1:], strict=False)
+            ]
+            events = sum(len(trace.arrivals) for trace in traces)
+            row["direct" if direct else "gateway"] = {
+                "gap_p50_ms": percentile(gaps, 0.5),
+                "gap_p99_ms": percentile(gaps, 0.99),
+                "faults": sum(_faults(trace) for trace in traces),
+                "events": events,
+                "cpu_share": window.share,
+                "cpu_seconds": window.seconds,
+            }
+        outcome.raw[str(count)] = row
+        gw, dr = row["gateway"], row["direct"]
+        assert isinstance(gw, dict)
+        assert isinstance(dr, dict)
+        added = gw["gap_p99_ms"] - dr["gap_p99_ms"]
+        bound = bound_by(gw["cpu_share"])
+        outcome.checks.append(
+            Check(
+                f"added inter-event gap p99, {count} streams @ 50 ev/s",
+                "<= 5 ms" if count >= 300 else "(info)",
+                f"{added:.2f} ms (gw {gw['gap_p99_ms']:.2f} / direct {dr['gap_p99_ms']:.2f})",
+                added <= 5.0 if count >= 300 else None,
+                bound,
+            )
+        )
+        outcome.checks.append(
+            Check(
+                f"events lost/merged/reordered, {count} streams",
+                "0",
+                f"{gw['faults']} of {count * EVENTS} (direct {dr['faults']})",
+                gw["faults"] == 0,
+            )
+        )
+        cpu_us = gw["cpu_seconds"]["gateway"] / max(gw["events"], 1) * 1e6
+        outcome.checks.append(
+            Check(
+                f"gateway CPU per relayed event, {count} streams",
+                "<= 60 us",
+                f"{cpu_us:.0f} us ({gw['cpu_share']['gateway'] * 100:.0f} % of a core)",
+                cpu_us <= 60.0,
+                bound,
+            )
+        )
+    return outcome
+
+
+async def open_stream_memory(gateway_port: int, gateway_pid: int, count: int) -> Outcome:
+    """RSS added per open stream: ``count`` streams held open (1 event/s) after one event."""
+    outcome = Outcome("memory")
+    await _one_stream(gateway_port, GATEWAY_PATH, _headers(1000, False), 1)
+    await trio.sleep(1.0)
+    before = rss_bytes(gateway_pid)
+    connections = [await Connection.open(gateway_port) for _ in range(count)]
+    async with trio.open_nursery() as nursery:
+        for connection in connections:
+            nursery.start_soon(
+                connection.stream, GATEWAY_PATH, stream_body(), _headers(1000, False)
+            )
+        await trio.sleep(3.0)  # every stream has its first events, none has ended
+        during = rss_bytes(gateway_pid)
+        nursery.cancel_scope.cancel()
+    for connection in connections:
+        await connection.aclose()
+    per_stream = (during - before) / count / 1024
+    outcome.raw = {"rss_before": before, "rss_open": during, "streams": count}
+    outcome.checks.append(
+        Check(
+            f"RSS per open stream ({count} open)",
+            "<= 64 KB",
+            f"{per_stream:.1f} KB",
+            per_stream <= 64,
+        )
+    )
+    return outcome
+
+
+async def soak(gateway_port: int, gateway_pid: int, seconds: float) -> Outcome:
+    """Mixed load for ``seconds``: RSS growth from the end of the first fifth to the end."""
+    outcome = Outcome("soak")
+    samples: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    deadline = start + seconds
+    body = blocking_body("anthropic", 9_000)
+    blocking_headers = ((b"x-mock-scenario", b"anthropic_text"),)
+    counts = {"requests": 0, "streams": 0, "errors": 0}
+
+    async def blocking_worker() -> None:
+        connection = await Connection.open(gateway_port)
+        while time.perf_counter() < deadline:
+            status = await connection.post(GATEWAY_PATH, body, blocking_headers)
+            counts["requests" if status == 200 else "errors"] += 1
+        await connection.aclose()
+
+    async def stream_worker() -> None:
+        while time.perf_counter() < deadline:
+            trace = await _one_stream(gateway_port, GATEWAY_PATH, _headers(5, False), None)
+            counts["streams" if _faults(trace) == 0 else "errors"] += 1
+
+    async def sampler() -> None:
+        while time.perf_counter() < deadline:
+            samples.append((time.perf_counter() - start, rss_bytes(gateway_pid)))
+            await trio.sleep(1.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sampler)
+        for _ in range(4):
+            nursery.start_soon(blocking_worker)
+        for _ in range(16):
+            nursery.start_soon(stream_worker)
+    baseline = next(rss for at, rss in samples if at >= seconds / 5)
+    final = samples[-1][1]
+    growth = (final - baseline) / baseline * 100
+    outcome.raw = {"rss": samples, **counts}
+    outcome.checks.append(
+        Check(
+            f"RSS growth over a {seconds:.0f} s soak",
+            "<= 5 %, 0 errors",
+            f"{growth:+.1f} % ({baseline / 2**20:.1f} -> {final / 2**20:.1f} MiB), "
+            f"{counts['requests']} requests + {counts['streams']} streams, "
+            f"{counts['errors']} errors",
+            growth <= 5.0 and counts["errors"] == 0,
+        )
+    )
+    return outcome

@@ -7,6 +7,7 @@ Time is Trio's MockClock: the breaker's open timeout is crossed with
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import httpx2
@@ -210,3 +211,62 @@ async def test_byok_never_fails_over(start_gateway: Any) -> None:
     assert response.status_code == 429
     assert [r.header("x-api-key") for r in gateway.mock.requests] == ["sk-ant-users-own-key-000"]
     assert json.loads(response.content)["error"]["type"] == "rate_limit_error"
+
+
+async def test_a_request_abandoned_while_half_open_does_not_wedge_the_breaker(
+    start_gateway: Any, nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """A client leaving before the upstream answers returns its half-open ticket."""
+    calls = 0
+    stalled = trio.Event()
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        nonlocal calls
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        calls += 1
+        if calls <= 5:
+            status, body = (
+                b"529 Overloaded",
+                b'{"type":"error","error":{"type":"overloaded_error","message":"x"}}',
+            )
+        elif calls == 6:
+            stalled.set()
+            await trio.sleep_forever()  # never answers: the client will give up
+        else:
+            status, body = (
+                b"200 OK",
+                json.dumps(
+                    {
+                        "id": "msg_1",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": "m",
+                        "content": [],
+                        "stop_reason": "end_turn",
+                        "usage": {"input_tokens": 1, "output_tokens": 1},
+                    }
+                ).encode(),
+            )
+        await stream.send_all(
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
+
+    listeners = await nursery.start(partial(trio.serve_tcp, upstream, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    breaker = BreakerConfig(failure_threshold=5, timeout=30, max_requests=1)
+    gateway: Gateway = await start_gateway(
+        upstream_url=f"http://127.0.0.1:{port}/", provider_changes={"circuit_breaker": breaker}
+    )
+    for _ in range(5):
+        assert (await send(gateway, "claude-h")).status_code == 529
+    mock_clock.jump(31)  # half-open: one request may go through
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(send, gateway, "claude-h")
+        await stalled.wait()
+        inner.cancel_scope.cancel()  # that client gives up before any answer
+    await gateway.bridge.wait_idle()
+    assert (await send(gateway, "claude-h")).status_code == 200  # not wedged half-open

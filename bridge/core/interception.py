@@ -408,6 +408,12 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
             await ix.sleep(step.delay)
             attempt, key = step.attempt, step.key
             continue
+        except BaseException:
+            # Cancelled (the client left, or shutdown) before the upstream answered. Its
+            # health is unknown, so this must not count as a failure; but the ticket must
+            # go back, or a half-open breaker would wait for it for ever.
+            _judge(ix, ticket, None, neutral=True)
+            raise
         _judge(ix, ticket, response.status)
         if ix.dump is not None and dump_base is not None:
             response.tee = ix.dump.open_response(dump_base, response.status, response.headers).write
@@ -475,10 +481,16 @@ def _admit(ix: Interception) -> Ticket | None:
     return ticket
 
 
-def _judge(ix: Interception, ticket: Ticket | None, status: int | None) -> None:
-    """Tell the breaker how an attempt went (a connection failure counts as ``None``)."""
+def _judge(
+    ix: Interception, ticket: Ticket | None, status: int | None, *, neutral: bool = False
+) -> None:
+    """Tell the breaker how an attempt went (a connection failure counts as ``None``).
+
+    ``neutral``: the attempt was abandoned, not failed; it is returned as a success.
+    """
     if ix.breaker is not None and ticket is not None:
-        ix.breaker.record(ticket, success=not ix.breaker.settings.is_failure(status))
+        success = neutral or not ix.breaker.settings.is_failure(status)
+        ix.breaker.record(ticket, success=success)
 
 
 async def _run_tools(

@@ -23,7 +23,7 @@ Rule 5: HALF_OPEN admits requests while ``requests < max_requests`` and rejects 
     rest ("too many requests"). Any failure re-opens it (a trip); ``max_requests``
     consecutive successes close it.
 
-What counts as a failure is :meth:`BreakerSettings.is_failure`: by default 503, 504,
+What counts as a failure is :meth:`BreakerConfig.is_failure`: by default 503, 504,
 529 and connection failures/timeouts. 429 is not one: a rate limit is answered by
 retrying and by key failover, not by cutting every user off (design.md, decision 4).
 """
@@ -35,10 +35,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.config import DEFAULT_FAILURE_STATUSES
+from bridge.config import BreakerConfig
 
 __all__ = [
-    "BreakerSettings",
     "Breakers",
     "CircuitBreaker",
     "Counts",
@@ -62,58 +61,6 @@ class State(enum.Enum):
 
 
 _GAUGE = {State.CLOSED: 0.0, State.HALF_OPEN: 0.5, State.OPEN: 1.0}
-
-# Upstream statuses that mean "overloaded, back off": unavailable, gateway timeout,
-# and Anthropic's "overloaded".
-# Overload, not rate limits: 429 is answered by retries and key failover (design.md, item 4).
-_DEFAULT_FAILURES = frozenset(DEFAULT_FAILURE_STATUSES)
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSettings:
-    """How one provider's breakers trip and recover (defaults are the reference's)."""
-
-    failure_threshold: int = 5
-    """Consecutive failures that trip a closed breaker (>= 1)."""
-    interval: float = 10.0
-    """Seconds after which a closed breaker clears its counts; 0 = never."""
-    timeout: float = 30.0
-    """Seconds an open breaker rejects everything before it half-opens (> 0)."""
-    max_requests: int = 3
-    """Requests a half-open breaker admits; that many consecutive successes close it."""
-    failure_statuses: frozenset[int] = _DEFAULT_FAILURES
-    """HTTP statuses that count as failures, besides connection failures."""
-
-    def __post_init__(self) -> None:
-        if self.failure_threshold < 1:
-            raise ValueError(
-                f"failure_threshold={self.failure_threshold!r}: it must be >= 1 "
-                "(the number of consecutive failures that opens the breaker); use 1 to "
-                "open on the first failure"
-            )
-        if not self.interval >= 0 or math.isinf(self.interval):
-            raise ValueError(
-                f"interval={self.interval!r}: it must be a finite number of seconds >= 0; "
-                "use 0 to never clear the counts of a closed breaker"
-            )
-        if not self.timeout > 0 or math.isinf(self.timeout):
-            raise ValueError(
-                f"timeout={self.timeout!r}: it must be a finite number of seconds > 0 "
-                "(how long an open breaker rejects requests), e.g. 30"
-            )
-        if self.max_requests < 1:
-            raise ValueError(
-                f"max_requests={self.max_requests!r}: it must be >= 1 (the requests a "
-                "half-open breaker lets through to probe the upstream), e.g. 3"
-            )
-
-    def is_failure(self, status: int | None) -> bool:
-        """Whether an outcome counts against the upstream.
-
-        ``None`` means no status at all (connection failure or timeout): always a
-        failure, because an upstream that cannot be reached is the clearest overload.
-        """
-        return status is None or status in self.failure_statuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +141,7 @@ class CircuitBreaker:
     def __init__(
         self,
         name: str,
-        settings: BreakerSettings,
+        settings: BreakerConfig,
         *,
         clock: Callable[[], float],
         on_change: Callable[[StateChange], None] | None = None,
@@ -344,7 +291,7 @@ class Breakers:
         self._breakers: dict[tuple[str, str, str], CircuitBreaker] = {}
 
     def get(
-        self, provider: str, endpoint: str, model: str, settings: BreakerSettings
+        self, provider: str, endpoint: str, model: str, settings: BreakerConfig
     ) -> CircuitBreaker:
         """The breaker named ``<provider>:<endpoint>:<model>``, created on first use."""
         key = (provider, endpoint, model)

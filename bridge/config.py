@@ -633,6 +633,14 @@ class BreakerConfig:
     def __post_init__(self) -> None:
         _check_fields(self, "circuit_breaker", _BREAKER_RULES)
 
+    def is_failure(self, status: int | None) -> bool:
+        """Whether an attempt's outcome counts against the upstream.
+
+        ``None`` means no status at all (connection failure or timeout): always a
+        failure, because an upstream that cannot be reached is the clearest overload.
+        """
+        return status is None or status in self.failure_statuses
+
 
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:

@@ -26,13 +26,13 @@ from hypothesis.stateful import (
 
 from bridge.breaker import (
     Breakers,
-    BreakerSettings,
     CircuitBreaker,
     Counts,
     State,
     StateChange,
     Ticket,
 )
+from bridge.config import BreakerConfig, ConfigError
 
 
 class FakeClock:
@@ -51,7 +51,7 @@ class FakeClock:
 def make_breaker(
     clock: FakeClock, *, events: list[StateChange] | None = None, **overrides: Any
 ) -> CircuitBreaker:
-    settings = BreakerSettings(**overrides)
+    settings = BreakerConfig(**overrides)
     return CircuitBreaker(
         "anthropic:/v1/messages:claude",
         settings,
@@ -248,11 +248,11 @@ def test_retry_after_rounds_a_fractional_timeout_up() -> None:
     [(None, True), (503, True), (504, True), (529, True), (429, False), (500, False), (200, False)],
 )
 def test_default_failure_statuses(status: int | None, failure: bool) -> None:
-    assert BreakerSettings().is_failure(status) is failure
+    assert BreakerConfig().is_failure(status) is failure
 
 
 def test_failure_statuses_are_configurable_but_connection_failures_always_count() -> None:
-    settings = BreakerSettings(failure_statuses=frozenset({429, 500}))
+    settings = BreakerConfig(failure_statuses=(429, 500))
     assert settings.is_failure(429)
     assert settings.is_failure(500)
     assert not settings.is_failure(503)
@@ -262,18 +262,18 @@ def test_failure_statuses_are_configurable_but_connection_failures_always_count(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"failure_threshold": 0}, r"^failure_threshold=0: it must be >= 1"),
-        ({"interval": -1.0}, r"^interval=-1.0: it must be a finite number of seconds >= 0"),
-        ({"interval": float("nan")}, r"^interval=nan: "),
-        ({"timeout": 0.0}, r"^timeout=0.0: it must be a finite number of seconds > 0"),
-        ({"max_requests": 0}, r"^max_requests=0: it must be >= 1"),
+        ({"failure_threshold": 0}, r"^circuit_breaker.failure_threshold must be an integer >= 1"),
+        ({"interval": -1.0}, r"^circuit_breaker.interval must be a number of seconds >= 0"),
+        ({"interval": float("nan")}, r"^circuit_breaker.interval must be a number of seconds"),
+        ({"timeout": 0.0}, r"^circuit_breaker.timeout must be a number of seconds > 0"),
+        ({"max_requests": 0}, r"^circuit_breaker.max_requests must be an integer >= 1"),
     ],
 )
 def test_invalid_settings_are_rejected_with_the_rule(
     overrides: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
-        BreakerSettings(**overrides)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=message):
+        BreakerConfig(**overrides)  # type: ignore[arg-type]
 
 
 def test_state_gauge_values_are_the_references() -> None:
@@ -311,7 +311,7 @@ def test_on_change_reports_every_transition_but_not_interval_resets() -> None:
 def test_breakers_are_isolated_per_model_and_endpoint() -> None:
     clock = FakeClock()
     breakers = Breakers(clock=clock)
-    settings = BreakerSettings(failure_threshold=1)
+    settings = BreakerConfig(failure_threshold=1)
     tripped = breakers.get("openai", "/v1/chat/completions", "gpt-4o", settings)
     fail(tripped)
     assert breakers.get("openai", "/v1/chat/completions", "gpt-4o", settings) is tripped
@@ -331,7 +331,7 @@ def test_breakers_are_isolated_per_model_and_endpoint() -> None:
 def test_breakers_pass_on_change_to_every_breaker() -> None:
     events: list[StateChange] = []
     breakers = Breakers(clock=FakeClock(), on_change=events.append)
-    settings = BreakerSettings(failure_threshold=1)
+    settings = BreakerConfig(failure_threshold=1)
     fail(breakers.get("anthropic", "/v1/messages", "claude-a", settings))
     fail(breakers.get("anthropic", "/v1/messages", "claude-b", settings))
     assert [e.name for e in events] == [
@@ -343,10 +343,10 @@ def test_breakers_pass_on_change_to_every_breaker() -> None:
 def test_new_settings_replace_the_breaker_but_keep_its_counters() -> None:
     events: list[StateChange] = []
     breakers = Breakers(clock=FakeClock(), on_change=events.append)
-    old = breakers.get("anthropic", "/v1/messages", "claude", BreakerSettings(failure_threshold=1))
+    old = breakers.get("anthropic", "/v1/messages", "claude", BreakerConfig(failure_threshold=1))
     fail(old)
     assert old.allow() is None
-    new = breakers.get("anthropic", "/v1/messages", "claude", BreakerSettings(failure_threshold=2))
+    new = breakers.get("anthropic", "/v1/messages", "claude", BreakerConfig(failure_threshold=2))
     assert new is not old
     assert new.settings.failure_threshold == 2
     assert (new.state, new.trips, new.rejected) == (State.CLOSED, 1, 1)
@@ -355,7 +355,7 @@ def test_new_settings_replace_the_breaker_but_keep_its_counters() -> None:
 
 async def test_breakers_default_to_trio_time(autojump_clock: trio.testing.MockClock) -> None:
     breakers = Breakers()
-    breaker = breakers.get("anthropic", "/v1/messages", "claude", BreakerSettings(timeout=5.0))
+    breaker = breakers.get("anthropic", "/v1/messages", "claude", BreakerConfig(timeout=5.0))
     fail(breaker, 5)
     assert state_of(breaker) is State.OPEN
     await trio.sleep(5.5)
@@ -466,7 +466,7 @@ class BreakerAgainstModel(RuleBasedStateMachine):
         max_requests=st.integers(1, 4),
     )
     def create(self, threshold: int, interval: float, timeout: float, max_requests: int) -> None:
-        self.settings = BreakerSettings(
+        self.settings = BreakerConfig(
             failure_threshold=threshold,
             interval=interval,
             timeout=timeout,

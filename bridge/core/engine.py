@@ -21,8 +21,8 @@ import trio
 
 from bridge.apidump import APIDump
 from bridge.auth import Actor, Identity, identify, identity_headers
-from bridge.breaker import Breakers, BreakerSettings, CircuitBreaker, StateChange
-from bridge.config import BreakerConfig, Config
+from bridge.breaker import Breakers, CircuitBreaker, StateChange
+from bridge.config import Config
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
@@ -83,9 +83,7 @@ class Engine:
         }
         """Each provider's centralized keys, used round-robin with failover."""
         self._breaker_settings = {
-            p.name: _settings(p.circuit_breaker)
-            for p in config.providers
-            if p.circuit_breaker is not None
+            p.name: p.circuit_breaker for p in config.providers if p.circuit_breaker is not None
         }
         self._upstreams = upstreams
         self._strip = identity_headers(config.auth)
@@ -274,16 +272,6 @@ async def _respond(sink: ResponseSink, status: int, body: bytes) -> None:
     await sink.start(status, headers)
     await sink.send(body)
     await sink.end()
-
-
-def _settings(config: BreakerConfig) -> BreakerSettings:
-    return BreakerSettings(
-        failure_threshold=config.failure_threshold,
-        interval=config.interval,
-        timeout=config.timeout,
-        max_requests=config.max_requests,
-        failure_statuses=frozenset(config.failure_statuses),
-    )
 
 
 def _log_state_change(change: StateChange) -> None:

@@ -7,6 +7,8 @@ that ``recording.database`` names.
 
 from __future__ import annotations
 
+from .journal import Journal as Journal
+from .journal import JournalError as JournalError
 from .memory import MemoryStore as MemoryStore
 from .recorder import Recorder as Recorder
 from .recorder import RecorderClosedError as RecorderClosedError
@@ -33,6 +35,8 @@ __all__ = [
     "CredentialKind",
     "InterceptionEnded",
     "InterceptionStarted",
+    "Journal",
+    "JournalError",
     "MemoryStore",
     "ModelThought",
     "Outcome",

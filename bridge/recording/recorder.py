@@ -14,6 +14,19 @@ Rules:
 * On exit of :func:`open_recorder`, normal or by cancellation, what is queued is written
   under a shielded cancel scope bounded by ``drain_timeout``, then the store is closed.
   Records still unwritten at the deadline are counted in an ERROR log line.
+
+With a :class:`~bridge.recording.journal.Journal` (``open_recorder(store, journal=...)``),
+the store's outages no longer hold records in memory:
+
+* A batch the store refuses is appended to the journal instead of being retried in place
+  (``stats.spilled``). Until the backoff expires, every batch goes straight to the journal;
+  then the next batch (or, when idle, the replay) tries the store again.
+* Once the store works and the journal holds records, the writer replays the journal
+  before writing any newer batch, so the store receives records in the order they were
+  submitted (``stats.replayed``). Replay is idempotent by record id.
+* ``record()`` therefore waits only if the journal fails too; ``flush()`` returns once the
+  records are in the store *or* the journal. The drain at exit writes to the store, or to
+  the journal if the store fails or the journal still holds older records.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from typing import Final, TypeAlias, get_args
 
 import trio
 
+from .journal import Journal
 from .records import Record
 from .store import Store
 
@@ -95,11 +109,18 @@ class RecorderStats:
     """Failed batch writes (each retry that fails counts)."""
     waits: int = 0
     """``record()`` calls that found the channel full and had to wait."""
+    spilled: int = 0
+    """Records appended to the journal because the store failed."""
+    replayed: int = 0
+    """Records replayed from the journal into the store (also those an earlier process
+    spilled)."""
+    journal_pending: bool = False
+    """The journal holds records not yet in the store (``/readyz``: spilling to journal)."""
 
     @property
     def queued(self) -> int:
-        """Records submitted but not yet written."""
-        return self.submitted - self.written
+        """Records submitted but neither written to the store nor spilled to the journal."""
+        return self.submitted - self.written - self.spilled
 
 
 class Recorder:
@@ -112,8 +133,15 @@ class Recorder:
         receive: trio.MemoryReceiveChannel[_Item],
         batch_size: int,
         linger: float = LINGER,
+        journal: Journal | None = None,
     ) -> None:
         self.stats = RecorderStats()
+        self._journal = journal
+        self.stats.journal_pending = journal is not None and journal.pending()
+        # With a journal: when the store may be tried again, and the wait after the next
+        # failure (the backoff lives here, across batches, since batches no longer wait).
+        self._retry_at = -float("inf")
+        self._delay = BACKOFF_MIN
         self._linger = linger
         self._store = store
         self._send = send
@@ -157,8 +185,9 @@ class Recorder:
     async def flush(self) -> None:
         """Wait until every record submitted before this call is written.
 
-        While the store fails this waits (the writes are being retried). Raises
-        :class:`RecorderClosedError` if the recorder closes before they are written.
+        While the store fails this waits (the writes are being retried), unless the
+        recorder has a journal: then "written" means in the store or in the journal.
+        Raises :class:`RecorderClosedError` if the recorder closes before they are written.
         """
         self._check_open()
         marker = _Flush()
@@ -175,7 +204,8 @@ class Recorder:
 
     def ready(self) -> bool:
         """False after :data:`NOT_READY_AFTER` failed writes in a row, until a write
-        succeeds: the gateway is up but its records are piling up in memory."""
+        succeeds: the gateway is up but its records are piling up in memory (or, with a
+        journal, on disk: ``stats.journal_pending`` tells which)."""
         return not self._closed and self._failures_in_a_row < NOT_READY_AFTER
 
     def _check_open(self) -> None:
@@ -195,10 +225,26 @@ class Recorder:
         """The writer task: batch whatever is queued and write it, until cancelled."""
         while True:
             if not self._batch and not self._flushes:
-                self._take(await self._receive.receive())
+                item = await self._next_item()
+                if item is None:
+                    continue
+                self._take(item)
             self._fill()
             await self._gather()
             await self._write_with_retry()
+
+    async def _next_item(self) -> _Item | None:
+        """Wait for the next record or flush. While the journal holds records, replay it
+        whenever the backoff allows, even with nothing new to write (None: try again)."""
+        if self._journal is None or not self._journal.pending():
+            return await self._receive.receive()
+        if trio.current_time() >= self._retry_at:
+            await self._replay()
+        if not self._journal.pending():
+            return await self._receive.receive()
+        with trio.move_on_at(self._retry_at):
+            return await self._receive.receive()
+        return None
 
     async def _gather(self) -> None:
         """Wait up to the linger time for more records, unless a flush is waiting."""
@@ -224,9 +270,12 @@ class Recorder:
                 return
             self._take(item)
 
-    async def _write_with_retry(self) -> None:
+    async def _write_with_retry(self, *, draining: bool = False) -> None:
         """Write the batch, retrying with backoff until it is written (or cancelled, in
         which case the batch stays for the drain), then release the flushes behind it."""
+        if self._journal is not None:
+            await self._write_or_spill(self._journal, draining=draining)
+            return
         delay = BACKOFF_MIN
         while self._batch:
             try:
@@ -256,10 +305,113 @@ class Recorder:
                 self.stats.written += len(self._batch)
                 self.stats.batches += 1
                 self._batch = []
+        self._release_flushes()
+
+    def _release_flushes(self) -> None:
         for marker in self._flushes:
             marker.written = True
             marker.done.set()
         self._flushes = []
+
+    async def _write_or_spill(self, journal: Journal, *, draining: bool) -> None:
+        """Write the batch to the store if it may be tried (backoff expired) and, first,
+        replay the journal; else, or if that fails, append the batch to the journal. Only
+        when the journal fails too does this wait and try again."""
+        journal_delay = BACKOFF_MIN
+        while self._batch:
+            # While draining, older records still in the journal keep the batch out of the
+            # store: a replay could outlast the drain timeout, the next start replays.
+            if trio.current_time() >= self._retry_at and not (draining and journal.pending()):
+                if journal.pending():
+                    await self._replay()
+                if not journal.pending() and await self._try_store():
+                    break
+            try:
+                await trio.to_thread.run_sync(journal.append, self._batch, limiter=self._limiter)
+            except Exception as exc:
+                logger.error(
+                    "appending %d records to the journal in %s failed too: %s;"
+                    " keeping them in memory and retrying in %.1f s",
+                    len(self._batch),
+                    journal.directory,
+                    exc,
+                    journal_delay,
+                    exc_info=journal_delay == BACKOFF_MIN,
+                )
+                await trio.sleep(journal_delay)
+                journal_delay = min(journal_delay * 2, BACKOFF_MAX)
+                continue
+            if not self.stats.journal_pending:
+                logger.warning(
+                    "the store is failing: spilling records to the journal in %s until it is back",
+                    journal.directory,
+                )
+            self.stats.journal_pending = True
+            self.stats.spilled += len(self._batch)
+            self._batch = []
+        self._release_flushes()
+
+    async def _try_store(self) -> bool:
+        """Write the batch to the store once; on failure, start or extend the backoff."""
+        try:
+            await trio.to_thread.run_sync(
+                self._store.write_batch, self._batch, limiter=self._limiter
+            )
+        except Exception as exc:
+            self._store_failed(exc, len(self._batch))
+            return False
+        self._store_works()
+        self.stats.written += len(self._batch)
+        self.stats.batches += 1
+        self._batch = []
+        return True
+
+    async def _replay(self) -> None:
+        """Replay the journal into the store; on failure, start or extend the backoff."""
+        assert self._journal is not None
+        journal = self._journal
+        before = len(journal.segments())
+
+        def replay() -> int:
+            return journal.replay(self._store.write_batch, self._batch_size)
+
+        try:
+            replayed = await trio.to_thread.run_sync(replay, limiter=self._limiter)
+        except Exception as exc:
+            self._store_failed(exc, None)
+        else:
+            self._store_works()
+            self.stats.replayed += replayed
+            logger.info(
+                "replayed %d records (%d journal segment(s)) from %s into the store",
+                replayed,
+                before,
+                journal.directory,
+            )
+        self.stats.journal_pending = journal.pending()
+
+    def _store_failed(self, exc: Exception, count: int | None) -> None:
+        self.stats.failures += 1
+        self._failures_in_a_row += 1
+        logger.error(
+            "%s failed (%d failure(s) in a row): %s; trying the store again in %.1f s",
+            "replaying the journal" if count is None else f"writing {count} records",
+            self._failures_in_a_row,
+            exc,
+            self._delay,
+            exc_info=self._failures_in_a_row == 1,
+        )
+        self._retry_at = trio.current_time() + self._delay
+        self._delay = min(self._delay * 2, BACKOFF_MAX)
+
+    def _store_works(self) -> None:
+        if self._failures_in_a_row:
+            logger.warning(
+                "writing records works again after %d failure(s)", self._failures_in_a_row
+            )
+        self._failures_in_a_row = 0
+        self._retry_at = -float("inf")
+        self._delay = BACKOFF_MIN
 
     async def _drain(self) -> None:
         """Write everything still queued. Run by open_recorder's exit, shielded."""
@@ -268,7 +420,7 @@ class Recorder:
             self._fill()
             if not self._batch and not self._flushes:
                 return
-            await self._write_with_retry()
+            await self._write_with_retry(draining=True)
 
     def _unwritten(self) -> int:
         """After the drain: how many records are left unwritten (the batch it was retrying
@@ -293,6 +445,7 @@ async def open_recorder(
     batch_size: int = BATCH_SIZE,
     drain_timeout: float = DRAIN_TIMEOUT,
     linger: float = LINGER,
+    journal: Journal | None = None,
 ) -> AsyncIterator[Recorder]:
     """Run a recorder writing to *store* for the duration of the block.
 
@@ -300,6 +453,11 @@ async def open_recorder(
     cancelled, what is queued is written within *drain_timeout* seconds (shielded from
     the cancellation), then *store* is closed. Records still unwritten at that deadline
     are lost, and counted in an ERROR log line of the ``bridge.recording`` logger.
+
+    With a *journal*, batches the store refuses are appended to it and replayed once the
+    store is back (see the module docstring); the drain falls back to it as well, and a
+    journal left with records is replayed by the next recorder that opens it. The journal
+    is closed on exit, after the store.
     """
     if queue_size < 0:
         raise ValueError(f"queue_size must be >= 0, got {queue_size}")
@@ -310,7 +468,7 @@ async def open_recorder(
     send, receive = trio.open_memory_channel[_Item](queue_size)
     if not linger >= 0:
         raise ValueError(f"linger must be a number of seconds >= 0, got {linger}")
-    recorder = Recorder(store, send, receive, batch_size, linger)
+    recorder = Recorder(store, send, receive, batch_size, linger, journal)
     try:
         try:
             async with trio.open_nursery() as nursery:
@@ -338,3 +496,5 @@ async def open_recorder(
                 drain_timeout,
             )
         store.close()
+        if journal is not None:
+            journal.close()

@@ -463,6 +463,7 @@ _RECORDING_RULES: Final[Mapping[str, _Rule]] = {
     "database": _Rule(_check_database),
     "queue_size": _integer(1),
     "batch_size": _integer(1),
+    "journal_dir": _Rule(_check_secret),  # any path; "" turns the journal off
 }
 _PROVIDER_RULES: Final[Mapping[str, _Rule]] = {
     "type": _choice(list(PROVIDER_TYPES)),
@@ -604,6 +605,7 @@ class RecordingConfig:
     database: str = "sqlite:///bridge.db"
     queue_size: int = 10_000  # records waiting for the writer; bounds memory under load
     batch_size: int = 512  # records per database transaction
+    journal_dir: str = ""  # records spill here while the database is down; "" = off
 
     __repr__ = _masked_repr
 

@@ -32,6 +32,7 @@ from bridge.keys import KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.metrics import Metrics
 from bridge.providers import Credential, Provider, Route, RouteKind
+from bridge.recording.journal import Journal
 from bridge.recording.recorder import Recorder, open_recorder
 from bridge.recording.records import new_id, utcnow
 from bridge.recording.store import Store, open_store
@@ -166,10 +167,15 @@ class Engine:
             store_ok, detail = self.recorder.ready(), "writing"
         except Exception as exc:
             store_ok, detail = False, f"store unusable: {type(exc).__name__}"
+        stats = self.recorder.stats
+        if stats.journal_pending:
+            detail = "spilling to the journal" if not store_ok else "replaying the journal"
         checks["recorder"] = {
             "ok": store_ok,
             "detail": detail,
-            "queued": self.recorder.stats.queued,
+            "queued": stats.queued,
+            "spilled": stats.spilled,
+            "journal_pending": stats.journal_pending,
         }
         configured = [p.name for p in self.config.providers]
         checks["providers"] = {"ok": bool(configured), "detail": ", ".join(configured) or "none"}
@@ -321,6 +327,9 @@ async def open_engine(
                 store,
                 queue_size=config.recording.queue_size,
                 batch_size=config.recording.batch_size,
+                journal=Journal(config.recording.journal_dir)
+                if config.recording.journal_dir
+                else None,
             )
         )
         upstreams: dict[str, UpstreamClient] = {}

@@ -453,6 +453,7 @@ _SERVER_RULES: Final[Mapping[str, _Rule]] = {
     "backlog": _integer(1),
     "ping_interval": _seconds(0, inclusive=False),
     "workers": _integer(1, 64),
+    "client_write_timeout": _seconds(0, inclusive=False),
 }
 _AUTH_RULES: Final[Mapping[str, _Rule]] = {
     "mode": _choice(list(AUTH_MODES)),
@@ -576,6 +577,7 @@ class ServerConfig:
     backlog: int = 1024
     ping_interval: float = 10 * SECONDS  # keep-alive ping on a silent Anthropic stream
     workers: int = 1  # Trio processes sharing the port (one per core)
+    client_write_timeout: float = 60 * SECONDS  # a client not reading this long is dropped
 
     def __post_init__(self) -> None:
         _check_fields(self, "server", _SERVER_RULES)

@@ -454,7 +454,8 @@ UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
         {},
         "unknown key 'server.colour' in bridge.toml; expected one of 'server.host',"
         " 'server.port', 'server.max_body_bytes', 'server.grace_period', 'server.backlog',"
-        " 'server.ping_interval', 'server.workers'",
+        " 'server.ping_interval', 'server.workers',"
+        " 'server.client_write_timeout'",
     ),
     ({"sever": {}}, {}, "unknown section 'sever' in bridge.toml; did you mean 'server'?"),
     ({"port": 8080}, {}, "unknown key 'port' in bridge.toml; did you mean 'server.port'?"),

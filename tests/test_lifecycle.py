@@ -206,3 +206,37 @@ async def test_sigterm_drains_in_flight_streams_then_exits(
         assert body.endswith(b"<cut>")
         assert row["outcome"] == "failed"
         assert row["error"] == "cancelled: the gateway is shutting down"
+
+
+class _StuckSink(_FakeSink):
+    """A client that stopped reading: writes block once its buffers are full."""
+
+    def __init__(self, writes_before_stuck: int) -> None:
+        super().__init__()
+        self.left = writes_before_stuck
+
+    async def send(self, data: bytes) -> None:
+        if self.left == 0:
+            await trio.sleep_forever()
+        self.left -= 1
+        await super().send(data)
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sink = _StuckSink(writes_before_stuck=2)
+    relay = Relay(sink, write_timeout=60.0)
+    stalled: list[float] = []
+    with trio.CancelScope() as scope:
+
+        def gone() -> None:
+            stalled.append(trio.current_time())
+            scope.cancel()
+
+        relay.on_stall = gone
+        for n in range(10):
+            await relay.send_frame(b"event: e\ndata: %d\n\n" % n)
+    assert relay.stalled
+    assert stalled == [60.0]  # given up exactly at the timeout, not before
+    assert len(sink.frames) == 2

@@ -249,6 +249,7 @@ class Engine:
                 breaker=self._breaker(route, parsed.model),
                 pool=self.pools.get(route.provider.name),
                 max_retries=route.provider.config.max_retries,
+                client_write_timeout=self.config.server.client_write_timeout,
                 sleep=self._sleep,
                 metrics=self.metrics,
                 tracer=self.tracer,

@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -120,6 +121,8 @@ class Interception:
     pool: KeyPool | None = None
     """The provider's centralized keys; used only for centralized requests."""
     max_retries: int = 0
+    client_write_timeout: float = 60.0
+    """Seconds a write to the client may block before the client counts as gone."""
     sleep: Callable[[float], Awaitable[None]] = trio.sleep
     """How retries wait (tests pass a recording fake)."""
     rejected: bool = False
@@ -209,11 +212,12 @@ def _ended_metrics(ix: Interception, started: float) -> None:
 
 
 async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: float) -> Outcome:
-    relay = Relay(sink)
+    relay = Relay(sink, write_timeout=ix.client_write_timeout)
     outcome: Outcome = Outcome.FAILED
     error: str | None = "cancelled: the gateway is shutting down"
     try:
         async with trio.open_nursery() as nursery:
+            relay.on_stall = partial(_client_left, ix, nursery.cancel_scope)
             nursery.start_soon(_watch_client, ix, sink, nursery.cancel_scope)
             ping = ix.dialect.ping_frame()
             if ix.parsed.stream and ping is not None:
@@ -242,6 +246,11 @@ async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: flo
 
 async def _watch_client(ix: Interception, sink: ResponseSink, scope: trio.CancelScope) -> None:
     await sink.wait_disconnected()
+    _client_left(ix, scope)
+
+
+def _client_left(ix: Interception, scope: trio.CancelScope) -> None:
+    """The client went away (or stopped reading): cancel everything the interception runs."""
     ix.client_gone = True
     scope.cancel()
 

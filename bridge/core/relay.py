@@ -11,7 +11,8 @@ keep-alive task (pings after ``ping_interval`` of silence). Each frame is one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -30,8 +31,13 @@ SSE_HEADERS: tuple[tuple[str, str], ...] = (
 class Relay:
     """Writes one response to a :class:`ResponseSink`."""
 
-    def __init__(self, sink: ResponseSink) -> None:
+    def __init__(self, sink: ResponseSink, *, write_timeout: float = math.inf) -> None:
         self._sink = sink
+        self._write_timeout = write_timeout
+        self.on_stall: Callable[[], None] | None = None
+        """Called when a write to the client has not finished within ``write_timeout``:
+        the client stopped reading. The interception treats it as the client leaving."""
+        self.stalled = False
         self._lock = trio.Lock()
         self._stream_headers: list[tuple[str, str]] = list(SSE_HEADERS)
         self._last_write = trio.current_time()
@@ -53,7 +59,7 @@ class Relay:
         async with self._lock:
             if not self.started:
                 await self._start(200, self._stream_headers)
-            await self._sink.send(frame)
+            await self._write(frame)
             self._last_write = trio.current_time()
 
     async def send_frames(self, frames: list[bytes]) -> None:
@@ -93,7 +99,7 @@ class Relay:
                 status, headers, body = self._pending
                 await self._sink.start(status, headers)
                 if body:
-                    await self._sink.send(body)
+                    await self._write(body)
             await self._sink.end()
 
     async def keep_alive(self, ping: bytes, interval: float) -> None:
@@ -110,8 +116,22 @@ class Relay:
                 async with self._lock:
                     if self.complete:
                         return
-                    await self._sink.send(ping)
+                    await self._write(ping)
                     self._last_write = trio.current_time()
+
+    async def _write(self, data: bytes) -> None:
+        """One write to the client, bounded by ``write_timeout``.
+
+        A client that stops reading makes writes block once the socket buffers are
+        full, which bounds the memory it can pin; past the timeout it is given up on
+        (``on_stall``) and the data is dropped, since nobody is reading it.
+        """
+        with trio.move_on_after(self._write_timeout):
+            await self._sink.send(data)
+            return
+        self.stalled = True
+        if self.on_stall is not None:
+            self.on_stall()
 
     async def _start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
         self.started = True

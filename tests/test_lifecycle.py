@@ -240,3 +240,51 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(
     assert relay.stalled
     assert stalled == [60.0]  # given up exactly at the timeout, not before
     assert len(sink.frames) == 2
+
+
+async def test_sigterm_during_200_streams_lets_them_all_finish_and_records_each(
+    mock: MockUpstream, tmp_path: Path
+) -> None:
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    streams = 200
+    started = 0
+    all_started = trio.Event()
+    finished: list[bytes] = []
+
+    async def stream(url: str, client: httpx2.AsyncClient) -> None:
+        nonlocal started
+        async with client.stream(
+            "POST",
+            f"{url}/anthropic/v1/messages",
+            content=BODY,
+            headers={"x-mock-scenario": "anthropic_text", "x-mock-pace-ms": "50", "x-api-key": "k"},
+        ) as response:
+            body = b""
+            async for chunk in response.aiter_bytes():
+                if not body:
+                    started += 1
+                    if started == streams:
+                        all_started.set()
+                body += chunk
+        finished.append(body)
+
+    limits = httpx2.Limits(max_connections=streams, max_keepalive_connections=0)
+    async with (
+        httpx2.AsyncClient(limits=limits, timeout=None) as client,
+        trio.open_nursery() as nursery,
+    ):
+        binds = await nursery.start(partial(serve, config))
+        async with trio.open_nursery() as clients:
+            for _ in range(streams):
+                clients.start_soon(stream, binds[0], client)
+            with trio.fail_after(30):
+                await all_started.wait()
+            os.kill(os.getpid(), signal.SIGTERM)  # all 200 are mid-stream
+    assert len(finished) == streams
+    assert all(body.rstrip().endswith(b'data: {"type":"message_stop"}') for body in finished)
+    from bridge.recording.sqlite import SQLiteStore
+
+    with SQLiteStore(tmp_path / "bridge.db") as store:
+        rows = store.interceptions()
+    assert len(rows) == streams
+    assert {row["outcome"] for row in rows} == {"completed"}

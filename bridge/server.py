@@ -59,11 +59,17 @@ def hypercorn_config(config: Config) -> HypercornConfig:
 
 
 async def serve(
-    config: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    draining: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until a signal (or cancellation); report the bound URLs through ``task_status``."""
+    """Serve until a signal (or cancellation); report the bound URLs through ``task_status``.
+
+    ``draining``, if given, is set when the first signal starts the graceful drain.
+    """
     async with open_bridge(config) as bridge:
-        shutdown = trio.Event()
+        shutdown = draining if draining is not None else trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, shutdown, nursery.cancel_scope)
             await hypercorn_serve(

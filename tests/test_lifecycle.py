@@ -288,3 +288,55 @@ async def test_sigterm_during_200_streams_lets_them_all_finish_and_records_each(
         rows = store.interceptions()
     assert len(rows) == streams
     assert {row["outcome"] for row in rows} == {"completed"}
+
+
+async def test_a_second_signal_cancels_in_flight_streams_at_once_and_still_records(
+    mock: MockUpstream, tmp_path: Path
+) -> None:
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    streams = 20
+    started = 0
+    all_started = trio.Event()
+    cut = 0
+
+    async def stream(url: str, client: httpx2.AsyncClient) -> None:
+        nonlocal started, cut
+        try:
+            async with client.stream(
+                "POST",
+                f"{url}/anthropic/v1/messages",
+                content=BODY,
+                headers={**SLOW, "x-mock-pace-ms": "50"},  # 200 events: about 10 s each
+            ) as response:
+                async for _ in response.aiter_bytes():
+                    if started < streams:
+                        started += 1
+                        if started == streams:
+                            all_started.set()
+        except httpx2.RemoteProtocolError:
+            cut += 1
+
+    limits = httpx2.Limits(max_connections=streams, max_keepalive_connections=0)
+    async with (
+        httpx2.AsyncClient(limits=limits, timeout=None) as client,
+        trio.open_nursery() as nursery,
+    ):
+        draining = trio.Event()
+        binds = await nursery.start(partial(serve, config, draining=draining))  # grace: 30 s
+        async with trio.open_nursery() as clients:
+            for _ in range(streams):
+                clients.start_soon(stream, binds[0], client)
+            with trio.fail_after(30):
+                await all_started.wait()
+                os.kill(os.getpid(), signal.SIGTERM)  # drain...
+                await draining.wait()  # (trio merges a signal repeated before it is read)
+            os.kill(os.getpid(), signal.SIGTERM)  # ...no: stop at once
+    assert cut == streams  # nobody waited for the 10 s streams to end
+    from bridge.recording.sqlite import SQLiteStore
+
+    with SQLiteStore(tmp_path / "bridge.db") as store:
+        rows = store.interceptions()
+    assert len(rows) == streams  # every one still has its ended record
+    assert {(r["outcome"], r["error"]) for r in rows} == {
+        ("failed", "cancelled: the gateway is shutting down")
+    }

@@ -7,10 +7,11 @@ variable bridge or the SDKs read, so the machine's settings never leak in.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -36,6 +37,15 @@ from bridge.mock_upstream import MockUpstream
 from bridge.recording.sqlite import SQLiteStore
 from bridge.server import hypercorn_config
 from bridge.tracing import Tracer
+
+from .postgres import (
+    Cluster,
+    ClusterError,
+    create_database,
+    create_schema,
+    drop_schema,
+    start_cluster,
+)
 
 
 def is_inner_loop(name: str) -> bool:
@@ -239,3 +249,53 @@ def scenario_request() -> Any:
         return dict(body)
 
     return get
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL server for the session (see tests/postgres.py), started by
+    the first test that needs it. In CI a server that cannot start fails those tests;
+    elsewhere they are skipped with the reason."""
+    try:
+        cluster = start_cluster()
+    except ClusterError as exc:
+        message = f"cannot start the test PostgreSQL server: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_cluster: Cluster) -> str:
+    """The URL of the session's test database; each test works in schemas of its own."""
+    return create_database(postgres_cluster, "bridge_tests")
+
+
+_SCHEMA_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture
+def new_postgres_url(postgres_database: str) -> Iterator[Callable[[], str]]:
+    """Makes new, empty PostgreSQL databases for the test: each a schema of its own in the
+    session's database, named by the URL returned (see tests/postgres.py). Dropped after."""
+    names: list[str] = []
+
+    def new() -> str:
+        names.append(f"test_{next(_SCHEMA_NUMBERS)}")
+        return create_schema(postgres_database, names[-1])
+
+    try:
+        yield new
+    finally:
+        for name in names:
+            drop_schema(postgres_database, name)
+
+
+@pytest.fixture
+def postgres_url(new_postgres_url: Callable[[], str]) -> str:
+    """The URL of a new, empty PostgreSQL database (a schema of its own) for the test."""
+    return new_postgres_url()

@@ -1,7 +1,9 @@
 """Tests of bridge.recording: the stores, the recorder, usage reports and store URLs.
 
-Rules: no sleeping in real time (virtual time with ``autojump_clock`` where the code waits,
-events and ``wait_all_tasks_blocked`` otherwise); SQLite files live in ``tmp_path``.
+Every store rule is checked on each store: SQLite, PostgreSQL (a real server, see
+tests/postgres.py) and memory. Rules: no sleeping in real time (virtual time with
+``autojump_clock`` where the code waits, events and ``wait_all_tasks_blocked`` otherwise);
+SQLite files live in ``tmp_path``, PostgreSQL databases are made per test.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 import trio.testing
@@ -38,9 +43,12 @@ from bridge.recording import (
     open_recorder,
     open_store,
 )
+from bridge.recording import postgres as postgres_module
 from bridge.recording import sqlite as sqlite_module
+from bridge.recording.postgres import PostgresStore
 from bridge.recording.recorder import NOT_READY_AFTER
 from bridge.recording.records import new_id
+from bridge.recording.sql import SQLStore, iso_timestamp
 from bridge.recording.store import mask_url
 
 UTC = dt.UTC
@@ -84,17 +92,70 @@ def whole_interception(user: str = "alice", **fields: Any) -> list[Record]:
     ]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore | MemoryStore]:
-    """Each store kind, so that both are held to the same rules."""
-    made = SQLiteStore(tmp_path / "bridge.db") if request.param == "sqlite" else MemoryStore()
+@dataclass
+class Database:
+    """One SQL database of a test: a SQLite file or a PostgreSQL database."""
+
+    kind: str
+    target: str  # the file's path, or the database's URL
+
+    @property
+    def module(self) -> ModuleType:
+        """The store's module, whose MIGRATIONS a test may lengthen."""
+        return sqlite_module if self.kind == "sqlite" else postgres_module
+
+    def open(self) -> SQLiteStore | PostgresStore:
+        """A new store (a new connection) on the database."""
+        if self.kind == "sqlite":
+            return SQLiteStore(self.target)
+        return PostgresStore(self.target)
+
+    def schema_rows(self) -> list[tuple[int, str]]:
+        """(version, applied_at as text) of every migration applied, by version."""
+        sql = "SELECT version, applied_at FROM schema_migrations ORDER BY version"
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.target) as conn:
+                return conn.execute(sql).fetchall()
+        with psycopg.connect(self.target) as pg:
+            return [(version, str(at)) for version, at in pg.execute(sql).fetchall()]
+
+
+def new_database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    if kind == "sqlite":
+        return Database(kind, str(tmp_path / f"bridge-{new_id()}.db"))
+    return Database(kind, request.getfixturevalue("new_postgres_url")())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """An empty database of each SQL kind, so that both SQL stores pass the same tests."""
+    return new_database(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStore | MemoryStore]:
+    """Each store kind, so that all are held to the same rules."""
+    kind = request.param
+    made = MemoryStore() if kind == "memory" else new_database(kind, request, tmp_path).open()
     yield made
     made.close()
 
 
-def outcomes(store: SQLiteStore | MemoryStore) -> dict[str, tuple[str | None, str | None]]:
-    """Interception id -> (outcome, error), from either store."""
-    if isinstance(store, SQLiteStore):
+def plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as SQLite gives it: timestamps as ISO text, booleans as 0 or 1."""
+    return {
+        name: iso_timestamp(value)
+        if isinstance(value, dt.datetime)
+        else int(value)
+        if isinstance(value, bool)
+        else value
+        for name, value in row.items()
+    }
+
+
+def outcomes(store: SQLStore | MemoryStore) -> dict[str, tuple[str | None, str | None]]:
+    """Interception id -> (outcome, error), from any store."""
+    if isinstance(store, SQLStore):
         return {row["id"]: (row["outcome"], row["error"]) for row in store.interceptions()}
     ended = store.ended
     return {
@@ -106,8 +167,8 @@ def outcomes(store: SQLiteStore | MemoryStore) -> dict[str, tuple[str | None, st
     }
 
 
-def counts(store: SQLiteStore | MemoryStore) -> tuple[int, int, int, int, int]:
-    if isinstance(store, SQLiteStore):
+def counts(store: SQLStore | MemoryStore) -> tuple[int, int, int, int, int]:
+    if isinstance(store, SQLStore):
         return (
             len(store.interceptions()),
             len(store.token_usages()),
@@ -153,8 +214,8 @@ class SpyStore:
 # -- the stores -------------------------------------------------------------------------
 
 
-async def test_records_round_trip_through_the_recorder_into_sqlite(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "bridge.db")
+async def test_records_round_trip_through_the_recorder_into_sql(database: Database) -> None:
+    store = database.open()
     east = dt.timezone(dt.timedelta(hours=2))
     start = started(
         metadata={"team": "платформа", "n": 1},
@@ -173,9 +234,9 @@ async def test_records_round_trip_through_the_recorder_into_sqlite(tmp_path: Pat
         for record in records:
             await recorder.record(record)
 
-    with SQLiteStore(tmp_path / "bridge.db") as reopened:
+    with database.open() as reopened:
         (row,) = reopened.interceptions()
-        assert row == {
+        assert plain(row) == {
             "id": start.id,
             "initiator_id": "alice",
             "provider": "anthropic",
@@ -194,7 +255,7 @@ async def test_records_round_trip_through_the_recorder_into_sqlite(tmp_path: Pat
             "outcome": "failed",
             "error": "upstream 529",
         }
-        (tokens,) = reopened.token_usages(start.id)
+        (tokens,) = map(plain, reopened.token_usages(start.id))
         assert tokens["input"] == 10
         assert tokens["web_search_requests"] == 1
         assert json.loads(tokens["extra"]) == {"x": 4}
@@ -225,7 +286,7 @@ async def test_records_round_trip_through_the_recorder_into_memory() -> None:
     assert store.closed
 
 
-def test_writing_a_batch_twice_records_it_once(store: SQLiteStore | MemoryStore) -> None:
+def test_writing_a_batch_twice_records_it_once(store: SQLStore | MemoryStore) -> None:
     records = whole_interception()
     store.write_batch(records)
     store.write_batch(records)
@@ -233,7 +294,7 @@ def test_writing_a_batch_twice_records_it_once(store: SQLiteStore | MemoryStore)
     assert counts(store) == (1, 1, 1, 1, 1)
 
 
-def test_the_first_interception_end_wins(store: SQLiteStore | MemoryStore) -> None:
+def test_the_first_interception_end_wins(store: SQLStore | MemoryStore) -> None:
     first, second = started(), started()
     store.write_batch(
         [
@@ -252,7 +313,7 @@ def test_the_first_interception_end_wins(store: SQLiteStore | MemoryStore) -> No
 
 
 def test_an_end_in_the_same_batch_as_its_start_is_applied(
-    store: SQLiteStore | MemoryStore,
+    store: SQLStore | MemoryStore,
 ) -> None:
     start = started()
     # The end comes first in the batch; the store still applies the start first.
@@ -260,95 +321,98 @@ def test_an_end_in_the_same_batch_as_its_start_is_applied(
     assert outcomes(store) == {start.id: ("rejected", None)}
 
 
-def test_a_batch_with_a_non_record_writes_nothing(store: SQLiteStore | MemoryStore) -> None:
+def test_a_batch_with_a_non_record_writes_nothing(store: SQLStore | MemoryStore) -> None:
     with pytest.raises(TypeError, match=r"^cannot record a str: a record is one of "):
         store.write_batch([started(), "not a record"])  # type: ignore[list-item]
     assert counts(store) == (0, 0, 0, 0, 0)
 
 
-def schema_rows(path: Path) -> list[tuple[int, str]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
-
-
 def test_migrations_are_applied_once_and_reopening_keeps_data_and_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "bridge.db"
     records = whole_interception()
-    released = len(sqlite_module.MIGRATIONS)
-    with SQLiteStore(path) as store:
+    released = len(database.module.MIGRATIONS)
+    with database.open() as store:
         assert store.schema_version() == released
         store.write_batch(records)
-    applied = schema_rows(path)
+    applied = database.schema_rows()
     assert [version for version, _ in applied] == list(range(1, released + 1))
 
-    with SQLiteStore(path) as store:
-        assert schema_rows(path) == applied
+    with database.open() as store:
+        assert database.schema_rows() == applied
         assert counts(store) == (1, 1, 1, 1, 1)
 
     # A new release adds one more migration: only that one runs on the next open.
     monkeypatch.setattr(
-        sqlite_module,
+        database.module,
         "MIGRATIONS",
         (
-            *sqlite_module.MIGRATIONS,
+            *database.module.MIGRATIONS,
             "CREATE TABLE bridge_later (x INTEGER); CREATE INDEX"
             " bridge_later_x ON bridge_later (x)",
         ),
     )
-    with SQLiteStore(path) as store:
+    with database.open() as store:
         assert store.schema_version() == released + 1
         store.check()
         assert counts(store) == (1, 1, 1, 1, 1)
-    assert schema_rows(path)[:released] == applied
-    assert [version for version, _ in schema_rows(path)] == list(range(1, released + 2))
+    assert database.schema_rows()[:released] == applied
+    assert [version for version, _ in database.schema_rows()] == list(range(1, released + 2))
 
 
 def test_a_database_with_a_newer_schema_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "bridge.db"
-    current = sqlite_module.MIGRATIONS
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*current, "CREATE TABLE bridge_x (x)"))
-    SQLiteStore(path).close()
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", current)
+    current = database.module.MIGRATIONS
+    monkeypatch.setattr(
+        database.module, "MIGRATIONS", (*current, "CREATE TABLE bridge_x (x INTEGER)")
+    )
+    database.open().close()
+    monkeypatch.setattr(database.module, "MIGRATIONS", current)
     with pytest.raises(
         StoreError,
         match=rf"has schema version {len(current) + 1}, newer than this bridge knows"
         rf" \({len(current)}\)",
     ):
-        SQLiteStore(path)
+        database.open()
 
 
-def test_stores_opened_at_once_on_a_new_file_migrate_it_once(tmp_path: Path) -> None:
-    for attempt in range(20):
-        path = tmp_path / f"race-{attempt}.db"
-        barrier = threading.Barrier(6)
+@pytest.mark.parametrize(
+    ("kind", "attempts", "openers"), [("sqlite", 20, 6), ("postgresql", 10, 4)]
+)
+def test_stores_opened_at_once_on_a_new_database_migrate_it_once(
+    kind: str, attempts: int, openers: int, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Several stores (each its own connection, as separate processes would have) open a
+    new database at the same moment: each migration is applied exactly once."""
+    for _ in range(attempts):
+        database = new_database(kind, request, tmp_path)
+        barrier = threading.Barrier(openers)
         errors: list[BaseException] = []
 
         def open_and_write(
-            path: Path = path,
+            database: Database = database,
             barrier: threading.Barrier = barrier,
             errors: list[BaseException] = errors,
         ) -> None:
             barrier.wait()
             try:
-                with SQLiteStore(path) as store:
+                with database.open() as store:
                     store.write_batch(whole_interception())
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=open_and_write) for _ in range(6)]
+        threads = [threading.Thread(target=open_and_write) for _ in range(openers)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         assert errors == []
-        released = list(range(1, len(sqlite_module.MIGRATIONS) + 1))
-        assert [version for version, _ in schema_rows(path)] == released
-        with SQLiteStore(path) as store:
-            assert counts(store) == (6, 6, 6, 6, 6)
+        released = list(range(1, len(database.module.MIGRATIONS) + 1))
+        assert [version for version, _ in database.schema_rows()] == released
+        with database.open() as store:
+            assert store.schema_version() == len(released)
+            assert counts(store) == (openers,) * 5
 
 
 def test_a_sqlite_store_in_a_missing_directory_says_so(tmp_path: Path) -> None:
@@ -357,8 +421,8 @@ def test_a_sqlite_store_in_a_missing_directory_says_so(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
-def test_a_closed_sqlite_store_is_not_ready(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "bridge.db")
+def test_a_closed_store_is_not_ready(database: Database) -> None:
+    store = database.open()
     store.check()
     store.close()
     store.close()  # idempotent
@@ -552,7 +616,7 @@ async def test_open_recorder_rejects_bad_limits(keyword: str, value: float, mess
 # -- usage reports ----------------------------------------------------------------------
 
 
-def usage_fixture(store: SQLiteStore | MemoryStore) -> None:
+def usage_fixture(store: SQLStore | MemoryStore) -> None:
     """alice: 2 interceptions on sonnet (one failed), 1 on opus (rejected);
     bob: 1 on sonnet (client went away), started a day later."""
     a1, a2 = started("alice", "sonnet"), started("alice", "sonnet")
@@ -579,7 +643,7 @@ def usage_fixture(store: SQLiteStore | MemoryStore) -> None:
     )
 
 
-def test_usage_by_user(store: SQLiteStore | MemoryStore) -> None:
+def test_usage_by_user(store: SQLStore | MemoryStore) -> None:
     usage_fixture(store)
     assert store.usage() == [
         UsageRow({"user": "alice"}, 3, 2, 301, 31, 1, 2, 4, 2),
@@ -587,7 +651,7 @@ def test_usage_by_user(store: SQLiteStore | MemoryStore) -> None:
     ]
 
 
-def test_usage_by_user_and_model(store: SQLiteStore | MemoryStore) -> None:
+def test_usage_by_user_and_model(store: SQLStore | MemoryStore) -> None:
     usage_fixture(store)
     assert store.usage(by=("user", "model")) == [
         UsageRow({"user": "alice", "model": "opus"}, 1, 1, 0, 0, 0, 0, 0, 0),
@@ -603,7 +667,7 @@ def test_usage_by_user_and_model(store: SQLiteStore | MemoryStore) -> None:
 
 
 def test_usage_since_counts_interceptions_started_from_then(
-    store: SQLiteStore | MemoryStore,
+    store: SQLStore | MemoryStore,
 ) -> None:
     usage_fixture(store)
     assert store.usage(since=T0 + dt.timedelta(hours=1), by="provider") == [
@@ -617,7 +681,7 @@ def test_usage_since_counts_interceptions_started_from_then(
     assert store.usage(since=dt.datetime(2030, 1, 1)) == []
 
 
-def test_usage_without_grouping_gives_the_totals(store: SQLiteStore | MemoryStore) -> None:
+def test_usage_without_grouping_gives_the_totals(store: SQLStore | MemoryStore) -> None:
     assert store.usage(by=()) == []
     usage_fixture(store)
     assert store.usage(by=()) == [UsageRow({}, 4, 2, 308, 34, 1, 2, 4, 3)]
@@ -635,7 +699,7 @@ def test_usage_without_grouping_gives_the_totals(store: SQLiteStore | MemoryStor
     ],
 )
 def test_usage_by_an_invalid_grouping_raises(
-    store: SQLiteStore | MemoryStore, by: tuple[str, ...], message: str
+    store: SQLStore | MemoryStore, by: tuple[str, ...], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
         store.usage(by=by)
@@ -663,16 +727,6 @@ def test_open_store_accepts_relative_and_absolute_sqlite_paths_and_memory(
 
     memory: Store = open_store("memory://")
     assert isinstance(memory, MemoryStore)
-
-
-def test_open_store_refuses_postgresql_for_now_without_showing_the_password() -> None:
-    with pytest.raises(StoreError) as caught:
-        open_store("postgresql://bridge:s3cr%2Fet@db.internal:5432/bridge")
-    message = str(caught.value)
-    assert message.startswith("PostgreSQL recording is not available yet: ")
-    assert "postgresql://bridge:***@db.internal:5432/bridge" in message
-    assert "use sqlite:///" in message
-    assert "s3cr" not in message
 
 
 @pytest.mark.parametrize(

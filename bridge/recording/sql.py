@@ -411,9 +411,11 @@ class SQLStore:
             try:
                 self._write(groups)
             except self.encoding_errors:
-                self._write(
-                    [(sql, [tuple(map(_clean, row)) for row in kept]) for sql, kept in groups]
-                )
+                cleaned = [(sql, [tuple(map(_clean, row)) for row in kept]) for sql, kept in groups]
+                try:
+                    self._write(cleaned)
+                except self.encoding_errors as exc:
+                    raise StoreError(f"{self._label} refused a batch: {exc}") from exc
 
     def check(self) -> None:
         """Raise :class:`StoreError` unless the database answers at the expected version."""

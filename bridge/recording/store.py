@@ -146,8 +146,8 @@ def mask_url(url: str) -> str:
 
 
 _ACCEPTED: Final = (
-    "sqlite:///relative/path.db, sqlite:////absolute/path.db or memory://"
-    " (PostgreSQL, postgresql://user:password@host:5432/bridge, is planned)"
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db,"
+    " postgresql://user:password@host:5432/bridge or memory://"
 )
 
 
@@ -157,7 +157,9 @@ def open_store(url: str) -> Store:
     * ``sqlite:///bridge.db``: SQLite, path relative to the working directory;
     * ``sqlite:////var/lib/bridge/bridge.db``: SQLite, absolute path;
     * ``memory://``: a :class:`~bridge.recording.memory.MemoryStore` (tests, demos);
-    * ``postgresql://...``: not available yet, raises :class:`StoreError`.
+    * ``postgresql://user:password@host:5432/bridge`` (or ``postgres://``): PostgreSQL,
+      shared by every gateway process (libpq's URL, so ``?sslmode=require`` and the like
+      work too).
 
     Error messages never show the URL's password.
     """
@@ -177,9 +179,13 @@ def open_store(url: str) -> Store:
         from .memory import MemoryStore
 
         return MemoryStore()
-    if sep and (scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+")):
+    if sep and scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore  # imported here: psycopg loads libpq
+
+        return PostgresStore(url)
+    if sep and scheme.startswith(("postgresql+", "postgres+")):
         raise StoreError(
-            f"PostgreSQL recording is not available yet: cannot open {mask_url(url)!r};"
-            " use sqlite:///bridge.db (or another sqlite:/// path) in recording.database"
+            f"unsupported recording database URL {mask_url(url)!r}: bridge connects with"
+            " psycopg itself, so drop the '+driver' part (postgresql://user:password@host/db)"
         )
     raise StoreError(f"unsupported recording database URL {mask_url(url)!r}: use {_ACCEPTED}")

@@ -1,21 +1,25 @@
 """Blocking requests: added latency at concurrency 1, and throughput with CPU per request.
 
-Every number is a pair, through the gateway and directly against the mock, measured in the
-same run: latency samples alternate gateway/direct request by request (order flipped every
-iteration), throughput rounds alternate direct/gateway, so both sides see the same machine.
-"Added" is the gateway's percentile minus the direct one.
+Every number is a pair, through the gateway and directly against the mock (a triple with the
+peer gateway of ``--peers``), measured in the same run: latency samples alternate between the
+sides request by request (the side that goes first rotates every iteration), throughput rounds
+run direct, gateway, peer per level, so all sides see the same machine. "Added" is a side's
+percentile minus the direct one.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import trio
 
-from benchmarks.client import DIRECT_AUTH, ROUTES, Connection, blocking_body
+from benchmarks.client import Connection, blocking_body
 from benchmarks.procstat import CpuWindow
 from benchmarks.results import Check, Outcome, bound_by, percentile
+from benchmarks.targets import SCENARIOS, Headers, Sides
+from benchmarks.versus import added_versus_peer, throughput_versus_peer
 
 __all__ = ["added_latency", "throughput"]
 
@@ -24,77 +28,68 @@ TARGET_P99_MS = 3.0
 TARGET_RPS = 1000.0
 
 
-def _scenario_headers(scenario: str, direct: bool) -> tuple[tuple[bytes, bytes], ...]:
-    own = ((b"x-mock-scenario", scenario.encode()),)
-    return own + DIRECT_AUTH if direct else own
+def _scenario(api: str) -> Headers:
+    return ((b"x-mock-scenario", SCENARIOS[api].encode()),)
 
 
 async def added_latency(
-    gateway_port: int,
-    mock_port: int,
-    pids: Mapping[str, int],
-    sizes: tuple[int, ...],
-    samples: int,
+    sides: Sides, pids: Mapping[str, int], sizes: tuple[int, ...], samples: int
 ) -> Outcome:
-    """Concurrency-1 latency of each API and body size, gateway vs direct."""
+    """Concurrency-1 latency of each API and body size, gateway (and peer) vs direct."""
     outcome = Outcome("latency")
-    for api, (gateway_path, direct_path, scenario) in ROUTES.items():
+    targets = list(sides)
+    for api in SCENARIOS:
         for size in sizes:
             body = blocking_body(api, size)
-            gateway = await Connection.open(gateway_port)
-            direct = await Connection.open(mock_port)
-            sides = {
-                "gateway": (gateway, gateway_path, _scenario_headers(scenario, False)),
-                "direct": (direct, direct_path, _scenario_headers(scenario, True)),
-            }
-            times: dict[str, list[float]] = {"gateway": [], "direct": []}
+            connections = {t.name: await Connection.open(t.port) for t in targets}
+            times: dict[str, list[float]] = {t.name: [] for t in targets}
             for _ in range(max(samples // 10, 10)):  # warm-up: connections, caches
-                for connection, path, headers in sides.values():
-                    await connection.post(path, body, headers)
+                for t in targets:
+                    await connections[t.name].post(t.paths[api], body, t.headers(_scenario(api)))
             window = CpuWindow(pids)
             window.start()
             for i in range(samples):
-                order = ("gateway", "direct") if i % 2 else ("direct", "gateway")
-                for side in order:
-                    connection, path, headers = sides[side]
+                turn = i % len(targets)  # each side goes first as often as the others
+                for t in targets[turn:] + targets[:turn]:
                     start = time.perf_counter()
-                    status = await connection.post(path, body, headers)
-                    times[side].append((time.perf_counter() - start) * 1000)
+                    status = await connections[t.name].post(
+                        t.paths[api], body, t.headers(_scenario(api))
+                    )
+                    times[t.name].append((time.perf_counter() - start) * 1000)
                     if status != 200:
-                        raise RuntimeError(f"{side} {api} {size} B: status {status}, not 200")
+                        raise RuntimeError(f"{t.name} {api} {size} B: status {status}, not 200")
             window.stop()
-            await gateway.aclose()
-            await direct.aclose()
+            for connection in connections.values():
+                await connection.aclose()
             stats = {
                 side: {"p50": percentile(values, 0.5), "p99": percentile(values, 0.99)}
                 for side, values in times.items()
             }
-            p50 = stats["gateway"]["p50"] - stats["direct"]["p50"]
-            p99 = stats["gateway"]["p99"] - stats["direct"]["p99"]
             name = f"{api} {size // 1000} KB"
             outcome.raw[name] = {"ms": times, "stats": stats, "cpu_share": window.share}
-            bound = bound_by(window.share or {})
-            target_p50 = TARGET_P50_MS.get(size, 2.0)
-            outcome.checks.append(
-                Check(
-                    f"added latency p50, {name}, c=1",
-                    f"<= {target_p50} ms",
-                    f"{p50:.2f} ms (gw {stats['gateway']['p50']:.2f} / "
-                    f"direct {stats['direct']['p50']:.2f})",
-                    p50 <= target_p50,
-                    bound,
+            share = window.share or {}
+            for stat, target_ms in (("p50", TARGET_P50_MS.get(size, 2.0)), ("p99", TARGET_P99_MS)):
+                added = stats["gateway"][stat] - stats["direct"][stat]
+                outcome.checks.append(
+                    Check(
+                        f"added latency {stat}, {name}, c=1",
+                        f"<= {target_ms} ms",
+                        f"{added:.2f} ms (gw {stats['gateway'][stat]:.2f} / "
+                        f"direct {stats['direct'][stat]:.2f})",
+                        added <= target_ms,
+                        bound_by(share),
+                    )
                 )
-            )
-            outcome.checks.append(
-                Check(
-                    f"added latency p99, {name}, c=1",
-                    f"<= {TARGET_P99_MS} ms",
-                    f"{p99:.2f} ms (gw {stats['gateway']['p99']:.2f} / "
-                    f"direct {stats['direct']['p99']:.2f})",
-                    p99 <= TARGET_P99_MS,
-                    bound,
-                )
-            )
+                if sides.peer is not None:
+                    outcome.checks.append(
+                        added_versus_peer(
+                            f"added latency {stat}, {name}, c=1",
+                            added,
+                            stats["peer"][stat] - stats["direct"][stat],
+                            sides.peer_label,
+                            bound_by(share, "peer"),
+                        )
+                    )
     return outcome
 
 
@@ -102,7 +97,7 @@ async def _round(
     port: int,
     path: str,
     body: bytes,
-    headers: tuple[tuple[bytes, bytes], ...],
+    headers: Headers,
     concurrency: int,
     seconds: float,
 ) -> tuple[int, int, list[float]]:
@@ -135,58 +130,94 @@ async def _round(
     return ok, errors, latencies
 
 
+@dataclass(frozen=True, slots=True)
+class _Round:
+    """One side's closed-loop round at one concurrency."""
+
+    rps: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    cpu_share: dict[str, float]
+    cpu_seconds: dict[str, float]
+    cpu_us_per_request: float
+    """CPU time of the side's own server per answered request (direct: the mock's)."""
+
+
 async def throughput(
-    gateway_port: int,
-    mock_port: int,
-    pids: Mapping[str, int],
-    levels: tuple[int, ...],
-    seconds: float,
+    sides: Sides, pids: Mapping[str, int], levels: tuple[int, ...], seconds: float
 ) -> Outcome:
-    """Requests per second of 9 KB Anthropic requests at each concurrency, and CPU/request."""
+    """Requests per second of 9 KB Anthropic requests at each concurrency, and CPU/request.
+
+    Per level the rounds run direct, gateway, then peer, one after the other.
+    """
     outcome = Outcome("throughput")
-    gateway_path, direct_path, scenario = ROUTES["anthropic"]
     body = blocking_body("anthropic", 9_000)
-    await _round(gateway_port, gateway_path, body, _scenario_headers(scenario, False), 4, 1.0)
+    own = _scenario("anthropic")
+    for proxy in sides.proxies:  # warm-up
+        await _round(proxy.port, proxy.paths["anthropic"], body, proxy.headers(own), 4, 1.0)
     for concurrency in levels:
-        row: dict[str, object] = {}
-        for side, port, path in (
-            ("direct", mock_port, direct_path),
-            ("gateway", gateway_port, gateway_path),
-        ):
+        row: dict[str, _Round] = {}
+        for t in sides:
             window = CpuWindow(pids)
             window.start()
-            headers = _scenario_headers(scenario, side == "direct")
-            ok, errors, latencies = await _round(port, path, body, headers, concurrency, seconds)
+            ok, errors, latencies = await _round(
+                t.port, t.paths["anthropic"], body, t.headers(own), concurrency, seconds
+            )
             window.stop()
-            row[side] = {
-                "rps": ok / seconds,
-                "errors": errors,
-                "p50_ms": percentile(latencies, 0.5),
-                "p99_ms": percentile(latencies, 0.99),
-                "cpu_share": window.share,
-                "cpu_seconds": window.seconds,
-            }
-        outcome.raw[f"c={concurrency}"] = row
-        gw = row["gateway"]
-        assert isinstance(gw, dict)
-        cpu = gw["cpu_seconds"]["gateway"] / max(gw["rps"] * seconds, 1) * 1e6
-        direct = row["direct"]
-        assert isinstance(direct, dict)
-        outcome.checks.append(
-            Check(
-                f"throughput, 9 KB anthropic, c={concurrency}, 1 worker",
-                ">= 1000 req/s, 0 errors",
-                f"{gw['rps']:.0f} req/s, {gw['errors']} errors (direct {direct['rps']:.0f} req/s)",
-                gw["rps"] >= TARGET_RPS and gw["errors"] == 0,
-                bound_by(gw["cpu_share"]),
+            share, cpu = window.share or {}, window.seconds or {}
+            server = "mock" if t.name == "direct" else t.name
+            row[t.name] = _Round(
+                ok / seconds,
+                errors,
+                percentile(latencies, 0.5),
+                percentile(latencies, 0.99),
+                share,
+                cpu,
+                cpu.get(server, 0.0) / max(ok, 1) * 1e6,
             )
-        )
-        outcome.checks.append(
-            Check(
-                f"gateway CPU per request, c={concurrency}",
-                "(info)",
-                f"{cpu:.0f} us ({gw['cpu_share']['gateway'] * 100:.0f} % of a core)",
-                None,
-            )
-        )
+        outcome.raw[f"c={concurrency}"] = {side: asdict(r) for side, r in row.items()}
+        outcome.checks += _throughput_checks(sides, row, concurrency)
     return outcome
+
+
+def _throughput_checks(sides: Sides, row: Mapping[str, _Round], concurrency: int) -> list[Check]:
+    gw = row["gateway"]
+    checks = [
+        Check(
+            f"throughput, 9 KB anthropic, c={concurrency}, 1 worker",
+            ">= 1000 req/s, 0 errors",
+            f"{gw.rps:.0f} req/s, {gw.errors} errors (direct {row['direct'].rps:.0f} req/s)",
+            gw.rps >= TARGET_RPS and gw.errors == 0,
+            bound_by(gw.cpu_share),
+        ),
+        Check(
+            f"gateway CPU per request, c={concurrency}",
+            "(info)",
+            f"{gw.cpu_us_per_request:.0f} us "
+            f"({gw.cpu_share.get('gateway', 0.0) * 100:.0f} % of a core)",
+            None,
+        ),
+    ]
+    if sides.peer is None:
+        return checks
+    peer = row["peer"]
+    return [
+        *checks,
+        Check(
+            f"{sides.peer_label} CPU per request, c={concurrency}",
+            "(info)",
+            f"{peer.cpu_us_per_request:.0f} us "
+            f"({peer.cpu_share.get('peer', 0.0) * 100:.0f} % of a core)",
+            None,
+        ),
+        throughput_versus_peer(
+            f"throughput, 9 KB anthropic, c={concurrency}",
+            gw.rps,
+            gw.errors,
+            peer.rps,
+            peer.errors,
+            sides.peer_label,
+            bound_by(peer.cpu_share, "peer"),
+        ),
+    ]

@@ -10,6 +10,7 @@ after start, before the process has served anything, so every measurement sees i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -30,6 +31,7 @@ __all__ = [
     "gateway_process",
     "mock_process",
     "pin",
+    "served_process",
 ]
 
 GATEWAY_CPU = 0
@@ -72,11 +74,16 @@ class Gateway:
     database: Path
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def _wait_listening(
+    port: int, process: subprocess.Popen[bytes], timeout: float, log: Path | None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            if log is not None:
+                stderr = log.read_text(errors="replace")[-4000:]
+            else:
+                stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
             raise RuntimeError(
                 f"{process.args!r} exited with {process.returncode} before listening: {stderr}"
             )
@@ -89,23 +96,41 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float 
 
 
 @contextmanager
-def _process(
-    args: list[str], port: int, env: dict[str, str] | None, cpu: int | None
+def served_process(
+    args: list[str],
+    port: int,
+    *,
+    cpu: int | None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
+    start_timeout: float = 30.0,
 ) -> Iterator[Served]:
-    process = subprocess.Popen(
-        args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        pin(process.pid, cpu)
-        _wait_listening(port, process)
-        yield Served(port, process.pid)
-    finally:
-        process.terminate()
+    """Run ``args`` until the block ends; yield once it accepts connections on ``port``.
+
+    ``env`` replaces the environment (None: inherit it). Standard error goes to ``log`` when
+    given (a chatty process can never block on a full pipe), else to a pipe read only when the
+    process dies before listening.
+    """
+    with open(log, "wb") if log is not None else contextlib.nullcontext() as sink:
+        process = subprocess.Popen(
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=sink if sink is not None else subprocess.PIPE,
+        )
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            pin(process.pid, cpu)
+            _wait_listening(port, process, start_timeout, log)
+            yield Served(port, process.pid)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @contextmanager
@@ -113,7 +138,7 @@ def mock_process(cpu: int | None = LOAD_CPU) -> Iterator[Served]:
     """The mock upstream with the benchmark scenarios (:mod:`benchmarks.scenarios`)."""
     port = free_port()
     args = [sys.executable, "-m", "benchmarks.scenarios", "--port", str(port)]
-    with _process(args, port, None, cpu) as served:
+    with served_process(args, port, cpu=cpu) as served:
         yield served
 
 
@@ -159,5 +184,5 @@ def gateway_process(
             if name.startswith(("BRIDGE_", "ANTHROPIC_", "OPENAI_")) and name != "BRIDGE_CONFIG":
                 env[name] = ""
         args = [sys.executable, "-m", "bridge", "serve"]
-        with _process(args, port, env, cpu) as served:
+        with served_process(args, port, cpu=cpu, env={**os.environ, **env}) as served:
             yield Gateway(served.port, served.pid, database)

@@ -28,7 +28,17 @@ def table(checks: Sequence[Check]) -> str:
     return "\n".join(lines)
 
 
-def _plots(directory: Path, raw: Mapping[str, Any]) -> list[str]:
+def _sides(measured: Mapping[str, Any]) -> list[str]:
+    """The sides present in one measurement, in plotting order."""
+    return [side for side in ("direct", "gateway", "peer") if side in measured]
+
+
+def _label(side: str, peer: str) -> str:
+    return peer if side == "peer" and peer else side
+
+
+def _plots(directory: Path, raw: Mapping[str, Any], peer: str) -> list[str]:
+    """PNG plots of latency, throughput and gaps; ``peer`` names the peer side, if any."""
     try:
         import matplotlib
 
@@ -38,27 +48,29 @@ def _plots(directory: Path, raw: Mapping[str, Any]) -> list[str]:
         return []
     written = []
     if "latency" in raw:
-        figure, axes = plt.subplots(figsize=(9, 5))
-        names = list(raw["latency"])
+        figure, axes = plt.subplots(figsize=(11 if peer else 9, 5))
         data, labels = [], []
-        for name in names:
-            for side in ("direct", "gateway"):
-                data.append(raw["latency"][name]["ms"][side])
-                labels.append(f"{name}\n{side}")
+        for name, measured in raw["latency"].items():
+            for side in _sides(measured["ms"]):
+                data.append(measured["ms"][side])
+                labels.append(f"{name}\n{_label(side, peer)}")
         axes.boxplot(data, showfliers=False)
         axes.set_xticks(range(1, len(labels) + 1), labels, rotation=60, fontsize=7)
-        axes.set_ylabel("latency, ms (c=1)")
-        axes.set_title("Latency: gateway vs direct to the mock")
+        axes.set_ylabel("latency, ms (c=1)" + (", log scale" if peer else ""))
+        if peer:
+            axes.set_yscale("log")  # the peer is an order of magnitude slower
+        axes.set_title(
+            "Latency: gateway" + (f" and {peer}" if peer else "") + " vs direct to the mock"
+        )
         figure.tight_layout()
         figure.savefig(directory / "latency.png")
         written.append("latency.png")
     if "throughput" in raw:
         figure, axes = plt.subplots()
         levels = [int(k.split("=")[1]) for k in raw["throughput"]]
-        for side in ("direct", "gateway"):
-            axes.plot(
-                levels, [v[side]["rps"] for v in raw["throughput"].values()], "o-", label=side
-            )
+        for side in _sides(next(iter(raw["throughput"].values()))):
+            rps = [v[side]["rps"] for v in raw["throughput"].values()]
+            axes.plot(levels, rps, "o-", label=_label(side, peer))
         axes.set_xlabel("concurrency")
         axes.set_ylabel("req/s")
         axes.set_title("Throughput vs concurrency (9 KB, 1 worker)")
@@ -68,10 +80,10 @@ def _plots(directory: Path, raw: Mapping[str, Any]) -> list[str]:
     if "streams" in raw:
         figure, axes = plt.subplots()
         counts = [int(k) for k in raw["streams"]]
-        for side in ("direct", "gateway"):
+        for side in _sides(next(iter(raw["streams"].values()))):
             for stat in ("gap_p50_ms", "gap_p99_ms"):
                 values = [v[side][stat] for v in raw["streams"].values()]
-                axes.plot(counts, values, "o-", label=f"{side} {stat[4:7]}")
+                axes.plot(counts, values, "o-", label=f"{_label(side, peer)} {stat[4:7]}")
         axes.set_xlabel("concurrent streams (50 events/s each)")
         axes.set_ylabel("inter-event gap, ms")
         axes.set_title("Inter-event gap vs concurrent streams")
@@ -83,15 +95,23 @@ def _plots(directory: Path, raw: Mapping[str, Any]) -> list[str]:
 
 
 def write(
-    directory: Path, outcomes: Sequence[Outcome], machine: Mapping[str, str], mode: str
+    directory: Path,
+    outcomes: Sequence[Outcome],
+    machine: Mapping[str, str],
+    mode: str,
+    peer: str = "",
 ) -> str:
-    """Write the run into ``directory``; return the report's Markdown."""
+    """Write the run into ``directory``; return the report's Markdown.
+
+    ``peer`` names the peer gateway of a ``--peers`` run (its side is ``peer`` in raw data).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     raw = {outcome.name: outcome.raw for outcome in outcomes}
     checks = [check for outcome in outcomes for check in outcome.checks]
     document = {
         "mode": mode,
         "machine": machine,
+        "peer": peer,
         "checks": [
             {
                 "scenario": c.scenario,
@@ -105,12 +125,13 @@ def write(
         "raw": raw,
     }
     (directory / "results.json").write_text(json.dumps(document, indent=1, default=str))
-    plots = _plots(directory, raw)
+    plots = _plots(directory, raw, peer)
     described = ", ".join(f"{key} {value}" for key, value in machine.items())
     report = (
         f"# bridge benchmarks ({mode})\n\nMachine: {described}.\n"
         "Gateway pinned to core 0; mock upstream and load generator on core 1. "
-        '"bound: load+mock" marks rows where core 1 was >= 90 % busy, so the harness, '
+        + (f"{peer} (stateless, one worker) also pinned to core 0. " if peer else "")
+        + '"bound: load+mock" marks rows where core 1 was >= 90 % busy, so the harness, '
         "not the gateway, limited the number.\n\n"
         + table(checks)
         + "\n\n"

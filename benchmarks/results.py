@@ -48,11 +48,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
-def bound_by(share: dict[str, float]) -> str:
-    """What saturated during a window: "" (nothing, the gateway measured), or names."""
+def bound_by(share: dict[str, float], server: str = "gateway") -> str:
+    """What saturated during a window: "" (nothing, ``server`` measured), or names.
+
+    ``server`` is the process under test: the gateway, or the peer gateway in its rows.
+    """
     names = []
-    if share.get("gateway", 0.0) >= SATURATED:
-        names.append("gateway")
+    if share.get(server, 0.0) >= SATURATED:
+        names.append(server)
     if share.get("load", 0.0) + share.get("mock", 0.0) >= SATURATED:
         names.append("load+mock")
     return ",".join(names)

@@ -1,42 +1,41 @@
 """Streaming: time to first event, inter-event gaps under many streams, memory, soak.
 
 Each stream is Anthropic :data:`~benchmarks.scenarios.STREAM_64` (64 events) at a paced
-rate. Time to first event and gaps are measured at the client, gateway vs direct in the same
-run. Events are checked one by one: the 59 numbered text deltas must all arrive, each in its
-own SSE frame, in order ("lost", "merged", "reordered" are counted separately as one number
-of faults). CPU per relayed event is the gateway's CPU seconds over the events it relayed.
+rate. Time to first event and gaps are measured at the client, gateway (and the peer gateway
+of ``--peers``) vs direct in the same run. Events are checked one by one: the 59 numbered text
+deltas must all arrive, each in its own SSE frame, in order ("lost", "merged", "reordered" are
+counted separately as one number of faults). CPU per relayed event is the gateway's CPU
+seconds over the events it relayed. Memory and the soak measure the gateway alone.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import trio
 
-from benchmarks.client import DIRECT_AUTH, Connection, StreamTrace, blocking_body, stream_body
+from benchmarks.client import Connection, StreamTrace, blocking_body, stream_body
 from benchmarks.procstat import CpuWindow, rss_bytes
 from benchmarks.results import Check, Outcome, bound_by, percentile
 from benchmarks.scenarios import STREAM_64, STREAM_64_DELTAS
+from benchmarks.targets import GATEWAY_PATHS, Headers, Sides
+from benchmarks.versus import added_versus_peer
 
 __all__ = ["concurrent_streams", "open_stream_memory", "soak", "time_to_first_event"]
 
-GATEWAY_PATH = "/anthropic/v1/messages"
-DIRECT_PATH = "/v1/messages"
+GATEWAY_PATH = GATEWAY_PATHS["anthropic"]
 EVENTS = 64
 
 
-def _headers(pace_ms: int, direct: bool) -> tuple[tuple[bytes, bytes], ...]:
-    own = ((b"x-mock-scenario", STREAM_64.encode()), (b"x-mock-pace-ms", str(pace_ms).encode()))
-    return own + DIRECT_AUTH if direct else own
-
-
-def _target(direct: bool, gateway_port: int, mock_port: int) -> tuple[int, str]:
-    return (mock_port, DIRECT_PATH) if direct else (gateway_port, GATEWAY_PATH)
+def _paced(pace_ms: int) -> Headers:
+    """The mock headers of :data:`STREAM_64` at one event every ``pace_ms``."""
+    return ((b"x-mock-scenario", STREAM_64.encode()), (b"x-mock-pace-ms", str(pace_ms).encode()))
 
 
 async def _one_stream(
-    port: int, path: str, headers: tuple[tuple[bytes, bytes], ...], stop_after: int | None
+    port: int, path: str, headers: Headers, stop_after: int | None
 ) -> StreamTrace:
     connection = await Connection.open(port)
     try:
@@ -45,28 +44,33 @@ async def _one_stream(
         await connection.aclose()
 
 
-async def time_to_first_event(gateway_port: int, mock_port: int, samples: int) -> Outcome:
+async def time_to_first_event(sides: Sides, samples: int) -> Outcome:
     """Concurrency 1, a new connection per stream, closed after the first event."""
     outcome = Outcome("ttfe")
-    times: dict[str, list[float]] = {"gateway": [], "direct": []}
+    targets = list(sides)
+    times: dict[str, list[float]] = {t.name: [] for t in targets}
     for i in range(samples + 5):
-        for direct in (i % 2 == 0, i % 2 == 1):
-            port, path = _target(direct, gateway_port, mock_port)
-            trace = await _one_stream(port, path, _headers(20, direct), 1)
-            if i >= 5:  # the first five pairs warm up
-                times["direct" if direct else "gateway"].append(
-                    (trace.arrivals[0] - trace.started) * 1000
-                )
-    gw, direct_p50 = percentile(times["gateway"], 0.5), percentile(times["direct"], 0.5)
+        turn = i % len(targets)  # each side goes first as often as the others
+        for t in targets[turn:] + targets[:turn]:
+            trace = await _one_stream(t.port, t.paths["anthropic"], t.headers(_paced(20)), 1)
+            if i >= 5:  # the first five rounds warm up
+                times[t.name].append((trace.arrivals[0] - trace.started) * 1000)
+    p50 = {side: percentile(values, 0.5) for side, values in times.items()}
     outcome.raw["ms"] = times
+    added = p50["gateway"] - p50["direct"]
+    what = "added time to first event p50, 64 events @ 20 ms"
     outcome.checks.append(
         Check(
-            "added time to first event p50, 64 events @ 20 ms",
+            what,
             "<= 2 ms",
-            f"{gw - direct_p50:.2f} ms (gw {gw:.2f} / direct {direct_p50:.2f})",
-            gw - direct_p50 <= 2.0,
+            f"{added:.2f} ms (gw {p50['gateway']:.2f} / direct {p50['direct']:.2f})",
+            added <= 2.0,
         )
     )
+    if sides.peer is not None:
+        outcome.checks.append(
+            added_versus_peer(what, added, p50["peer"] - p50["direct"], sides.peer_label)
+        )
     return outcome
 
 
@@ -78,9 +82,7 @@ def _faults(trace: StreamTrace) -> int:
     return abs(missing) + wrong + abs(len(trace.deltas) - len(expected)) + (not trace.complete)
 
 
-async def _streams_round(
-    port: int, path: str, headers: tuple[tuple[bytes, bytes], ...], count: int
-) -> list[StreamTrace]:
+async def _streams_round(port: int, path: str, headers: Headers, count: int) -> list[StreamTrace]:
     traces: list[StreamTrace] = []
     connections = [await Connection.open(port) for _ in range(count)]
 
@@ -95,17 +97,18 @@ async def _streams_round(
 
 
 async def concurrent_streams(
-    gateway_port: int, mock_port: int, pids: Mapping[str, int], levels: tuple[int, ...]
+    sides: Sides, pids: Mapping[str, int], levels: tuple[int, ...]
 ) -> Outcome:
-    """``levels`` concurrent streams at 50 events/s each, direct then gateway per level."""
+    """``levels`` concurrent streams at 50 events/s each; per level direct, gateway, peer."""
     outcome = Outcome("streams")
     for count in levels:
-        row: dict[str, object] = {}
-        for direct in (True, False):
-            port, path = _target(direct, gateway_port, mock_port)
+        row: dict[str, dict[str, Any]] = {}
+        for t in sides:
             window = CpuWindow(pids)
             window.start()
-            traces = await _streams_round(port, path, _headers(20, direct), count)
+            traces = await _streams_round(
+                t.port, t.paths["anthropic"], t.headers(_paced(20)), count
+            )
             window.stop()
             gaps = [
                 (later - earlier) * 1000
@@ -113,62 +116,84 @@ async def concurrent_streams(
                 for earlier, later in zip(trace.arrivals, trace.arrivals[1:], strict=False)
             ]
             events = sum(len(trace.arrivals) for trace in traces)
-            row["direct" if direct else "gateway"] = {
+            row[t.name] = {
                 "gap_p50_ms": percentile(gaps, 0.5),
                 "gap_p99_ms": percentile(gaps, 0.99),
                 "faults": sum(_faults(trace) for trace in traces),
                 "events": events,
-                "cpu_share": window.share,
-                "cpu_seconds": window.seconds,
+                "cpu_share": window.share or {},
+                "cpu_seconds": window.seconds or {},
             }
         outcome.raw[str(count)] = row
-        gw, dr = row["gateway"], row["direct"]
-        assert isinstance(gw, dict)
-        assert isinstance(dr, dict)
-        added = gw["gap_p99_ms"] - dr["gap_p99_ms"]
-        bound = bound_by(gw["cpu_share"])
-        outcome.checks.append(
-            Check(
-                f"added inter-event gap p99, {count} streams @ 50 ev/s",
-                "<= 5 ms" if count >= 300 else "(info)",
-                f"{added:.2f} ms (gw {gw['gap_p99_ms']:.2f} / direct {dr['gap_p99_ms']:.2f})",
-                added <= 5.0 if count >= 300 else None,
-                bound,
-            )
-        )
-        outcome.checks.append(
-            Check(
-                f"events lost/merged/reordered, {count} streams",
-                "0",
-                f"{gw['faults']} of {count * EVENTS} (direct {dr['faults']})",
-                gw["faults"] == 0,
-            )
-        )
-        cpu_us = gw["cpu_seconds"]["gateway"] / max(gw["events"], 1) * 1e6
-        outcome.checks.append(
-            Check(
-                f"gateway CPU per relayed event, {count} streams",
-                "<= 60 us",
-                f"{cpu_us:.0f} us ({gw['cpu_share']['gateway'] * 100:.0f} % of a core)",
-                cpu_us <= 60.0,
-                bound,
-            )
-        )
+        outcome.checks += _stream_checks(sides, row, count)
     return outcome
+
+
+def _cpu_per_event(side: Mapping[str, Any], server: str) -> str:
+    cpu_us = side["cpu_seconds"][server] / max(side["events"], 1) * 1e6
+    return f"{cpu_us:.0f} us ({side['cpu_share'][server] * 100:.0f} % of a core)"
+
+
+def _stream_checks(sides: Sides, row: Mapping[str, Mapping[str, Any]], count: int) -> list[Check]:
+    gw, dr = row["gateway"], row["direct"]
+    added = gw["gap_p99_ms"] - dr["gap_p99_ms"]
+    bound = bound_by(gw["cpu_share"])
+    gap = f"added inter-event gap p99, {count} streams @ 50 ev/s"
+    cpu_us = gw["cpu_seconds"]["gateway"] / max(gw["events"], 1) * 1e6
+    checks = [
+        Check(
+            gap,
+            "<= 5 ms" if count >= 300 else "(info)",
+            f"{added:.2f} ms (gw {gw['gap_p99_ms']:.2f} / direct {dr['gap_p99_ms']:.2f})",
+            added <= 5.0 if count >= 300 else None,
+            bound,
+        ),
+        Check(
+            f"events lost/merged/reordered, {count} streams",
+            "0",
+            f"{gw['faults']} of {count * EVENTS} (direct {dr['faults']})",
+            gw["faults"] == 0,
+        ),
+        Check(
+            f"gateway CPU per relayed event, {count} streams",
+            "<= 60 us",
+            _cpu_per_event(gw, "gateway"),
+            cpu_us <= 60.0,
+            bound,
+        ),
+    ]
+    if sides.peer is None:
+        return checks
+    peer, label = row["peer"], sides.peer_label
+    peer_added = peer["gap_p99_ms"] - dr["gap_p99_ms"]
+    return [
+        *checks,
+        added_versus_peer(gap, added, peer_added, label, bound_by(peer["cpu_share"], "peer")),
+        Check(
+            f"{label}: events lost/merged/reordered, {count} streams",
+            "(info)",
+            f"{peer['faults']} of {count * EVENTS}",
+            None,
+        ),
+        Check(
+            f"{label} CPU per relayed event, {count} streams",
+            "(info)",
+            _cpu_per_event(peer, "peer"),
+            None,
+        ),
+    ]
 
 
 async def open_stream_memory(gateway_port: int, gateway_pid: int, count: int) -> Outcome:
     """RSS added per open stream: ``count`` streams held open (1 event/s) after one event."""
     outcome = Outcome("memory")
-    await _one_stream(gateway_port, GATEWAY_PATH, _headers(1000, False), 1)
+    await _one_stream(gateway_port, GATEWAY_PATH, _paced(1000), 1)
     await trio.sleep(1.0)
     before = rss_bytes(gateway_pid)
     connections = [await Connection.open(gateway_port) for _ in range(count)]
     async with trio.open_nursery() as nursery:
         for connection in connections:
-            nursery.start_soon(
-                connection.stream, GATEWAY_PATH, stream_body(), _headers(1000, False)
-            )
+            nursery.start_soon(connection.stream, GATEWAY_PATH, stream_body(), _paced(1000))
         await trio.sleep(3.0)  # every stream has its first events, none has ended
         during = rss_bytes(gateway_pid)
         nursery.cancel_scope.cancel()
@@ -206,7 +231,7 @@ async def soak(gateway_port: int, gateway_pid: int, seconds: float) -> Outcome:
 
     async def stream_worker() -> None:
         while time.perf_counter() < deadline:
-            trace = await _one_stream(gateway_port, GATEWAY_PATH, _headers(5, False), None)
+            trace = await _one_stream(gateway_port, GATEWAY_PATH, _paced(5), None)
             counts["streams" if _faults(trace) == 0 else "errors"] += 1
 
     async def sampler() -> None:

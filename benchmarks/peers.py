@@ -33,6 +33,7 @@ from typing import Final
 from benchmarks.processes import GATEWAY_CPU, Served, free_port, served_process
 
 __all__ = [
+    "COMPANIONS",
     "LITELLM_VENV",
     "LITELLM_VERSION",
     "PEER_NAME",
@@ -46,6 +47,12 @@ LITELLM_VERSION: Final = "1.108.6"
 """The pinned release: the newest whose ``[proxy]`` extra resolves on PyPI for Python 3.11 here
 (1.108.8 and later pin a ``litellm-proxy-extras`` that is not published); far from the
 compromised 1.82.7 and 1.82.8, and from the withdrawn 1.107.x."""
+
+COMPANIONS: Final = ("opentelemetry-sdk==1.45.2",)
+"""Installed next to it. Without ``opentelemetry-sdk`` (not in the ``proxy`` extra) LiteLLM's
+auth step imports its OTel logger on every request, fails, and retries on the next: profiled
+here, that doubled its CPU per request. The peer is measured at its best, not at a packaging
+slip."""
 
 LITELLM_VENV: Final = Path(__file__).parent / ".peers" / "litellm-venv"
 """Its own virtual environment, created by :func:`install` (``make bench-peers``)."""
@@ -157,9 +164,10 @@ def install() -> None:
             [str(uv), "venv", "--quiet", "--python", sys.executable, str(LITELLM_VENV)],
             check=True,
         )
-    requirement = f"litellm[proxy]=={LITELLM_VERSION}"
+    requirements = [f"litellm[proxy]=={LITELLM_VERSION}", *COMPANIONS]
     subprocess.run(
-        [str(uv), "pip", "install", "--quiet", "--python", str(python), requirement], check=True
+        [str(uv), "pip", "install", "--quiet", "--python", str(python), *requirements],
+        check=True,
     )
 
 

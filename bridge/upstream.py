@@ -1,40 +1,60 @@
-"""The upstream HTTP client: one pooled httpx2 client per provider.
+"""The upstream HTTP client: one connection pool per provider, on httpcore2.
 
-Why httpx2 and not httpx: mcp 2.x and the official SDKs already depend on it, and
-under concurrency its pool held up better (stack-notes.md, section 4: p99 34 ms vs
-126 ms at 32 concurrent requests).
+Why httpcore2 (the transport layer of httpx2) under a pool of our own, and not
+``httpx2.AsyncClient``: measured at 16 concurrent 9 KB requests (benchmarks), the
+client's pool spent about a tenth of the gateway's CPU probing *every* idle connection
+with a ``poll()`` system call on every request and every response close, and its URL
+merging and auth/redirect/cookie layers another tenth doing nothing a gateway needs.
+This pool takes the most recently used idle connection (LIFO) and checks only that
+one; connections, HTTP/1.1 and TLS are still httpcore2's own code.
 
 Rules this module keeps:
 
 * HTTP/1.1 only. httpx(2) never sends RST_STREAM when an HTTP/2 stream is closed
   early, so a cancelled interception would leave the provider generating (and
   billing). Over HTTP/1.1 closing a half-read response closes the connection.
-* ``accept-encoding: identity``: bytes are relayed as they arrive, never inflated
-  and re-deflated.
+* ``accept-encoding: identity`` (set by the provider's headers): bytes are relayed as
+  they arrive, never inflated and re-deflated.
 * No read timeout: a model may think for minutes between two events. Stalls are
   the interception's business (its deadline), not the socket's.
+* At most ``MAX_CONNECTIONS`` requests in flight per provider; a request that waits
+  longer than ``POOL_TIMEOUT`` for a slot fails as unavailable, like a refused connect.
 * Every transport failure is translated, in :func:`_translate`, into
   :class:`~bridge.errors.UpstreamUnavailable`; ``Cancelled`` passes through.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
+import httpcore2
 import httpx2
+import trio
 
 from bridge.errors import BadRequest, UpstreamProtocolError, UpstreamUnavailable
 
 __all__ = ["UpstreamClient", "UpstreamResponse"]
 
-# Connections kept per provider: enough for bursts of concurrent streams.
-MAX_CONNECTIONS = 1000
-MAX_KEEPALIVE = 200
+# Requests in flight per provider: enough for bursts of concurrent streams.
+MAX_CONNECTIONS: Final = 1000
+# Idle connections kept per origin for reuse; more are closed when they come back.
+MAX_KEEPALIVE: Final = 200
+KEEPALIVE_EXPIRY: Final = 30.0
+WRITE_TIMEOUT: Final = 60.0
+POOL_TIMEOUT: Final = 30.0
+# How often idle connections are swept for ones the server closed or that expired.
+PRUNE_INTERVAL: Final = 1.0
 # The most of an error body we read before relaying it to the client.
-MAX_ERROR_BODY = 1024 * 1024
+MAX_ERROR_BODY: Final = 1024 * 1024
+# Parsed request URLs kept; routes repeat a handful of URLs, so this rarely fills.
+_URL_CACHE_SIZE: Final = 1024
+# Methods whose empty body is still announced as ``content-length: 0`` (as httpx does).
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 
 @dataclass(slots=True)
@@ -43,7 +63,9 @@ class UpstreamResponse:
 
     status: int
     headers: list[tuple[str, str]]
-    _response: httpx2.Response
+    _response: httpcore2.Response
+    _release: Callable[[], None] = field(repr=False)
+    """Gives the connection back to the pool (or drops it); called once, on close."""
     waited: float = 0.0
     """Seconds spent waiting for the upstream: time to headers, then for each chunk."""
     tee: Callable[[bytes], None] | None = None
@@ -52,12 +74,12 @@ class UpstreamResponse:
     @property
     def content_type(self) -> str:
         """The media type, lower-case, without parameters."""
-        return self._response.headers.get("content-type", "").split(";")[0].strip().lower()
+        return self.header("content-type").split(";")[0].strip().lower()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, undecoded."""
         with _translate():
-            body = self._response.aiter_raw()
+            body = aiter(self._response.aiter_stream())
             while True:
                 start = time.perf_counter()
                 try:
@@ -71,12 +93,20 @@ class UpstreamResponse:
                 yield chunk
 
     def header(self, name: str) -> str:
-        """The first value of header ``name`` (lower-case), or ``""``."""
-        return next((v for k, v in self.headers if k == name), "")
+        """The first value of header ``name`` (any case), or ``""``."""
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), "")
 
     async def aclose(self) -> None:
-        """Close the response (and its connection, if the body was not read to the end)."""
-        await self._response.aclose()
+        """Close the response (and its connection, if the body was not read to the end).
+
+        Idempotent. The connection goes back to the pool only if it is idle again.
+        """
+        release, self._release = self._release, _nothing
+        try:
+            await self._response.aclose()
+        finally:
+            release()
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; past ``limit`` bytes, :class:`UpstreamProtocolError`."""
@@ -90,25 +120,46 @@ class UpstreamResponse:
         return b"".join(parts)
 
 
-class UpstreamClient:
-    """A connection pool to one provider."""
+def _nothing() -> None:
+    pass
 
-    def __init__(self, *, connect_timeout: float = 10.0) -> None:
-        self._client = httpx2.AsyncClient(
-            http1=True,
-            http2=False,
-            trust_env=False,  # no proxy or credential from the environment leaks upstream
-            follow_redirects=False,
-            timeout=httpx2.Timeout(connect=connect_timeout, read=None, write=60.0, pool=30.0),
-            limits=httpx2.Limits(
-                max_connections=MAX_CONNECTIONS,
-                max_keepalive_connections=MAX_KEEPALIVE,
-                keepalive_expiry=30.0,
-            ),
-        )
-        # The upstream sees the client's own header set, not httpx's defaults.
-        for name in ("user-agent", "accept", "accept-encoding"):
-            del self._client.headers[name]
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A request URL parsed once: where to connect, and what goes on the request line."""
+
+    url: httpcore2.URL
+    origin: httpcore2.Origin
+    host: bytes
+    """The ``host`` header: the host, and the port unless it is the scheme's default."""
+
+
+class UpstreamClient:
+    """A connection pool to one provider (see the module's rules).
+
+    Each request takes the most recently used idle connection to its origin whose
+    keep-alive has not run out and whose socket the server has not closed, else opens
+    a new one. When the response is closed, its connection goes back to the pool if
+    it was read to the end (so it is idle again), and is closed otherwise.
+    """
+
+    def __init__(
+        self, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        # None: the system's and certifi's CAs, made on the first https request.
+        self._ssl = ssl_context
+        self._timeouts = {
+            "connect": connect_timeout,
+            "read": None,
+            "write": WRITE_TIMEOUT,
+            "pool": POOL_TIMEOUT,
+        }
+        self._slots = trio.Semaphore(MAX_CONNECTIONS)
+        # Idle connections per origin (scheme, host, port), most recently used last.
+        self._idle: dict[tuple[bytes, bytes, int], list[httpcore2.AsyncHTTPConnection]] = {}
+        self._surplus: list[httpcore2.AsyncHTTPConnection] = []
+        self._targets: dict[str, _Target] = {}
+        self._closed = False
 
     async def send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
@@ -119,15 +170,42 @@ class UpstreamClient:
         a response whose body was not read to the end closes its connection, so a
         cancelled interception stops the provider generating.
         """
-        request = self._client.build_request(
-            method, url, headers=_encode_headers(headers), content=body
+        if self._closed:
+            raise UpstreamUnavailable("the upstream client is closed (the gateway is stopping)")
+        target = self._target(url)
+        wire = _encode_headers(headers)
+        wire.insert(0, (b"host", target.host))
+        if body or method in _BODY_METHODS:
+            wire.append((b"content-length", str(len(body)).encode()))
+        request = httpcore2.Request(
+            method,
+            target.url,
+            headers=wire,
+            content=body,
+            extensions={"timeout": self._timeouts},
         )
         start = time.perf_counter()
-        with _translate():
-            response = await self._client.send(request, stream=True)
+        with trio.move_on_after(POOL_TIMEOUT) as waiting:
+            await self._slots.acquire()
+        if waiting.cancelled_caught:
+            raise UpstreamUnavailable(
+                f"upstream pool exhausted: {MAX_CONNECTIONS} requests already in flight"
+                f" for {POOL_TIMEOUT:.0f} s"
+            )
+        try:
+            connection = await self._connection(target.origin)
+            with _translate():
+                response = await connection.handle_async_request(request)
+        except BaseException:
+            self._slots.release()
+            raise
         headers_in = time.perf_counter() - start
         return UpstreamResponse(
-            response.status_code, list(response.headers.items()), response, waited=headers_in
+            response.status,
+            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],
+            response,
+            lambda: self._give_back(target.origin, connection),
+            waited=headers_in,
         )
 
     @asynccontextmanager
@@ -142,8 +220,108 @@ class UpstreamClient:
             await response.aclose()
 
     async def aclose(self) -> None:
-        """Close every pooled connection."""
-        await self._client.aclose()
+        """Close every pooled connection; later requests fail as unavailable."""
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        await self._close_surplus()
+        for connections in idle.values():
+            for connection in connections:
+                await connection.aclose()
+
+    # -- the pool -------------------------------------------------------------------------
+
+    def _target(self, url: str) -> _Target:
+        target = self._targets.get(url)
+        if target is None:
+            target = _parse_target(url)
+            if len(self._targets) >= _URL_CACHE_SIZE:
+                self._targets.clear()
+            self._targets[url] = target
+        return target
+
+    async def _connection(self, origin: httpcore2.Origin) -> httpcore2.AsyncHTTPConnection:
+        await self._close_surplus()
+        idle = self._idle.get(_key(origin))
+        while idle:
+            connection = idle.pop()
+            if connection.is_idle() and not connection.has_expired():
+                return connection
+            await connection.aclose()
+        if origin.scheme == b"https" and self._ssl is None:
+            self._ssl = httpx2.create_ssl_context(trust_env=False)
+        return httpcore2.AsyncHTTPConnection(
+            origin,
+            ssl_context=self._ssl,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+            http1=True,
+            http2=False,
+        )
+
+    def _give_back(
+        self, origin: httpcore2.Origin, connection: httpcore2.AsyncHTTPConnection
+    ) -> None:
+        """A response was closed: free its slot, and keep its connection if it is idle.
+
+        A connection that is not idle was closed by httpcore2 already (a half-read
+        body). Idle connections past ``MAX_KEEPALIVE`` are closed by the next request
+        (this runs in ``finally`` blocks, where it must not wait).
+        """
+        self._slots.release()
+        if not connection.is_idle() or connection.is_closed():
+            return
+        idle = self._idle.setdefault(_key(origin), [])
+        if self._closed or len(idle) >= MAX_KEEPALIVE:
+            self._surplus.append(connection)
+        else:
+            idle.append(connection)
+
+    async def prune(self) -> None:
+        """Close the idle connections the server has closed or whose keep-alive ran out.
+
+        Requests check only the connection they take; this sweeps the rest (see
+        :meth:`keep_tidy`), so a dead connection does not hold a socket for long.
+        """
+        await self._close_surplus()
+        dead: list[httpcore2.AsyncHTTPConnection] = []
+        for idle in self._idle.values():
+            alive = [c for c in idle if c.is_idle() and not c.has_expired()]
+            if len(alive) < len(idle):
+                dead.extend(c for c in idle if c not in alive)
+                idle[:] = alive
+        for connection in dead:
+            await connection.aclose()
+
+    async def keep_tidy(self, interval: float = PRUNE_INTERVAL) -> None:
+        """:meth:`prune` every ``interval`` seconds, until cancelled."""
+        while True:
+            await trio.sleep(interval)
+            await self.prune()
+
+    async def _close_surplus(self) -> None:
+        while self._surplus:
+            await self._surplus.pop().aclose()
+
+
+def _key(origin: httpcore2.Origin) -> tuple[bytes, bytes, int]:
+    return origin.scheme, origin.host, origin.port
+
+
+def _parse_target(url: str) -> _Target:
+    """Parse *url* the way httpx2 does (percent-encoding what HTTP cannot carry)."""
+    try:
+        parsed = httpx2.URL(url)
+    except httpx2.InvalidURL as exc:
+        raise BadRequest(f"cannot build the upstream URL: {exc}") from None
+    scheme = parsed.raw_scheme
+    if scheme not in (b"http", b"https"):
+        raise UpstreamUnavailable(f"unsupported upstream URL scheme in {parsed.scheme}://...")
+    default_port = 443 if scheme == b"https" else 80
+    port = parsed.port or default_port
+    host = parsed.raw_host if port == default_port else b"%b:%d" % (parsed.raw_host, port)
+    request_url = httpcore2.URL(
+        scheme=scheme, host=parsed.raw_host, port=parsed.port, target=parsed.raw_path
+    )
+    return _Target(request_url, httpcore2.Origin(scheme, parsed.raw_host, port), host)
 
 
 def _encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -159,11 +337,29 @@ def _encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]
 
 @contextmanager
 def _translate() -> Iterator[None]:
-    """Map httpx2's transport errors to :class:`UpstreamUnavailable`."""
+    """Map httpcore2's transport errors to :class:`UpstreamUnavailable`."""
     try:
         yield
-    except httpx2.TimeoutException as exc:
+    except httpcore2.TimeoutException as exc:
         raise UpstreamUnavailable(f"upstream timed out ({type(exc).__name__})") from exc
-    except httpx2.TransportError as exc:
-        detail = str(exc) or type(exc).__name__
-        raise UpstreamUnavailable(f"upstream unreachable: {detail}") from exc
+    except (
+        httpcore2.NetworkError,
+        httpcore2.ProtocolError,
+        httpcore2.UnsupportedProtocol,
+        httpcore2.ProxyError,
+    ) as exc:
+        raise UpstreamUnavailable(f"upstream unreachable: {_detail(exc)}") from exc
+
+
+def _detail(exc: BaseException) -> str:
+    """What went wrong, from the first exception in the chain that says something.
+
+    httpcore2 often raises an empty ``ConnectError`` from the real cause (a refused
+    connection, a certificate that does not verify), which is what the user needs.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if str(seen):
+            return f"{type(seen).__name__}: {seen}" if seen is not exc else str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__

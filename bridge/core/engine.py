@@ -333,10 +333,15 @@ async def open_engine(
                 else None,
             )
         )
+        # Housekeeping that lives as long as the engine: sweeping idle upstream
+        # connections. Cancelled (callbacks run last in, first out) before it is awaited.
+        housekeeping = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(housekeeping.cancel_scope.cancel)
         upstreams: dict[str, UpstreamClient] = {}
         for provider in config.providers:
             client = UpstreamClient(connect_timeout=provider.connect_timeout)
             stack.push_async_callback(client.aclose)
+            housekeeping.start_soon(client.keep_tidy)
             upstreams[provider.name] = client
         hub = None
         if config.mcp.servers:

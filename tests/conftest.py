@@ -40,11 +40,12 @@ from bridge.tracing import Tracer
 
 from .postgres import (
     Cluster,
-    ClusterError,
+    SQLDatabase,
     create_database,
     create_schema,
     drop_schema,
-    start_cluster,
+    new_sql_database,
+    start_test_cluster,
 )
 
 
@@ -256,13 +257,7 @@ def postgres_cluster() -> Iterator[Cluster]:
     """One throwaway PostgreSQL server for the session (see tests/postgres.py), started by
     the first test that needs it. In CI a server that cannot start fails those tests;
     elsewhere they are skipped with the reason."""
-    try:
-        cluster = start_cluster()
-    except ClusterError as exc:
-        message = f"cannot start the test PostgreSQL server: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    cluster = start_test_cluster()
     try:
         yield cluster
     finally:
@@ -299,3 +294,9 @@ def new_postgres_url(postgres_database: str) -> Iterator[Callable[[], str]]:
 def postgres_url(new_postgres_url: Callable[[], str]) -> str:
     """The URL of a new, empty PostgreSQL database (a schema of its own) for the test."""
     return new_postgres_url()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_database(request: pytest.FixtureRequest, tmp_path: Path) -> SQLDatabase:
+    """An empty database of each SQL kind, so that both SQL stores pass the same tests."""
+    return new_sql_database(request.param, request, tmp_path)

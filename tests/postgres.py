@@ -26,19 +26,35 @@ import pwd
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any, Final
+
+import psycopg
+import pytest
+
+from bridge.recording import postgres as postgres_module
+from bridge.recording import sqlite as sqlite_module
+from bridge.recording.postgres import PostgresStore
+from bridge.recording.sqlite import SQLiteStore
 
 __all__ = [
     "Cluster",
     "ClusterError",
+    "SQLDatabase",
     "create_database",
     "create_schema",
     "drop_schema",
+    "free_port",
+    "new_sql_database",
     "start_cluster",
+    "start_test_cluster",
 ]
 
 START_TIMEOUT: Final = 30.0
@@ -141,7 +157,7 @@ class Cluster:
         """Start the server on *port* (a free one if ``None``); return once it is ready."""
         if self._process is not None:
             raise ClusterError("the test PostgreSQL server is running already")
-        self.port = port or _free_port()
+        self.port = port or free_port()
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -164,11 +180,11 @@ class Cluster:
             **self._user,
         )
         assert process.stderr is not None
-        ready = threading.Event()
+        ready, ended = threading.Event(), threading.Event()
         threading.Thread(
-            target=self._copy_log, args=(process.stderr, ready), daemon=True, name="pg-log"
+            target=self._copy_log, args=(process.stderr, ready, ended), daemon=True, name="pg-log"
         ).start()
-        if not ready.wait(START_TIMEOUT) or process.poll() is not None:
+        if not ready.wait(START_TIMEOUT) or ended.is_set():
             process.kill()
             process.wait()
             raise ClusterError(
@@ -177,15 +193,16 @@ class Cluster:
             )
         self._process = process
 
-    def _copy_log(self, stream: IO[str], ready: threading.Event) -> None:
-        """Copy the server's stderr to its log file; set *ready* when it says it is ready
-        (or when it exits, so that the starter does not wait in vain)."""
+    def _copy_log(self, stream: IO[str], ready: threading.Event, ended: threading.Event) -> None:
+        """Copy the server's stderr to its log file; set *ready* when it says it is ready.
+        When it exits, set *ended*, then *ready*, so that the starter does not wait in vain."""
         with stream, self.log_path.open("a", encoding="utf-8") as log:
             for line in stream:
                 log.write(line)
                 log.flush()
                 if _READY in line:
                     ready.set()
+        ended.set()
         ready.set()
 
     def log_tail(self, lines: int = 20) -> str:
@@ -213,7 +230,8 @@ class Cluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now (bound, then released)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -232,10 +250,20 @@ def start_cluster(*, durable: bool = False) -> Cluster:
     return cluster
 
 
-def _admin(url: str) -> Any:
-    """An autocommit connection to *url* (psycopg, a runtime dependency of bridge)."""
-    import psycopg
+def start_test_cluster() -> Cluster:
+    """:func:`start_cluster` for a test fixture: if the server cannot start, fail the test
+    in CI (the ``CI`` variable is set) and skip it elsewhere, saying why either way."""
+    try:
+        return start_cluster()
+    except ClusterError as exc:
+        message = f"cannot start the test PostgreSQL server: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
 
+
+def _admin(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """An autocommit connection to *url*."""
     return psycopg.connect(url, autocommit=True)
 
 
@@ -259,3 +287,46 @@ def drop_schema(database_url: str, name: str) -> None:
     """Drop schema *name* and everything in it."""
     with _admin(database_url) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@dataclass
+class SQLDatabase:
+    """One empty SQL database of a test: a SQLite file or a PostgreSQL database (a schema)."""
+
+    kind: str
+    """``sqlite`` or ``postgresql``."""
+    target: str
+    """The file's path, or the database's URL."""
+
+    @property
+    def url(self) -> str:
+        """The ``recording.database`` URL of the database."""
+        return f"sqlite:///{self.target}" if self.kind == "sqlite" else self.target
+
+    @property
+    def module(self) -> ModuleType:
+        """The store's module, whose MIGRATIONS a test may lengthen."""
+        return sqlite_module if self.kind == "sqlite" else postgres_module
+
+    def open(self) -> SQLiteStore | PostgresStore:
+        """A new store (a new connection) on the database."""
+        if self.kind == "sqlite":
+            return SQLiteStore(self.target)
+        return PostgresStore(self.target)
+
+    def schema_rows(self) -> list[tuple[int, str]]:
+        """(version, applied_at as text) of every migration applied, by version."""
+        sql = "SELECT version, applied_at FROM schema_migrations ORDER BY version"
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.target) as conn:
+                return conn.execute(sql).fetchall()
+        with _admin(self.target) as conn:
+            return [(version, str(at)) for version, at in conn.execute(sql).fetchall()]
+
+
+def new_sql_database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> SQLDatabase:
+    """A new, empty database of *kind*: a file in *tmp_path*, or a schema made by the
+    ``new_postgres_url`` fixture."""
+    if kind == "sqlite":
+        return SQLDatabase(kind, str(tmp_path / f"bridge-{uuid.uuid4()}.db"))
+    return SQLDatabase(kind, request.getfixturevalue("new_postgres_url")())

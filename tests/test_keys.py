@@ -1,4 +1,5 @@
-"""Gateway keys: format, hashing, storage in both stores, constant-time lookup, the CLI."""
+"""Gateway keys: format, hashing, storage in every store (SQLite, PostgreSQL, memory),
+constant-time lookup, the CLI."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,17 +25,21 @@ from bridge.keys import (
     hash_key,
     looks_like_gateway_key,
 )
-from bridge.recording import sqlite as sqlite_module
 from bridge.recording.memory import MemoryStore
+from bridge.recording.postgres import PostgresStore
 from bridge.recording.records import CredentialKind, InterceptionStarted, utcnow
+from bridge.recording.sql import SQLStore
 from bridge.recording.sqlite import SQLiteStore
+
+from .postgres import SQLDatabase, new_sql_database
 
 URLSAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore | MemoryStore]:
-    chosen = SQLiteStore(tmp_path / "bridge.db") if request.param == "sqlite" else MemoryStore()
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStore | MemoryStore]:
+    kind = request.param
+    chosen = MemoryStore() if kind == "memory" else new_sql_database(kind, request, tmp_path).open()
     try:
         yield chosen
     finally:
@@ -102,12 +108,12 @@ def test_looks_like_gateway_key_never_raises_and_accepts_only_the_shape(value: s
 # -- the stores ----------------------------------------------------------------------------
 
 
-def test_both_stores_satisfy_the_keystore_protocol(store: SQLiteStore | MemoryStore) -> None:
+def test_every_store_satisfies_the_keystore_protocol(store: SQLStore | MemoryStore) -> None:
     assert isinstance(store, KeyStore)
 
 
 def test_a_created_key_is_listed_and_found_by_its_secret(
-    store: SQLiteStore | MemoryStore,
+    store: SQLStore | MemoryStore,
 ) -> None:
     before = utcnow()
     secret, key = store.create_key("alice", {"team": "payments"})
@@ -123,7 +129,7 @@ def test_a_created_key_is_listed_and_found_by_its_secret(
 
 
 def test_keys_are_listed_oldest_first_with_revoked_ones(
-    store: SQLiteStore | MemoryStore,
+    store: SQLStore | MemoryStore,
 ) -> None:
     _, first = store.create_key("alice", {})
     _, second = store.create_key("bob", {"env": "ci"})
@@ -135,7 +141,7 @@ def test_keys_are_listed_oldest_first_with_revoked_ones(
 
 
 def test_a_revoked_key_is_not_found_and_revoking_again_returns_false(
-    store: SQLiteStore | MemoryStore,
+    store: SQLStore | MemoryStore,
 ) -> None:
     secret, key = store.create_key("alice", {})
     assert store.revoke_key(key.id) is True
@@ -145,13 +151,13 @@ def test_a_revoked_key_is_not_found_and_revoking_again_returns_false(
     assert store.list_keys() == [revoked]  # the first revocation time is kept
 
 
-def test_revoking_an_unknown_id_returns_false(store: SQLiteStore | MemoryStore) -> None:
+def test_revoking_an_unknown_id_returns_false(store: SQLStore | MemoryStore) -> None:
     store.create_key("alice", {})
     assert store.revoke_key("00000000-0000-4000-8000-000000000000") is False
     assert all(key.revoked_at is None for key in store.list_keys())
 
 
-def test_unknown_and_malformed_secrets_are_not_found(store: SQLiteStore | MemoryStore) -> None:
+def test_unknown_and_malformed_secrets_are_not_found(store: SQLStore | MemoryStore) -> None:
     store.create_key("alice", {})
     assert store.find_key(generate_key()[0]) is None
     assert store.find_key("sk-ant-api03-something") is None
@@ -159,7 +165,7 @@ def test_unknown_and_malformed_secrets_are_not_found(store: SQLiteStore | Memory
 
 
 def test_a_secret_with_the_right_prefix_but_a_wrong_rest_is_not_found(
-    store: SQLiteStore | MemoryStore,
+    store: SQLStore | MemoryStore,
 ) -> None:
     secret, _ = store.create_key("alice", {})
     last = secret[-1]
@@ -171,7 +177,7 @@ def test_a_secret_with_the_right_prefix_but_a_wrong_rest_is_not_found(
 
 
 def test_touch_records_the_last_use_and_never_moves_it_back(
-    store: SQLiteStore | MemoryStore,
+    store: SQLStore | MemoryStore,
 ) -> None:
     secret, key = store.create_key("alice", {})
     later = dt.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
@@ -186,7 +192,7 @@ def test_touch_records_the_last_use_and_never_moves_it_back(
 
 
 def test_metadata_returned_by_a_store_cannot_change_what_is_stored(
-    store: SQLiteStore | MemoryStore,
+    store: SQLStore | MemoryStore,
 ) -> None:
     secret, key = store.create_key("alice", {"team": "payments"})
     key.metadata["team"] = "changed"
@@ -206,7 +212,7 @@ def test_metadata_returned_by_a_store_cannot_change_what_is_stored(
     ],
 )
 def test_a_key_for_a_bad_user_or_metadata_is_refused(
-    store: SQLiteStore | MemoryStore, user: str, metadata: dict[str, str], message: str
+    store: SQLStore | MemoryStore, user: str, metadata: dict[str, str], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
         store.create_key(user, metadata)
@@ -226,7 +232,7 @@ def counting_compare_digest(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, 
 
 
 def test_find_compares_digests_exactly_once_whether_or_not_the_prefix_exists(
-    store: SQLiteStore | MemoryStore, monkeypatch: pytest.MonkeyPatch
+    store: SQLStore | MemoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret, key = store.create_key("alice", {})
     calls = counting_compare_digest(monkeypatch)
@@ -248,7 +254,7 @@ def test_find_compares_digests_exactly_once_whether_or_not_the_prefix_exists(
     assert len(calls) == 1
 
 
-# -- SQLite specifics ----------------------------------------------------------------------
+# -- SQLite and PostgreSQL specifics -------------------------------------------------------
 
 
 def test_the_database_file_never_contains_the_secret(tmp_path: Path) -> None:
@@ -274,12 +280,31 @@ def test_keys_are_looked_up_by_an_index_on_prefix(tmp_path: Path) -> None:
     assert "USING INDEX" in " ".join(str(step[-1]) for step in plan)
 
 
+def test_postgres_keeps_no_secret_and_looks_keys_up_by_an_index(postgres_url: str) -> None:
+    with PostgresStore(postgres_url) as store:
+        secret, key = store.create_key("alice", {"team": "payments"})
+        store.touch_key(key.id, utcnow())
+        assert store.find_key(secret) is not None
+    with psycopg.connect(postgres_url) as conn:
+        stored = " ".join(
+            row[0] for row in conn.execute("SELECT t::text FROM bridge_gateway_keys t")
+        )
+        conn.execute("SET enable_seqscan = off")  # a table this small is scanned otherwise
+        plan = conn.execute(
+            "EXPLAIN SELECT * FROM bridge_gateway_keys WHERE prefix = %s", ("bk-x",)
+        ).fetchall()
+    assert key.prefix in stored
+    assert hash_key(secret) in stored
+    assert secret not in stored
+    assert secret[PREFIX_LENGTH + 1 :] not in stored
+    assert "Index" in " ".join(step[0] for step in plan)
+
+
 def test_migrating_a_version_1_database_keeps_its_rows_and_adds_keys(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sql_database: SQLDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "bridge.db"
-    current = sqlite_module.MIGRATIONS
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", current[:1])
+    current = sql_database.module.MIGRATIONS
+    monkeypatch.setattr(sql_database.module, "MIGRATIONS", current[:1])
     start = InterceptionStarted(
         id="i-1",
         initiator_id="alice",
@@ -293,11 +318,11 @@ def test_migrating_a_version_1_database_keeps_its_rows_and_adds_keys(
         credential_hint="",
         started_at=utcnow(),
     )
-    with SQLiteStore(path) as old:
+    with sql_database.open() as old:
         assert old.schema_version() == 1
         old.write_batch([start])
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", current)
-    with SQLiteStore(path) as new:
+    monkeypatch.setattr(sql_database.module, "MIGRATIONS", current)
+    with sql_database.open() as new:
         assert new.schema_version() == len(current) >= 2
         new.check()
         assert [row["id"] for row in new.interceptions()] == ["i-1"]
@@ -305,28 +330,31 @@ def test_migrating_a_version_1_database_keeps_its_rows_and_adds_keys(
         assert new.find_key(secret) == key
 
 
-def test_keys_written_by_one_store_are_found_by_another_on_the_same_file(
-    tmp_path: Path,
+def test_keys_written_by_one_store_are_found_by_another_on_the_same_database(
+    sql_database: SQLDatabase,
 ) -> None:
-    path = tmp_path / "bridge.db"
-    with SQLiteStore(path) as writer:
+    with sql_database.open() as writer, sql_database.open() as reader:
         secret, key = writer.create_key("alice", {"team": "payments"})
-    with SQLiteStore(path) as reader:
         assert reader.find_key(secret) == key
+        reader.touch_key(key.id, key.created_at)
+        assert writer.list_keys()[0].last_used_at == key.created_at
 
 
 # -- the command line ----------------------------------------------------------------------
 
 
 @pytest.fixture
-def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def database(
+    sql_database: SQLDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> SQLDatabase:
+    """The database the CLI is pointed at (BRIDGE_RECORDING_DATABASE), of each SQL kind."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BRIDGE_RECORDING_DATABASE", "sqlite:///keys.db")
-    return tmp_path / "keys.db"
+    monkeypatch.setenv("BRIDGE_RECORDING_DATABASE", sql_database.url)
+    return sql_database
 
 
 def test_cli_create_list_revoke_round_trip(
-    database: Path, capsys: pytest.CaptureFixture[str]
+    database: SQLDatabase, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["keys", "create", "--user", "alice", "--meta", "team=payments", "env=ci"]) == 0
     created = capsys.readouterr()
@@ -335,7 +363,7 @@ def test_cli_create_list_revoke_round_trip(
     assert "only time the key is shown" in created.err
     assert secret not in created.err
 
-    with SQLiteStore(database) as store:
+    with database.open() as store:
         found = store.find_key(secret)
     assert found is not None
     assert found.user == "alice"
@@ -370,7 +398,7 @@ def test_cli_create_list_revoke_round_trip(
 
     assert main(["keys", "revoke", found.id]) == 0
     assert found.id in capsys.readouterr().out
-    with SQLiteStore(database) as store:
+    with database.open() as store:
         assert store.find_key(secret) is None
     assert main(["keys", "list", "--format", "json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
@@ -381,7 +409,7 @@ def test_cli_create_list_revoke_round_trip(
 
 
 def test_cli_revoking_an_unknown_id_exits_1_and_says_so(
-    database: Path, capsys: pytest.CaptureFixture[str]
+    database: SQLDatabase, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["keys", "revoke", "no-such-id"]) == 1
     err = capsys.readouterr().err
@@ -398,20 +426,25 @@ def test_cli_revoking_an_unknown_id_exits_1_and_says_so(
     ],
 )
 def test_cli_bad_meta_exits_2_with_a_clear_message(
-    database: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    database: SQLDatabase, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     assert main(["keys", "create", "--user", "alice", *argv]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(f"bridge: {message}")
     assert captured.out == ""
-    assert not database.exists() or SQLiteStore(database).list_keys() == []
+    with database.open() as store:
+        assert store.list_keys() == []
 
 
-def test_cli_an_empty_user_exits_2(database: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_an_empty_user_exits_2(
+    database: SQLDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["keys", "create", "--user", ""]) == 2
     assert capsys.readouterr().err.startswith("bridge: invalid user ''")
 
 
-def test_cli_list_with_no_keys_says_so(database: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_list_with_no_keys_says_so(
+    database: SQLDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["keys", "list"]) == 0
     assert "(no gateway keys;" in capsys.readouterr().out

@@ -11,15 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import psycopg
 import pytest
 import trio
 import trio.testing
@@ -43,13 +39,12 @@ from bridge.recording import (
     open_recorder,
     open_store,
 )
-from bridge.recording import postgres as postgres_module
-from bridge.recording import sqlite as sqlite_module
-from bridge.recording.postgres import PostgresStore
 from bridge.recording.recorder import NOT_READY_AFTER
 from bridge.recording.records import new_id
 from bridge.recording.sql import SQLStore, iso_timestamp
 from bridge.recording.store import mask_url
+
+from .postgres import SQLDatabase, new_sql_database
 
 UTC = dt.UTC
 T0 = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -92,51 +87,11 @@ def whole_interception(user: str = "alice", **fields: Any) -> list[Record]:
     ]
 
 
-@dataclass
-class Database:
-    """One SQL database of a test: a SQLite file or a PostgreSQL database."""
-
-    kind: str
-    target: str  # the file's path, or the database's URL
-
-    @property
-    def module(self) -> ModuleType:
-        """The store's module, whose MIGRATIONS a test may lengthen."""
-        return sqlite_module if self.kind == "sqlite" else postgres_module
-
-    def open(self) -> SQLiteStore | PostgresStore:
-        """A new store (a new connection) on the database."""
-        if self.kind == "sqlite":
-            return SQLiteStore(self.target)
-        return PostgresStore(self.target)
-
-    def schema_rows(self) -> list[tuple[int, str]]:
-        """(version, applied_at as text) of every migration applied, by version."""
-        sql = "SELECT version, applied_at FROM schema_migrations ORDER BY version"
-        if self.kind == "sqlite":
-            with sqlite3.connect(self.target) as conn:
-                return conn.execute(sql).fetchall()
-        with psycopg.connect(self.target) as pg:
-            return [(version, str(at)) for version, at in pg.execute(sql).fetchall()]
-
-
-def new_database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    if kind == "sqlite":
-        return Database(kind, str(tmp_path / f"bridge-{new_id()}.db"))
-    return Database(kind, request.getfixturevalue("new_postgres_url")())
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    """An empty database of each SQL kind, so that both SQL stores pass the same tests."""
-    return new_database(request.param, request, tmp_path)
-
-
 @pytest.fixture(params=["sqlite", "postgresql", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStore | MemoryStore]:
     """Each store kind, so that all are held to the same rules."""
     kind = request.param
-    made = MemoryStore() if kind == "memory" else new_database(kind, request, tmp_path).open()
+    made = MemoryStore() if kind == "memory" else new_sql_database(kind, request, tmp_path).open()
     yield made
     made.close()
 
@@ -214,8 +169,8 @@ class SpyStore:
 # -- the stores -------------------------------------------------------------------------
 
 
-async def test_records_round_trip_through_the_recorder_into_sql(database: Database) -> None:
-    store = database.open()
+async def test_records_round_trip_through_the_recorder_into_sql(sql_database: SQLDatabase) -> None:
+    store = sql_database.open()
     east = dt.timezone(dt.timedelta(hours=2))
     start = started(
         metadata={"team": "платформа", "n": 1},
@@ -234,7 +189,7 @@ async def test_records_round_trip_through_the_recorder_into_sql(database: Databa
         for record in records:
             await recorder.record(record)
 
-    with database.open() as reopened:
+    with sql_database.open() as reopened:
         (row,) = reopened.interceptions()
         assert plain(row) == {
             "id": start.id,
@@ -321,6 +276,15 @@ def test_an_end_in_the_same_batch_as_its_start_is_applied(
     assert outcomes(store) == {start.id: ("rejected", None)}
 
 
+def test_text_no_database_can_encode_is_still_recorded(store: SQLStore | MemoryStore) -> None:
+    """A lone surrogate (what json.loads makes of a client's "\\ud800") cannot be written
+    as UTF-8: the batch is written with U+FFFD in its place rather than refused forever."""
+    start = started(user="mallory\ud800")
+    store.write_batch([start, PromptUsage(start.id, "r", "half a pair: \udcff")])
+    assert counts(store) == (1, 0, 1, 0, 0)
+    assert [row.group["user"] for row in store.usage()] in (["mallory\ufffd"], ["mallory\ud800"])
+
+
 def test_a_batch_with_a_non_record_writes_nothing(store: SQLStore | MemoryStore) -> None:
     with pytest.raises(TypeError, match=r"^cannot record a str: a record is one of "):
         store.write_batch([started(), "not a record"])  # type: ignore[list-item]
@@ -328,53 +292,53 @@ def test_a_batch_with_a_non_record_writes_nothing(store: SQLStore | MemoryStore)
 
 
 def test_migrations_are_applied_once_and_reopening_keeps_data_and_version(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+    sql_database: SQLDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     records = whole_interception()
-    released = len(database.module.MIGRATIONS)
-    with database.open() as store:
+    released = len(sql_database.module.MIGRATIONS)
+    with sql_database.open() as store:
         assert store.schema_version() == released
         store.write_batch(records)
-    applied = database.schema_rows()
+    applied = sql_database.schema_rows()
     assert [version for version, _ in applied] == list(range(1, released + 1))
 
-    with database.open() as store:
-        assert database.schema_rows() == applied
+    with sql_database.open() as store:
+        assert sql_database.schema_rows() == applied
         assert counts(store) == (1, 1, 1, 1, 1)
 
     # A new release adds one more migration: only that one runs on the next open.
     monkeypatch.setattr(
-        database.module,
+        sql_database.module,
         "MIGRATIONS",
         (
-            *database.module.MIGRATIONS,
+            *sql_database.module.MIGRATIONS,
             "CREATE TABLE bridge_later (x INTEGER); CREATE INDEX"
             " bridge_later_x ON bridge_later (x)",
         ),
     )
-    with database.open() as store:
+    with sql_database.open() as store:
         assert store.schema_version() == released + 1
         store.check()
         assert counts(store) == (1, 1, 1, 1, 1)
-    assert database.schema_rows()[:released] == applied
-    assert [version for version, _ in database.schema_rows()] == list(range(1, released + 2))
+    assert sql_database.schema_rows()[:released] == applied
+    assert [version for version, _ in sql_database.schema_rows()] == list(range(1, released + 2))
 
 
 def test_a_database_with_a_newer_schema_is_refused(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+    sql_database: SQLDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    current = database.module.MIGRATIONS
+    current = sql_database.module.MIGRATIONS
     monkeypatch.setattr(
-        database.module, "MIGRATIONS", (*current, "CREATE TABLE bridge_x (x INTEGER)")
+        sql_database.module, "MIGRATIONS", (*current, "CREATE TABLE bridge_x (x INTEGER)")
     )
-    database.open().close()
-    monkeypatch.setattr(database.module, "MIGRATIONS", current)
+    sql_database.open().close()
+    monkeypatch.setattr(sql_database.module, "MIGRATIONS", current)
     with pytest.raises(
         StoreError,
         match=rf"has schema version {len(current) + 1}, newer than this bridge knows"
         rf" \({len(current)}\)",
     ):
-        database.open()
+        sql_database.open()
 
 
 @pytest.mark.parametrize(
@@ -386,12 +350,12 @@ def test_stores_opened_at_once_on_a_new_database_migrate_it_once(
     """Several stores (each its own connection, as separate processes would have) open a
     new database at the same moment: each migration is applied exactly once."""
     for _ in range(attempts):
-        database = new_database(kind, request, tmp_path)
+        database = new_sql_database(kind, request, tmp_path)
         barrier = threading.Barrier(openers)
         errors: list[BaseException] = []
 
         def open_and_write(
-            database: Database = database,
+            database: SQLDatabase = database,
             barrier: threading.Barrier = barrier,
             errors: list[BaseException] = errors,
         ) -> None:
@@ -421,8 +385,8 @@ def test_a_sqlite_store_in_a_missing_directory_says_so(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
-def test_a_closed_store_is_not_ready(database: Database) -> None:
-    store = database.open()
+def test_a_closed_store_is_not_ready(sql_database: SQLDatabase) -> None:
+    store = sql_database.open()
     store.check()
     store.close()
     store.close()  # idempotent

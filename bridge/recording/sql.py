@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -298,12 +299,14 @@ def _row(record: Record, dialect: Dialect) -> tuple[Any, ...]:
     )
 
 
+# What no database text can hold: NUL (PostgreSQL) and surrogates, which UTF-8 cannot
+# encode (a str holds one only when it came alone, from a JSON "\ud800" escape, say).
+_UNSTORABLE: Final = re.compile(r"[\x00\ud800-\udfff]")
+
+
 def _clean(value: Any) -> Any:
-    """*value* with what no database text can hold (NUL, lone surrogates) made U+FFFD."""
-    if not isinstance(value, str):
-        return value
-    value = value.replace("\x00", "\ufffd")
-    return value.encode("utf-8", "replace").decode("utf-8") if not value.isascii() else value
+    """*value* with every character no database text can hold made U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", value) if isinstance(value, str) else value
 
 
 WriteGroups = list[tuple[str, list[tuple[Any, ...]]]]

@@ -182,7 +182,7 @@ def open_store(url: str) -> Store:
     if sep and scheme in ("postgresql", "postgres"):
         from .postgres import PostgresStore  # imported here: psycopg loads libpq
 
-        return PostgresStore(url)
+        return PostgresStore(f"{scheme}://{rest}")  # libpq wants the scheme in lower case
     if sep and scheme.startswith(("postgresql+", "postgres+")):
         raise StoreError(
             f"unsupported recording database URL {mask_url(url)!r}: bridge connects with"

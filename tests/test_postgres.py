@@ -1,0 +1,275 @@
+"""What only the PostgreSQL store has to show: URLs and masked errors, several gateways on one
+database, a server restart under the store and under the recorder, the CLI and the gateway
+on PostgreSQL. The rules every store shares are tested in test_recording and test_keys.
+
+The server is the session's (see tests/postgres.py); the restart tests start one of their
+own, so that stopping it disturbs no other test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from bridge.cli import main
+from bridge.config import RecordingConfig
+from bridge.mock_upstream import MockUpstream
+from bridge.recording import (
+    InterceptionEnded,
+    Outcome,
+    PromptUsage,
+    Record,
+    StoreError,
+    TokenUsage,
+    open_recorder,
+    open_store,
+)
+from bridge.recording import recorder as recorder_module
+from bridge.recording.postgres import PostgresStore
+from bridge.recording.sqlite import SQLiteStore
+
+from .conftest import gateway_config, run_gateway
+from .postgres import Cluster, free_port, start_test_cluster
+from .test_recording import counts, outcomes, started, usage_fixture, whole_interception
+
+PASSWORD = "s3cr3t-Pa55word"
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server of the test's own, which the test may stop and start."""
+    cluster = start_test_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+# -- URLs and errors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "POSTGRESQL"])
+def test_open_store_opens_postgresql_urls(postgres_url: str, scheme: str) -> None:
+    url = scheme + postgres_url.removeprefix("postgresql")
+    with open_store(url) as store:
+        assert isinstance(store, PostgresStore)
+        store.check()
+        assert store.schema_version() >= 2
+
+
+def test_a_driver_suffix_is_refused_with_the_fix() -> None:
+    with pytest.raises(StoreError, match=r"drop the '\+driver' part") as caught:
+        open_store(f"postgresql+psycopg://bridge:{PASSWORD}@127.0.0.1/bridge")
+    assert PASSWORD not in str(caught.value)
+    assert "postgresql+psycopg://bridge:***@127.0.0.1/bridge" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "?sslmode=bogus", f"?password={PASSWORD}", "?connect_timeout=2&no_such_option=1"],
+)
+def test_a_server_that_cannot_be_reached_says_so_without_the_password(query: str) -> None:
+    url = f"postgresql://bridge:{PASSWORD}@127.0.0.1:{free_port()}/bridge{query}"
+    with pytest.raises(StoreError) as caught:
+        open_store(url)
+    message = str(caught.value)
+    assert PASSWORD not in message
+    assert "***" in message
+    assert message.startswith(("cannot connect to the PostgreSQL database", "invalid PostgreSQL"))
+
+
+# -- a server that goes away ------------------------------------------------------------
+
+
+def test_the_store_survives_a_server_restart(own_cluster: Cluster) -> None:
+    with PostgresStore(own_cluster.url()) as store:
+        first = whole_interception("alice")
+        store.write_batch(first)
+
+        own_cluster.stop()
+        with pytest.raises(StoreError, match=r"^cannot connect to the PostgreSQL database"):
+            store.write_batch(whole_interception("bob"))
+        with pytest.raises(StoreError):
+            store.check()
+
+        own_cluster.start(port=own_cluster.port)
+        # The connection the store held died with the server: the store connects again.
+        second = whole_interception("carol")
+        store.write_batch(second)
+        store.check()
+        store.write_batch(first)  # a retried batch is still recorded once
+        assert counts(store) == (2, 2, 2, 2, 2)
+        assert sorted(row["initiator_id"] for row in store.interceptions()) == ["alice", "carol"]
+
+
+class SignallingStore(PostgresStore):
+    """A PostgresStore that tells the test when a write has failed."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.failed = threading.Event()
+
+    def write_batch(self, records: Sequence[Record]) -> None:
+        try:
+            super().write_batch(records)
+        except StoreError:
+            self.failed.set()
+            raise
+
+
+async def test_the_recorder_writes_what_came_while_the_server_was_down(
+    own_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real time (the store works in threads), so retries come quickly: every 0.1 s at most.
+    monkeypatch.setattr(recorder_module, "BACKOFF_MAX", recorder_module.BACKOFF_MIN)
+    store = SignallingStore(own_cluster.url())
+    before, during = whole_interception("alice"), whole_interception("bob")
+    async with open_recorder(store) as recorder:
+        for record in before:
+            await recorder.record(record)
+        await recorder.flush()
+        await trio.to_thread.run_sync(own_cluster.stop)
+        for record in during:
+            await recorder.record(record)
+        await trio.to_thread.run_sync(store.failed.wait, 30)
+        await trio.to_thread.run_sync(partial(own_cluster.start, port=own_cluster.port))
+        with trio.fail_after(30):
+            await recorder.flush()
+        assert recorder.stats.failures >= 1
+        assert recorder.stats.written == len(before) + len(during)
+    with PostgresStore(own_cluster.url()) as reader:
+        assert counts(reader) == (2, 2, 2, 2, 2)
+        assert set(outcomes(reader).values()) == {("completed", None)}
+
+
+# -- several gateways on one database ---------------------------------------------------
+
+
+async def test_two_gateways_record_into_one_database_without_duplicates(postgres_url: str) -> None:
+    """Two recorders, each with its own store and connection, as two gateway processes
+    have: each writes its own interceptions, and both write a shared batch (a journal
+    replayed by both, say) whose end differs: one row each, the first end kept."""
+    shared = started("shared")
+    mine = {name: [whole_interception(name) for _ in range(40)] for name in ("one", "two")}
+
+    async def gateway(name: str, end: Outcome) -> None:
+        async with open_recorder(PostgresStore(postgres_url), batch_size=16) as recorder:
+            for interception in mine[name]:
+                for record in interception:
+                    await recorder.record(record)
+                await recorder.record(shared)
+                await recorder.record(TokenUsage(shared.id, "r", input=1, id="shared-usage"))
+            await recorder.record(InterceptionEnded(shared.id, end))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gateway, "one", Outcome.COMPLETED)
+        nursery.start_soon(gateway, "two", Outcome.FAILED)
+
+    with PostgresStore(postgres_url) as store:
+        assert counts(store) == (81, 81, 80, 80, 80)
+        assert outcomes(store)[shared.id] in (("completed", None), ("failed", None))
+        rows = {row.group["user"]: row for row in store.usage()}
+        assert (rows["one"].interceptions, rows["two"].interceptions) == (40, 40)
+        assert rows["shared"].input == 1
+        assert sum(row.input for row in rows.values()) == 80 * 10 + 1
+
+
+def test_the_same_batch_written_by_two_stores_at_once_is_recorded_once(postgres_url: str) -> None:
+    batch = [record for _ in range(50) for record in whole_interception()]
+    stores = [PostgresStore(postgres_url) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def write(store: PostgresStore) -> None:
+        barrier.wait()
+        try:
+            store.write_batch(batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in stores:
+        store.close()
+    assert errors == []
+    with PostgresStore(postgres_url) as store:
+        assert counts(store) == (50, 50, 50, 50, 50)
+
+
+# -- text PostgreSQL cannot hold ----------------------------------------------------------
+
+
+def test_text_with_nul_and_lone_surrogates_is_recorded_with_replacements(
+    postgres_url: str,
+) -> None:
+    start = started(metadata={"note": "a\x00b"}, session_id="s\ud800")
+    with PostgresStore(postgres_url) as store:
+        store.write_batch([start, PromptUsage(start.id, "r", "nul\x00 and \udcff")])
+        (row,) = store.interceptions()
+        assert json.loads(row["metadata"]) == {"note": "a\x00b"}  # JSON escapes it: kept
+        assert row["session_id"] == "s\ufffd"
+        assert [p["prompt"] for p in store.prompts()] == ["nul\ufffd and \ufffd"]
+
+
+# -- the CLI and the gateway on PostgreSQL ----------------------------------------------
+
+
+def test_bridge_usage_reports_the_same_from_postgresql_as_from_sqlite(
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sqlite_path = tmp_path / "usage.db"
+    with SQLiteStore(sqlite_path) as lite, PostgresStore(postgres_url) as pg:
+        usage_fixture(lite)
+        usage_fixture(pg)
+    monkeypatch.chdir(tmp_path)
+    reports = {}
+    for url in (f"sqlite:///{sqlite_path}", postgres_url):
+        monkeypatch.setenv("BRIDGE_RECORDING_DATABASE", url)
+        assert main(["usage", "--by", "user", "--by", "model", "--format", "json"]) == 0
+        reports[url] = json.loads(capsys.readouterr().out)
+    from_sqlite, from_postgres = reports.values()
+    assert from_postgres == from_sqlite
+    assert [(row["user"], row["model"], row["interceptions"]) for row in from_postgres] == [
+        ("alice", "opus", 1),
+        ("alice", "sonnet", 2),
+        ("bob", "sonnet", 1),
+    ]
+
+
+async def test_a_gateway_records_into_postgresql(
+    nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path, postgres_url: str
+) -> None:
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    config = dataclasses.replace(config, recording=RecordingConfig(database=postgres_url))
+    bridge, url = await nursery.start(partial(run_gateway, config))
+    import anthropic
+
+    client = anthropic.AsyncAnthropic(
+        base_url=f"{url}/anthropic", api_key="sk-ant-client-byok-key-abcdef", max_retries=0
+    )
+    message = await client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    with trio.fail_after(10):
+        await bridge.wait_idle()
+        await bridge.recorder.flush()
+    assert isinstance(bridge.store, PostgresStore)
+    (interception,) = bridge.store.interceptions()
+    assert interception["id"] == message.id
+    assert interception["outcome"] == "completed"
+    assert interception["streaming"] is False
+    (usage,) = bridge.store.token_usages(message.id)
+    assert usage["output"] == message.usage.output_tokens

@@ -65,9 +65,9 @@ class ASGISink:
     async def send(self, data: bytes) -> None:
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
-    async def end(self) -> None:
+    async def end(self, last: bytes = b"") -> None:
         self.ended = True
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def wait_disconnected(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
@@ -145,8 +145,7 @@ async def _plain_error(
         # (stack-notes.md, gotcha 4): close it.
         headers.append(("connection", "close"))
     await sink.start(status, headers)
-    await sink.send(body)
-    await sink.end()
+    await sink.end(body)
 
 
 async def _refuse_websocket(engine: Engine, scope: Scope, send: Send) -> None:

@@ -71,8 +71,9 @@ class _BufferSink:
     async def send(self, data: bytes) -> None:
         self.parts.append(data)
 
-    async def end(self) -> None:
-        pass
+    async def end(self, last: bytes = b"") -> None:
+        if last:
+            self.parts.append(last)
 
     async def wait_disconnected(self) -> None:
         await trio.sleep(math.inf)
@@ -93,7 +94,9 @@ class _ChannelSink:
     async def send(self, data: bytes) -> None:
         await self.send_channel.send(data)
 
-    async def end(self) -> None:
+    async def end(self, last: bytes = b"") -> None:
+        if last:
+            await self.send_channel.send(last)
         await self.send_channel.aclose()
 
     async def wait_disconnected(self) -> None:

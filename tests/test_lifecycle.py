@@ -68,8 +68,9 @@ class _FakeSink:
     async def send(self, data: bytes) -> None:
         self.frames.append((trio.current_time(), data))
 
-    async def end(self) -> None:
-        pass
+    async def end(self, last: bytes = b"") -> None:
+        if last:
+            self.frames.append((trio.current_time(), last))
 
     async def wait_disconnected(self) -> None:
         await trio.sleep_forever()

@@ -277,8 +277,7 @@ class Engine:
 async def _respond(sink: ResponseSink, status: int, body: bytes) -> None:
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
     await sink.start(status, headers)
-    await sink.send(body)
-    await sink.end()
+    await sink.end(body)
 
 
 def _log_state_change(change: StateChange) -> None:

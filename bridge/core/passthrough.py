@@ -65,6 +65,5 @@ async def passthrough(
             message = "the upstream is unreachable" if isinstance(exc, UpstreamError) else str(exc)
             body = error_body(exc.status_hint, message)
             await sink.start(exc.status_hint, [("content-type", "application/json")])
-            await sink.send(body)
-            await sink.end()
+            await sink.end(body)
         nursery.cancel_scope.cancel()

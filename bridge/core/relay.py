@@ -95,12 +95,11 @@ class Relay:
             if not self.started or self.ended:
                 return
             self.complete = self.ended = True
+            last = b""
             if self._pending is not None:
-                status, headers, body = self._pending
+                status, headers, last = self._pending
                 await self._sink.start(status, headers)
-                if body:
-                    await self._write(body)
-            await self._sink.end()
+            await self._write(last, end=True)
 
     async def keep_alive(self, ping: bytes, interval: float) -> None:
         """Send ``ping`` whenever the stream has been silent for ``interval`` seconds.
@@ -119,15 +118,16 @@ class Relay:
                     await self._write(ping)
                     self._last_write = trio.current_time()
 
-    async def _write(self, data: bytes) -> None:
-        """One write to the client, bounded by ``write_timeout``.
+    async def _write(self, data: bytes, *, end: bool = False) -> None:
+        """One write to the client (with ``end``: the last, which ends the body),
+        bounded by ``write_timeout``.
 
         A client that stops reading makes writes block once the socket buffers are
         full, which bounds the memory it can pin; past the timeout it is given up on
         (``on_stall``) and the data is dropped, since nobody is reading it.
         """
         with trio.move_on_after(self._write_timeout):
-            await self._sink.send(data)
+            await (self._sink.end(data) if end else self._sink.send(data))
             return
         self.stalled = True
         if self.on_stall is not None:

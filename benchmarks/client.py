@@ -86,18 +86,35 @@ class StreamTrace:
     complete: bool = False
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection to 127.0.0.1:``port``."""
+async def _connect(port: int) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    return stream
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to 127.0.0.1:``port``.
+
+    A server may end keep-alive after a complete answer (``connection: close``; hypercorn
+    does after 1,000 requests on one connection): :meth:`post` then connects again before the
+    next request, so a long latency series is not cut short by the server's own limit.
+    """
+
+    def __init__(self, stream: trio.SocketStream, port: int) -> None:
         self._stream = stream
+        self._port = port
         self._conn = h11.Connection(h11.CLIENT)
+        self._closing = False
 
     @classmethod
     async def open(cls, port: int) -> Connection:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        return cls(stream)
+        return cls(await _connect(port), port)
+
+    async def _reconnect(self) -> None:
+        await self._stream.aclose()
+        self._stream = await _connect(self._port)
+        self._conn = h11.Connection(h11.CLIENT)
+        self._closing = False
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -131,6 +148,8 @@ class Connection:
         self, path: str, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
     ) -> int:
         """Send one request, read the whole answer; return its status."""
+        if self._closing:
+            await self._reconnect()
         await self._send(path, body, headers)
         status = 0
         while True:
@@ -143,6 +162,8 @@ class Connection:
                 raise RuntimeError(f"POST {path}: the server closed the connection mid-answer")
         if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
             self._conn.start_next_cycle()
+        elif self._conn.their_state is h11.MUST_CLOSE:
+            self._closing = True  # a complete answer, then the server ends keep-alive
         else:
             raise RuntimeError(f"POST {path}: the connection cannot be reused (status {status})")
         return status

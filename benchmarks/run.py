@@ -113,6 +113,7 @@ def _recording(plan: Plan) -> Outcome:
             errors = trio.run(recording.send_requests, gw.port, plan.recorded, 16)
         outcome = recording.check_database(gw.database, plan.recorded, errors)
     outcome.checks.append(recording.store_throughput(plan.recorded))
+    outcome.checks.append(recording.postgres_throughput(plan.recorded))
     return outcome
 
 

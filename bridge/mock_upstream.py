@@ -23,6 +23,12 @@ Rules and invariants:
   the client closes the connection before the stream ends, the time is appended to
   :attr:`MockUpstream.disconnects` and sending stops. That is how tests observe that the
   gateway cut the upstream stream when its own client went away.
+* Faults on demand: ``x-mock-fault: <fault>`` (one of :data:`FAULTS`) makes the mock
+  misbehave on that request, after ``x-mock-fault-after: N`` SSE events (default: half of
+  them; for a blocking answer, half of the body): reset the connection, stall before the
+  headers or mid-body until the client gives up, send garbage, cut an event in half, or
+  close early. A faulted connection is never reused. :attr:`MockUpstream.open_connections`
+  and :attr:`MockUpstream.busy_connections` let tests check that nothing is left open.
 * Mistakes in how a test uses the mock (an unknown scenario name, a scenario without
   streaming responses) are answered with a 400 in the route's error shape (Anthropic's or
   OpenAI's) whose message names the fix. 400 rather than 500 because SDK clients retry 5xx
@@ -37,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,6 +54,7 @@ import trio
 
 __all__ = [
     "APIS",
+    "FAULTS",
     "FIXTURES_DIR",
     "Expect",
     "ExpectedError",
@@ -78,6 +86,26 @@ OPENAI_MODELS_SCENARIO: Final[str] = "openai_models"
 
 THOUGHT_SOURCES: Final[frozenset[str]] = frozenset({"reasoning_summary", "commentary"})
 """The values ``expect.thoughts[].source`` may take."""
+
+FAULTS: Final[frozenset[str]] = frozenset(
+    {
+        "reset-mid-stream",
+        "stall-before-headers",
+        "stall-between-events",
+        "garbage-sse",
+        "truncated-sse",
+        "close-early",
+        "close-after-headers",
+    }
+)
+"""The values of the ``x-mock-fault`` request header (see the module docstring)."""
+
+GARBAGE: Final[bytes] = (
+    b'data: {"type": "content_block_delta", "index": 0, "delta": {garbage\xff\xfe\n\n'
+    b"this is not server-sent events at all\x00\x01\n\n"
+    b"event: \xc3\x28\ndata: [1, 2,\n\n"
+)
+"""What ``garbage-sse`` sends in the middle of a stream: broken JSON, broken UTF-8, noise."""
 
 RECEIVE_SIZE: Final[int] = 65536
 """Bytes asked of the socket per read."""
@@ -243,6 +271,14 @@ class ReceivedRequest:
     def json(self) -> Any:
         """The body parsed as JSON."""
         return json.loads(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fault:
+    """A misbehaviour asked for by ``x-mock-fault``: which, and after how many events."""
+
+    kind: str
+    after: int | None
 
 
 # --------------------------------------------------------------------------- loading
@@ -685,6 +721,12 @@ class MockUpstream:
         self.disconnects: list[float] = []
         """``trio.current_time()`` of each client close while a stream was being sent."""
         self.completed_streams = 0
+        self.open_connections = 0
+        """Client connections accepted and not yet closed."""
+        self.busy_connections = 0
+        """Connections with a request received whose answer is not over (sent or cut)."""
+        self.faults = 0
+        """Requests answered with an ``x-mock-fault`` misbehaviour."""
         self._changed = trio.Event()
 
     # -- waiting, for tests
@@ -706,6 +748,12 @@ class MockUpstream:
         so tests wait here rather than read :attr:`completed_streams` right away.
         """
         while self.completed_streams < count:
+            await self._changed.wait()
+
+    async def wait_quiet(self) -> None:
+        """Wait until no connection is in the middle of an answer (idle keep-alive
+        connections may stay open: the gateway's pool owns them)."""
+        while self.busy_connections:
             await self._changed.wait()
 
     async def wait_requests(self, count: int = 1) -> ReceivedRequest:
@@ -734,25 +782,44 @@ class MockUpstream:
         """Answer requests on one keep-alive connection until either side closes it."""
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         conn = h11.Connection(h11.SERVER)
-        async with stream:
-            try:
-                while True:
-                    request = await self._read_request(conn, stream)
-                    if request is None:
-                        return
-                    response, pace = self._route(request)
-                    if response.streamed:
-                        if not await self._send_stream(conn, stream, response, pace):
-                            return
-                    else:
-                        await stream.send_all(_blocking_bytes(conn, response))
-                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                        return
+        self.open_connections += 1
+        try:
+            async with stream:
+                while await self._answer_next(conn, stream):
                     conn.start_next_cycle()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the client went away between requests or during a blocking answer
-            except h11.RemoteProtocolError as exc:
-                await _send_protocol_error(conn, stream, exc)
+        finally:
+            self.open_connections -= 1
+            self._notify()
+
+    async def _answer_next(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
+        """Read and answer one request; False when the connection cannot carry another."""
+        try:
+            request = await self._read_request(conn, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False  # the client went away between requests
+        except h11.RemoteProtocolError as exc:
+            await _send_protocol_error(conn, stream, exc)
+            return False
+        if request is None:
+            return False
+        self.busy_connections += 1
+        try:
+            response, pace, fault = self._route(request)
+            if fault is not None:
+                self.faults += 1
+                await _misbehave(conn, stream, response, pace, fault)
+                return False
+            if response.streamed:
+                if not await self._send_stream(conn, stream, response, pace):
+                    return False
+            else:
+                await stream.send_all(_blocking_bytes(conn, response))
+            return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False  # the client went away during a blocking answer
+        finally:
+            self.busy_connections -= 1
+            self._notify()
 
     async def _read_request(
         self, conn: h11.Connection, stream: trio.SocketStream
@@ -783,8 +850,8 @@ class MockUpstream:
             else:  # ConnectionClosed, or PAUSED after a protocol switch we never accept
                 return None
 
-    def _route(self, request: ReceivedRequest) -> tuple[UpstreamResponse, float]:
-        """Pick the response for ``request`` and the pace of its stream.
+    def _route(self, request: ReceivedRequest) -> tuple[UpstreamResponse, float, _Fault | None]:
+        """Pick the response for ``request``, the pace of its stream and its fault, if any.
 
         Anthropic routes accept ``x-api-key`` or ``authorization``; OpenAI routes (with or
         without the ``/v1`` prefix, as GitHub Copilot's upstream has none) need
@@ -807,17 +874,21 @@ class MockUpstream:
         elif path == "/models" and method == "GET":
             handler, error = self._openai_models, _openai_error_response
         else:
-            return _error_response(
-                404, "not_found_error", f"{method} {path}: no such route in the mock"
-            ), 0.0
+            return (
+                _error_response(
+                    404, "not_found_error", f"{method} {path}: no such route in the mock"
+                ),
+                0.0,
+                None,
+            )
         if error is _openai_error_response:
             authorization = request.header("authorization") or ""
             if not authorization.lower().startswith("bearer ") or not authorization[7:].strip():
-                return _OPENAI_NOT_AUTHENTICATED, 0.0
+                return _OPENAI_NOT_AUTHENTICATED, 0.0, None
         elif request.header("x-api-key") is None and request.header("authorization") is None:
-            return _NOT_AUTHENTICATED, 0.0
+            return _NOT_AUTHENTICATED, 0.0, None
         if (refusal := _key_refusal(request, error)) is not None:
-            return refusal, 0.0
+            return refusal, 0.0, None
         pace = self.pace
         pace_ms = request.header("x-mock-pace-ms")
         if pace_ms is not None:
@@ -826,12 +897,20 @@ class MockUpstream:
             except ValueError:
                 pace = -1.0
             if not math.isfinite(pace) or pace < 0:
-                return error(
-                    400,
-                    "invalid_request_error",
-                    f"x-mock-pace-ms: {pace_ms!r} must be a number of milliseconds >= 0",
-                ), 0.0
-        return handler(request), pace
+                return (
+                    error(
+                        400,
+                        "invalid_request_error",
+                        f"x-mock-pace-ms: {pace_ms!r} must be a number of milliseconds >= 0",
+                    ),
+                    0.0,
+                    None,
+                )
+        fault = _fault_of(request)
+        if isinstance(fault, str):
+            return error(400, "invalid_request_error", fault), 0.0, None
+        response = handler(request)
+        return response, pace, fault if response.status < 300 else None
 
     def _messages(self, request: ReceivedRequest) -> UpstreamResponse:
         return self._replay(
@@ -988,6 +1067,83 @@ class MockUpstream:
             self.disconnects.append(trio.current_time())
         self._notify()
         return sent_all and not peer_closed
+
+
+def _fault_of(request: ReceivedRequest) -> _Fault | str | None:
+    """The fault ``request`` asks for, None, or a message naming the mistake in the headers."""
+    kind = request.header("x-mock-fault")
+    if kind is None:
+        return None
+    if kind not in FAULTS:
+        return f"x-mock-fault: {kind!r} is not one of {sorted(FAULTS)}"
+    after_text = request.header("x-mock-fault-after")
+    if after_text is None:
+        return _Fault(kind, None)
+    if not after_text.isdigit():
+        return f"x-mock-fault-after: {after_text!r} must be a number of events >= 0"
+    return _Fault(kind, int(after_text))
+
+
+async def _wait_for_close(stream: trio.SocketStream) -> None:
+    """Read (and drop) whatever the client sends until it closes the connection."""
+    try:
+        while await stream.receive_some(RECEIVE_SIZE):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+
+
+async def _misbehave(
+    conn: h11.Connection,
+    stream: trio.SocketStream,
+    response: UpstreamResponse,
+    pace: float,
+    fault: _Fault,
+) -> None:
+    """Answer with ``fault`` instead of ``response``; the caller then closes the connection.
+
+    A stream's units are its events. A blocking body is cut in two halves: the fault
+    comes after the first half (or before it, with ``x-mock-fault-after: 0``).
+    """
+    if fault.kind == "close-early":
+        return  # closed before any byte of an answer
+    if fault.kind == "stall-before-headers":
+        await _wait_for_close(stream)
+        return
+    chunks = list(response.wire_chunks)
+    cut = len(chunks) // 2 if fault.after is None else min(fault.after, len(chunks))
+    if not response.streamed:
+        body = b"".join(chunks)
+        chunks = [body[: len(body) // 2], body[len(body) // 2 :]]
+        cut = min(cut, 1)  # never the whole body: the fault must cut it
+    # "connection: close": the connection ends with this answer, whole or not, and says so.
+    headers = [*response.wire_headers, (b"connection", b"close")]
+    await stream.send_all(conn.send(h11.Response(status_code=response.status, headers=headers)))
+    if fault.kind == "close-after-headers":
+        return
+    for i, chunk in enumerate(chunks[:cut]):
+        if i and pace:
+            await trio.sleep(pace)
+        await stream.send_all(conn.send(h11.Data(data=chunk)))
+    rest = chunks[cut:]
+    if fault.kind == "reset-mid-stream":
+        # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    elif fault.kind == "stall-between-events":
+        await _wait_for_close(stream)
+    elif fault.kind == "truncated-sse" and rest:
+        # Half an event, then the connection closes: no blank line, no end of the body.
+        await stream.send_all(conn.send(h11.Data(data=rest[0][: len(rest[0]) // 2])))
+    elif fault.kind == "garbage-sse":
+        if response.streamed:
+            rest = [GARBAGE, *rest]
+        else:  # the rest of the body, overwritten: same length, so still well framed
+            size = sum(len(chunk) for chunk in rest)
+            noise = b"\x00garbage{"
+            rest = [(noise * (size // len(noise) + 1))[:size]]
+        for chunk in rest:
+            await stream.send_all(conn.send(h11.Data(data=chunk)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
 def _blocking_bytes(conn: h11.Connection, response: UpstreamResponse) -> bytes:

@@ -1,0 +1,401 @@
+"""The fault suite: the upstream, the clients, an MCP server and the database misbehave.
+
+Loopback only; the mock upstream misbehaves on demand (``x-mock-fault``). After each
+fault the suite checks the same things (:meth:`Rig.check`):
+
+* no leak: the trio task count and this process's open file descriptors are back to
+  where they were, and no upstream connection is left in the middle of an answer (idle
+  keep-alive connections of the gateway's pool are allowed: each costs one task at the
+  mock and one descriptor on each side, and is discounted);
+* every interception has exactly one started and one ended record (counted as the store
+  writes them), with the expected outcome;
+* token totals recorded equal what the mock upstream actually sent;
+* the gateway still serves a normal request.
+
+Numbers (records written versus expected, RSS, replay rate) are printed: ``pytest -s``.
+Nothing sleeps to synchronise: tests wait on events (the mock's counters, trio's
+``wait_all_tasks_blocked`` for quiescence) under ``fail_after`` bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import trio
+import trio.testing
+from hypercorn.trio import serve as hypercorn_serve
+
+from bridge import Bridge, Config, open_bridge
+from bridge.mock_upstream import FAULTS, FIXTURES_DIR, GARBAGE, MockUpstream, load_scenarios
+from bridge.recording.records import InterceptionEnded, InterceptionStarted, Record, TokenUsage
+from bridge.recording.sqlite import SQLiteStore
+from bridge.server import hypercorn_config
+
+from .conftest import gateway_config
+
+SCENARIOS = load_scenarios(FIXTURES_DIR)
+
+# api -> (route, scenario)
+APIS: dict[str, tuple[str, str]] = {
+    "anthropic": ("/anthropic/v1/messages", "anthropic_text"),
+    "chat": ("/openai/v1/chat/completions", "openai_chat_text"),
+    "responses": ("/openai/v1/responses", "openai_responses_text"),
+}
+
+
+# --------------------------------------------------------------------------- the rig
+
+
+class CountingStore:
+    """A SQLite store that counts, per interception, the records it has written.
+
+    The SQLite store keeps the first end of an interception and ignores later ones, so a
+    second ended record would be invisible in the database: it is counted here.
+    """
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+        self.started: Counter[str] = Counter()
+        self.ended: Counter[str] = Counter()
+        self.outcomes: dict[str, str] = {}
+        self.errors: dict[str, str | None] = {}
+        self.tokens: dict[str, tuple[int, int, int]] = {}
+        self.records = 0
+
+    def write_batch(self, records: Sequence[Record]) -> None:
+        self.inner.write_batch(records)
+        self.records += len(records)
+        for record in records:
+            if isinstance(record, InterceptionStarted):
+                self.started[record.id] += 1
+            elif isinstance(record, InterceptionEnded):
+                self.ended[record.interception_id] += 1
+                self.outcomes[record.interception_id] = record.outcome.value
+                self.errors[record.interception_id] = record.error
+            elif isinstance(record, TokenUsage):
+                before = self.tokens.get(record.interception_id, (0, 0, 0))
+                self.tokens[record.interception_id] = (
+                    before[0] + record.input,
+                    before[1] + record.output,
+                    before[2] + record.cache_read,
+                )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def task_count() -> int:
+    """Every trio task of this run, from the root down."""
+
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(child) for n in task.child_nurseries for child in n.child_tasks)
+
+    return walk(trio.lowlevel.current_root_task())
+
+
+def task_names() -> Counter[str]:
+    """Every trio task of this run by name (to tell which ones leaked)."""
+    names: Counter[str] = Counter()
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        names[task.name] += 1
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child)
+
+    walk(trio.lowlevel.current_root_task())
+    return names
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_mib() -> float:
+    """This process's resident memory now, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Rig:
+    """A gateway (in this process, real HTTP) in front of the mock, with leak accounting."""
+
+    bridge: Bridge
+    url: str
+    mock: MockUpstream
+    store: CountingStore
+    baseline: tuple[int, int] = (0, 0)
+    expected: dict[str, str] = field(default_factory=dict)
+    baseline_tasks: Counter[str] = field(default_factory=Counter)
+    baseline_fds: set[str] = field(default_factory=set)
+
+    def new_fds(self) -> set[str]:
+        return set(os.listdir("/proc/self/fd")) - self.baseline_fds
+
+    def resources(self) -> tuple[int, int]:
+        """(tasks, descriptors), not counting the pool's idle upstream connections."""
+        idle = self.mock.open_connections
+        return task_count() - idle, fd_count() - 2 * idle
+
+    async def quiesce(self) -> None:
+        """Wait until no request is in flight, the mock has finished every answer and the
+        records are written."""
+        with trio.move_on_after(10):
+            await self.bridge.wait_idle()
+            await self.mock.wait_quiet()
+            await self.bridge.recorder.flush()
+        assert not self.bridge._engine.inflight, "an interception never ended"
+        assert not self.mock.busy_connections, "an upstream answer is still open"
+
+    async def settle(self) -> tuple[int, int]:
+        """:meth:`quiesce`, then wait until the task and fd counts are back to the baseline
+        (or 5 s have passed: then they are returned as they are, a leak)."""
+        await self.quiesce()
+        now = self.resources()
+        with trio.move_on_after(5):
+            while now != self.baseline:
+                await trio.testing.wait_all_tasks_blocked(0.01)
+                now = self.resources()
+        return now
+
+    async def warm_up(self) -> None:
+        """One normal request per API (pools, threads and caches exist), then the baseline."""
+        for api in APIS:
+            response = await post(self, api, stream=True)
+            assert response.status_code == 200, response.text
+        await self.quiesce()
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        self.baseline = self.resources()
+        self.baseline_tasks = task_names()
+        self.baseline_fds = set(os.listdir("/proc/self/fd"))
+
+    async def check(self, label: str, *, interceptions: int) -> None:
+        """No leak; exactly one ended record per interception; the gateway still serves."""
+        tasks, fds = await self.settle()
+        assert (tasks, fds) == self.baseline, (
+            f"{label}: leaked {tasks - self.baseline[0]} task(s) and"
+            f" {fds - self.baseline[1]} file descriptor(s):"
+            f" {task_names() - self.baseline_tasks}"
+            f" {[os.readlink(f'/proc/self/fd/{fd}') for fd in self.new_fds()]}"
+            f" open at the mock: {self.mock.open_connections}"
+        )
+        store = self.store
+        assert len(store.started) == interceptions, label
+        assert set(store.ended) == set(store.started), f"{label}: an interception never ended"
+        assert set(store.ended.values()) == {1}, f"{label}: an interception ended twice"
+        rows = store.inner.interceptions()
+        assert len(rows) == interceptions
+        assert all(row["outcome"] is not None for row in rows)
+        response = await post(self, "anthropic", stream=False)
+        assert response.status_code == 200, f"{label}: the gateway no longer serves"
+        await self.settle()
+
+
+async def run_rig(
+    config: Config,
+    mock: MockUpstream,
+    *,
+    task_status: trio.TaskStatus[Rig],
+) -> None:
+    """Serve ``config`` like ``bridge serve`` does, over a counting store."""
+    path = config.recording.database.removeprefix("sqlite:///")
+    store = CountingStore(SQLiteStore(path))
+    async with (
+        open_bridge(config, store=store) as bridge,  # type: ignore[arg-type]
+        trio.open_nursery() as nursery,
+    ):
+        binds = await nursery.start(
+            partial(hypercorn_serve, bridge.asgi_app, hypercorn_config(config))  # type: ignore[arg-type]
+        )
+        task_status.started(Rig(bridge, binds[0], mock, store))
+
+
+@pytest.fixture
+async def rig(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> Rig:
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    started: Rig = await nursery.start(partial(run_rig, config, mock))
+    await started.warm_up()
+    return started
+
+
+def request_body(api: str, *, stream: bool) -> dict[str, Any]:
+    body = dict(SCENARIOS[APIS[api][1]].request or {})
+    body["stream"] = stream
+    return body
+
+
+async def post(
+    rig: Rig,
+    api: str,
+    *,
+    stream: bool,
+    headers: dict[str, str] | None = None,
+    client: httpx2.AsyncClient | None = None,
+) -> httpx2.Response:
+    """One request, read to its end (a streamed body too)."""
+    route, scenario = APIS[api]
+    sent = {"x-mock-scenario": scenario, "authorization": "Bearer sk-x", **(headers or {})}
+    async with httpx2.AsyncClient(timeout=30) as own:
+        return await (client or own).post(
+            f"{rig.url}{route}", json=request_body(api, stream=stream), headers=sent
+        )
+
+
+# --------------------------------------------------------------------------- usage oracle
+
+
+def usage_sent(api: str, chunks: Sequence[bytes]) -> tuple[int, int, int] | None:
+    """(input, output, cache read) as the provider reported them in ``chunks``, the SSE
+    events the mock actually sent; None if no usage was among them.
+
+    Written independently of the dialects, from the providers' documented event shapes.
+    """
+    usage: dict[str, Any] | None = None
+    for line in b"".join(chunks).split(b"\n"):
+        if not line.startswith(b"data: {"):
+            continue
+        event = json.loads(line[6:])
+        kind = event.get("type")
+        if api == "anthropic" and kind == "message_start":
+            usage = dict(event["message"]["usage"])
+        elif api == "anthropic" and kind == "message_delta" and usage is not None:
+            usage.update(event["usage"])
+        elif api == "chat" and isinstance(event.get("usage"), dict):
+            usage = event["usage"]
+        elif api == "responses" and kind == "response.completed":
+            usage = event["response"]["usage"]
+    if usage is None:
+        return None
+    if api == "anthropic":
+        return usage["input_tokens"], usage["output_tokens"], usage["cache_read_input_tokens"]
+    if api == "chat":
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        return usage["prompt_tokens"] - cached, usage["completion_tokens"], cached
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens", 0)
+    return usage["input_tokens"] - cached, usage["output_tokens"], cached
+
+
+def chunks_sent(api: str, *, stream: bool, fault: str, after: int) -> list[bytes]:
+    """The whole events (or body) the mock sends before ``fault`` cuts its answer."""
+    scenario = SCENARIOS[APIS[api][1]].upstream
+    response = (scenario.streaming if stream else scenario.blocking)[0]
+    chunks = list(response.wire_chunks)
+    if fault in ("close-early", "stall-before-headers", "close-after-headers"):
+        return []
+    if not stream:
+        return []  # a blocking body is cut in half (or garbled): no whole JSON was sent
+    if (api, fault, stream) == RAW_GARBAGE:
+        return chunks  # garbage in the middle, then every event
+    return chunks[:after]  # the events before the fault (garbage stops the reading)
+
+
+# --------------------------------------------------------------------------- upstream faults
+
+CUT_AFTER = 3
+"""Events the mock sends before a mid-stream fault."""
+
+
+async def stall_then_leave(rig: Rig, api: str, *, stream: bool, fault: str) -> None:
+    """A request the upstream stalls; the client gives up once the stall is certain: when
+    the mock has the request, or (a stalled stream) once the events before it arrived."""
+    route, scenario = APIS[api]
+    requests = len(rig.mock.requests)
+    reached = trio.Event()
+    headers = {
+        "x-mock-scenario": scenario,
+        "x-mock-fault": fault,
+        "x-mock-fault-after": str(CUT_AFTER),
+    }
+
+    async def request(client: httpx2.AsyncClient) -> None:
+        body = request_body(api, stream=stream)
+        async with client.stream("POST", f"{rig.url}{route}", json=body, headers=headers) as r:
+            seen = b""
+            async for chunk in r.aiter_bytes():
+                seen += chunk
+                if seen.count(b"\n\n") >= CUT_AFTER:
+                    reached.set()
+
+    with trio.fail_after(10):
+        async with httpx2.AsyncClient(timeout=30) as client, trio.open_nursery() as nursery:
+            nursery.start_soon(request, client)
+            if stream and fault == "stall-between-events":
+                await reached.wait()
+            else:
+                await rig.mock.wait_requests(requests + 1)
+            nursery.cancel_scope.cancel()
+
+
+# fault -> (client status when streaming, when blocking, outcome); None: the client left.
+FAULT_ENDS: dict[str, tuple[int | None, int | None, str]] = {
+    "reset-mid-stream": (200, 502, "failed"),
+    "stall-before-headers": (None, None, "client_disconnected"),
+    "stall-between-events": (None, None, "client_disconnected"),
+    "garbage-sse": (200, 502, "failed"),
+    "truncated-sse": (200, 502, "failed"),
+    "close-early": (502, 502, "failed"),
+    "close-after-headers": (502, 502, "failed"),  # before the first event: a real status
+}
+
+
+RAW_GARBAGE = ("responses", "garbage-sse", True)
+"""Responses streams are relayed raw, malformed lines included, and only read for
+accounting (see fixtures/openai/openai_responses_malformed_line.json): garbage in one is
+passed on and the stream completes."""
+
+
+def last_frame(text: str) -> str:
+    frames = [f for f in text.split("\n\n") if f.strip() and f.strip() != "data: [DONE]"]
+    return frames[-1]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "blocking"])
+@pytest.mark.parametrize("api", list(APIS))
+async def test_upstream_faults_end_cleanly_and_record_what_was_sent(
+    rig: Rig, api: str, stream: bool
+) -> None:
+    assert set(FAULT_ENDS) == FAULTS  # every fault the mock can make
+    interceptions = len(APIS)  # the warm-up's
+    for fault, (stream_status, blocking_status, outcome) in FAULT_ENDS.items():
+        before = set(rig.store.started)
+        if (api, fault, stream) == RAW_GARBAGE:
+            stream_status, outcome = 200, "completed"
+        if fault.startswith("stall"):
+            await stall_then_leave(rig, api, stream=stream, fault=fault)
+        else:
+            headers = {"x-mock-fault": fault, "x-mock-fault-after": str(CUT_AFTER)}
+            response = await post(rig, api, stream=stream, headers=headers)
+            assert response.status_code == (stream_status if stream else blocking_status), fault
+            if (api, fault, stream) == RAW_GARBAGE:
+                assert GARBAGE.decode(errors="replace") in response.text  # relayed as sent
+            elif response.status_code == 200:  # the stream had started: an error event ends it
+                assert "error" in last_frame(response.text), (fault, response.text[-300:])
+            else:
+                assert "error" in response.json(), fault
+        await rig.settle()
+        new = set(rig.store.started) - before
+        assert len(new) == 1, (new, [rig.store.outcomes.get(i) for i in new], len(before))
+        [ix] = new
+        sent = usage_sent(api, chunks_sent(api, stream=stream, fault=fault, after=CUT_AFTER))
+        print(
+            f"{api:9} {'stream' if stream else 'block':6} {fault:21}"
+            f" outcome={rig.store.outcomes[ix]:19} tokens recorded={rig.store.tokens.get(ix)}"
+            f" sent={sent} error={rig.store.errors[ix]!r}"
+        )
+        assert rig.store.outcomes[ix] == outcome, (fault, rig.store.errors[ix])
+        assert rig.store.tokens.get(ix) == sent, fault
+        interceptions += 1
+        await rig.check(fault, interceptions=interceptions)
+        interceptions += 1  # check() made a normal request

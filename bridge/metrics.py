@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -53,6 +53,9 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from bridge.recording.recorder import RecorderStats
 
 __all__ = [
     "AUTH_FAILURE_REASONS",
@@ -214,6 +217,18 @@ class Metrics:
             (),
             "livesum",
         )
+        self.recorder_journal_backlog_records = gauge(
+            "recorder_journal_backlog_records",
+            "Records in the recording journal, waiting to be replayed into the database.",
+            (),
+            "livesum",
+        )
+        self.recorder_journal_backlog_bytes = gauge(
+            "recorder_journal_backlog_bytes",
+            "Bytes of the recording journal waiting to be replayed into the database.",
+            (),
+            "livesum",
+        )
         self.recorder_records_total = counter(
             "recorder_records_total",
             "Records handled by the recorder: written, spilled to disk, or dropped.",
@@ -230,6 +245,9 @@ class Metrics:
             "Requests refused because the gateway key was missing or invalid.",
             ("reason",),
         )
+
+        # The recorder's counts already reported by recorder_observed().
+        self._recorder_seen: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<Metrics prefix={self.prefix!r} multiprocess={self.multiprocess}>"
@@ -368,6 +386,19 @@ class Metrics:
     def recorder_queued(self, depth: int) -> None:
         """The recorder's queue now holds ``depth`` records."""
         self.recorder_queue_depth.set(depth)
+
+    def recorder_observed(self, stats: RecorderStats) -> None:
+        """Bring the recorder's gauges and counters up to date with its ``stats`` (at
+        each scrape): queue depth, journal backlog, records written and spilled since the
+        last call."""
+        self.recorder_queue_depth.set(stats.queued)
+        self.recorder_journal_backlog_records.set(stats.journal_records)
+        self.recorder_journal_backlog_bytes.set(stats.journal_bytes)
+        for outcome, total in (("written", stats.written), ("spilled", stats.spilled)):
+            seen = self._recorder_seen.get(outcome, 0)
+            if total > seen:
+                self.recorder_record(outcome, total - seen)
+                self._recorder_seen[outcome] = total
 
     def recorder_record(self, outcome: str, count: int = 1) -> None:
         """``count`` records were written, spilled to disk, or dropped."""

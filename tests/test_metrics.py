@@ -47,6 +47,8 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "upstream_ttfb_seconds": ("histogram", ("provider", "model")),
     "gateway_added_seconds": ("histogram", ("provider", "model")),
     "recorder_queue_depth": ("gauge", ()),
+    "recorder_journal_backlog_records": ("gauge", ()),
+    "recorder_journal_backlog_bytes": ("gauge", ()),
     "recorder_records_total": ("counter", ("outcome",)),
     "mcp_tool_call_seconds": ("histogram", ("server", "name", "outcome")),
     "auth_failures_total": ("counter", ("reason",)),

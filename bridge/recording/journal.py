@@ -143,6 +143,12 @@ class Journal:
             ) from exc
         # The segments on disk, oldest first. Kept here, so that pending() is free.
         self._segments: list[Path] = [path for _, path in sorted(found)]
+        # Records and bytes in each segment, for backlog(); counted once for the segments
+        # an earlier process left, then kept up to date by append() and replay().
+        self._sizes: dict[Path, tuple[int, int]] = {}
+        for path in self._segments:
+            data = path.read_bytes()
+            self._sizes[path] = (data.count(b"\n"), len(data))
         self._counter = max((number for number, _ in found), default=0)
         # The segment appends go to: always one this journal created, never one left by
         # an earlier process (its last line may be torn).
@@ -152,6 +158,13 @@ class Journal:
     def pending(self) -> bool:
         """Whether records are waiting to be replayed."""
         return bool(self._segments)
+
+    def backlog(self) -> tuple[int, int]:
+        """(records, bytes) waiting to be replayed, for metrics and ``/readyz``."""
+        return (
+            sum(records for records, _ in self._sizes.values()),
+            sum(size for _, size in self._sizes.values()),
+        )
 
     def segments(self) -> list[Path]:
         """The segment files, oldest first."""
@@ -176,6 +189,8 @@ class Journal:
             self._seal()
             raise
         self._current_size += len(data)
+        records_before, bytes_before = self._sizes.get(self._segments[-1], (0, 0))
+        self._sizes[self._segments[-1]] = (records_before + len(records), bytes_before + len(data))
 
     def replay(self, write: Callable[[Sequence[Record]], None], batch_size: int) -> int:
         """Hand every journaled record to *write*, oldest first, in batches of at most
@@ -196,6 +211,7 @@ class Journal:
             segment.unlink(missing_ok=True)
             _fsync_directory(self.directory)
             del self._segments[0]
+            self._sizes.pop(segment, None)
         return replayed
 
     def close(self) -> None:

@@ -116,6 +116,10 @@ class RecorderStats:
     spilled)."""
     journal_pending: bool = False
     """The journal holds records not yet in the store (``/readyz``: spilling to journal)."""
+    journal_records: int = 0
+    """Records in the journal waiting to be replayed (the backlog of an outage)."""
+    journal_bytes: int = 0
+    """Bytes of the journal's segments waiting to be replayed."""
 
     @property
     def queued(self) -> int:
@@ -137,7 +141,8 @@ class Recorder:
     ) -> None:
         self.stats = RecorderStats()
         self._journal = journal
-        self.stats.journal_pending = journal is not None and journal.pending()
+        if journal is not None:
+            self._note_journal(journal)
         # With a journal: when the store may be tried again, and the wait after the next
         # failure (the backoff lives here, across batches, since batches no longer wait).
         self._retry_at = -float("inf")
@@ -346,7 +351,7 @@ class Recorder:
                     "the store is failing: spilling records to the journal in %s until it is back",
                     journal.directory,
                 )
-            self.stats.journal_pending = True
+            self._note_journal(journal)
             self.stats.spilled += len(self._batch)
             self._batch = []
         self._release_flushes()
@@ -388,7 +393,12 @@ class Recorder:
                 before,
                 journal.directory,
             )
+        self._note_journal(journal)
+
+    def _note_journal(self, journal: Journal) -> None:
+        """Copy the journal's backlog into the stats (after every append and replay)."""
         self.stats.journal_pending = journal.pending()
+        self.stats.journal_records, self.stats.journal_bytes = journal.backlog()
 
     def _store_failed(self, exc: Exception, count: int | None) -> None:
         self.stats.failures += 1

@@ -208,16 +208,9 @@ def _control_app(engine: Engine) -> QuartTrio:
             }
         )
 
-    written = 0
-
     @app.get("/metrics")
     async def metrics() -> Response:
-        nonlocal written
-        stats = engine.recorder.stats
-        engine.metrics.recorder_queued(stats.queued)
-        if stats.written > written:
-            engine.metrics.recorder_record("written", stats.written - written)
-            written = stats.written
+        engine.metrics.recorder_observed(engine.recorder.stats)
         body, content_type = await trio.to_thread.run_sync(render, engine.metrics)
         return Response(body, content_type=content_type)
 

@@ -176,6 +176,8 @@ class Engine:
             "queued": stats.queued,
             "spilled": stats.spilled,
             "journal_pending": stats.journal_pending,
+            "journal_records": stats.journal_records,
+            "journal_bytes": stats.journal_bytes,
         }
         configured = [p.name for p in self.config.providers]
         checks["providers"] = {"ok": bool(configured), "detail": ", ".join(configured) or "none"}

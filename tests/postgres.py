@@ -79,10 +79,14 @@ def _install_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 
+# Looked up now, not in the forked child, where only async-signal-safe work belongs.
+_PRCTL: Final = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
+
+
 def _die_with_parent() -> None:
     """In the server's process, before exec: SIGINT it when its parent dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
 
 
 class Cluster:
@@ -98,7 +102,14 @@ class Cluster:
         self._user: dict[str, Any] = {}
         self._bin = _install_dir() / "bin"
         if os.geteuid() == 0:
-            entry = pwd.getpwnam(_RUN_AS)
+            try:
+                entry = pwd.getpwnam(_RUN_AS)
+            except KeyError:
+                raise ClusterError(
+                    f"PostgreSQL refuses to run as root and there is no user {_RUN_AS!r} to"
+                    f" run it as: create one (useradd {_RUN_AS}) or run the tests as another"
+                    " user"
+                ) from None
             self._user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
             os.chown(directory, entry.pw_uid, entry.pw_gid)
             self._bin = self._readable_bin()
@@ -240,7 +251,12 @@ def free_port() -> int:
 
 def start_cluster(*, durable: bool = False) -> Cluster:
     """A new cluster in a temporary directory, initialised and started. The caller closes it."""
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="bridge-pg-")), durable=durable)
+    directory = Path(tempfile.mkdtemp(prefix="bridge-pg-"))
+    try:
+        cluster = Cluster(directory, durable=durable)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     try:
         cluster.initialise()
         cluster.start()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -75,6 +76,16 @@ CONNECT_DEFAULTS: Final[dict[str, str]] = {
 """Connection parameters used unless the URL sets them (``?connect_timeout=3``)."""
 
 
+def _passwords_in(url: str) -> tuple[str, ...]:
+    """The password of *url*, raw and decoded, found without libpq (which may refuse the
+    URL, quoting it): what an error must never show."""
+    try:
+        raw = urlsplit(url).password
+    except ValueError:
+        return ()
+    return () if not raw else (raw, unquote(raw))
+
+
 class PostgresStore(SQLStore):
     """Records in the PostgreSQL database *url* names (migrated if needed).
 
@@ -90,7 +101,7 @@ class PostgresStore(SQLStore):
         """The URL with its password masked: the raw URL is kept only to connect."""
         super().__init__(f"the PostgreSQL database {self.url!r}")
         self._raw_url = url
-        self._secrets: tuple[str, ...] = ()
+        self._secrets: tuple[str, ...] = (url, *_passwords_in(url))
         try:
             given = conninfo_to_dict(url)
         except psycopg.Error as exc:
@@ -98,8 +109,8 @@ class PostgresStore(SQLStore):
                 f"invalid PostgreSQL URL {self.url!r}: {self._scrub(str(exc))};"
                 " write it as postgresql://user:password@host:5432/database"
             ) from None
-        password = given.get("password")
-        self._secrets = (url, *([str(password)] if password else []))
+        if given.get("password"):
+            self._secrets += (str(given["password"]),)
         self._params = {
             name: value for name, value in CONNECT_DEFAULTS.items() if name not in given
         }
@@ -119,17 +130,20 @@ class PostgresStore(SQLStore):
     # -- the connection -------------------------------------------------------------------
 
     def _connect(self) -> _Connection:
+        conn: _Connection | None = None
         try:
             conn = psycopg.connect(make_conninfo(self._raw_url, **self._params), autocommit=True)
+            # JSON columns come back as their text, as from SQLite; timestamps in UTC.
+            conn.adapters.register_loader("json", TextLoader)
+            conn.execute("SET TIME ZONE 'UTC'")
         except psycopg.Error as exc:
+            if conn is not None:
+                conn.close()
             raise StoreError(
                 f"cannot connect to {self._label}: {self._scrub(str(exc)).strip()};"
                 " check that the server is running and that recording.database names it"
                 " with the right user, password and database"
             ) from None
-        # JSON columns come back as their text, as from SQLite; timestamps in UTC.
-        conn.adapters.register_loader("json", TextLoader)
-        conn.execute("SET TIME ZONE 'UTC'")
         return conn
 
     def _attempt(self, work: Callable[[_Connection], _T]) -> _T:

@@ -20,7 +20,14 @@ from typing import Any, Final
 
 import trio
 
-from bridge.mock_upstream import FIXTURES_DIR, MockUpstream, Scenario, load_scenario, load_scenarios
+from bridge.mock_upstream import (
+    FIXTURES_DIR,
+    MAIN_HISTORY,
+    MockUpstream,
+    Scenario,
+    load_scenario,
+    load_scenarios,
+)
 
 __all__ = ["STREAM_64", "STREAM_64_DELTAS", "bench_scenarios", "main"]
 
@@ -63,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     async def serve() -> None:
-        await MockUpstream(bench_scenarios()).serve("127.0.0.1", args.port)
+        await MockUpstream(bench_scenarios(), history=MAIN_HISTORY).serve("127.0.0.1", args.port)
 
     try:
         trio.run(serve)

@@ -56,6 +56,7 @@ __all__ = [
     "APIS",
     "FAULTS",
     "FIXTURES_DIR",
+    "MAIN_HISTORY",
     "Expect",
     "ExpectedError",
     "ExpectedThought",
@@ -106,6 +107,9 @@ GARBAGE: Final[bytes] = (
     b"event: \xc3\x28\ndata: [1, 2,\n\n"
 )
 """What ``garbage-sse`` sends in the middle of a stream: broken JSON, broken UTF-8, noise."""
+
+MAIN_HISTORY: Final[int] = 100
+"""Requests a long-running mock (``bridge mock-upstream``) keeps for inspection."""
 
 RECEIVE_SIZE: Final[int] = 65536
 """Bytes asked of the socket per read."""
@@ -697,7 +701,10 @@ class MockUpstream:
         default_scenario: str = "anthropic_text",
         default_chat_scenario: str | None = None,
         default_responses_scenario: str | None = None,
+        history: int | None = None,
     ) -> None:
+        if history is not None and history < 0:
+            raise ValueError(f"history must be None (keep all) or >= 0, got {history!r}")
         if scenarios is None:
             scenarios = load_scenarios(FIXTURES_DIR)
         if not math.isfinite(pace) or pace < 0:
@@ -717,6 +724,10 @@ class MockUpstream:
         self.default_scenario = default_scenario
         self.default_chat_scenario = default_chat_scenario or "openai_chat_text"
         self.default_responses_scenario = default_responses_scenario or "openai_responses_text"
+        self.history = history
+        """How many of the latest requests and disconnects are kept (None: all, for tests).
+        A long-running mock (benchmarks, ``bridge mock-upstream``) keeps a few only, or
+        the bodies it was sent (150 KB each in the latency benchmark) pile up in memory."""
         self.requests: list[ReceivedRequest] = []
         self.disconnects: list[float] = []
         """``trio.current_time()`` of each client close while a stream was being sent."""
@@ -845,6 +856,7 @@ class MockUpstream:
                     received_at=trio.current_time(),
                 )
                 self.requests.append(request)
+                _trim(self.requests, self.history)
                 self._notify()
                 return request
             else:  # ConnectionClosed, or PAUSED after a protocol switch we never accept
@@ -1065,6 +1077,7 @@ class MockUpstream:
             self.completed_streams += 1
         else:
             self.disconnects.append(trio.current_time())
+            _trim(self.disconnects, self.history)
         self._notify()
         return sent_all and not peer_closed
 
@@ -1146,6 +1159,12 @@ async def _misbehave(
         await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
+def _trim(kept: list[Any], history: int | None) -> None:
+    """Drop the oldest of ``kept`` beyond ``history`` (amortised: in batches)."""
+    if history is not None and len(kept) > 2 * history:
+        del kept[: len(kept) - history]
+
+
 def _blocking_bytes(conn: h11.Connection, response: UpstreamResponse) -> bytes:
     """The whole response (head, body, end) as one buffer, so it goes out in one write."""
     head = h11.Response(status_code=response.status, headers=list(response.wire_headers))
@@ -1172,7 +1191,7 @@ def main(port: int, host: str = "127.0.0.1") -> None:
     """Run the mock upstream on ``host:port`` with the repository's fixtures until Ctrl-C."""
 
     async def run() -> None:
-        upstream = MockUpstream()
+        upstream = MockUpstream(history=MAIN_HISTORY)
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(upstream.serve, host, port)
             print(

@@ -668,3 +668,18 @@ def test_loader_reads_thoughts_reasoning_and_string_tool_inputs() -> None:
     assert reasoning.usage.reasoning == 448
     [call] = SCENARIOS["openai_responses_custom_tool"].expect.tool_calls or ()
     assert call.input == "print(sum(range(1, 101)))"
+
+
+async def test_a_long_running_mock_keeps_only_its_latest_requests(nursery: trio.Nursery) -> None:
+    mock = MockUpstream(SCENARIOS, history=3)
+    url = await start(nursery, mock)
+    async with httpx2.AsyncClient(base_url=url) as client:
+        for n in range(10):
+            body = body_for("anthropic_text", max_tokens=n + 1)
+            response = await client.post("/v1/messages", json=body, headers=KEY)
+            assert response.status_code == 200
+            assert mock.requests[-1].json()["max_tokens"] == n + 1
+            assert len(mock.requests) <= 2 * 3
+    assert [r.json()["max_tokens"] for r in mock.requests][-3:] == [8, 9, 10]
+    with pytest.raises(ValueError, match="history"):
+        MockUpstream(SCENARIOS, history=-1)

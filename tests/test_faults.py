@@ -19,11 +19,16 @@ Nothing sleeps to synchronise: tests wait on events (the mock's counters, trio's
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,11 +75,18 @@ class CountingStore:
         self.errors: dict[str, str | None] = {}
         self.tokens: dict[str, tuple[int, int, int]] = {}
         self.records = 0
+        self.sequence: list[tuple[str, str]] = []
+        """(record type, interception id) of every record written, in order."""
+        self.writes: list[tuple[float, float, int]] = []
+        """(start, end, records) of every successful batch write."""
 
     def write_batch(self, records: Sequence[Record]) -> None:
+        started = time.perf_counter()
         self.inner.write_batch(records)
+        self.writes.append((started, time.perf_counter(), len(records)))
         self.records += len(records)
         for record in records:
+            self.sequence.append((type(record).__name__, _interception_of(record)))
             if isinstance(record, InterceptionStarted):
                 self.started[record.id] += 1
             elif isinstance(record, InterceptionEnded):
@@ -91,6 +103,10 @@ class CountingStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def _interception_of(record: Record) -> str:
+    return record.id if isinstance(record, InterceptionStarted) else record.interception_id
 
 
 def task_count() -> int:
@@ -141,8 +157,13 @@ class Rig:
     baseline_tasks: Counter[str] = field(default_factory=Counter)
     baseline_fds: set[str] = field(default_factory=set)
 
-    def new_fds(self) -> set[str]:
-        return set(os.listdir("/proc/self/fd")) - self.baseline_fds
+    def new_fds(self) -> list[str]:
+        """What the descriptors opened since the baseline point to."""
+        targets = []
+        for fd in set(os.listdir("/proc/self/fd")) - self.baseline_fds:
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return targets
 
     def resources(self) -> tuple[int, int]:
         """(tasks, descriptors), not counting the pool's idle upstream connections."""
@@ -188,7 +209,7 @@ class Rig:
             f"{label}: leaked {tasks - self.baseline[0]} task(s) and"
             f" {fds - self.baseline[1]} file descriptor(s):"
             f" {task_names() - self.baseline_tasks}"
-            f" {[os.readlink(f'/proc/self/fd/{fd}') for fd in self.new_fds()]}"
+            f" {self.new_fds()}"
             f" open at the mock: {self.mock.open_connections}"
         )
         store = self.store
@@ -207,11 +228,12 @@ async def run_rig(
     config: Config,
     mock: MockUpstream,
     *,
+    busy_timeout: float = 5.0,
     task_status: trio.TaskStatus[Rig],
 ) -> None:
     """Serve ``config`` like ``bridge serve`` does, over a counting store."""
     path = config.recording.database.removeprefix("sqlite:///")
-    store = CountingStore(SQLiteStore(path))
+    store = CountingStore(SQLiteStore(path, busy_timeout=busy_timeout))
     async with (
         open_bridge(config, store=store) as bridge,  # type: ignore[arg-type]
         trio.open_nursery() as nursery,
@@ -399,3 +421,159 @@ async def test_upstream_faults_end_cleanly_and_record_what_was_sent(
         interceptions += 1
         await rig.check(fault, interceptions=interceptions)
         interceptions += 1  # check() made a normal request
+
+
+# --------------------------------------------------------------------------- the database
+
+
+class ReplayWatch(logging.Handler):
+    """Wakes waiters each time the recorder logs a successful replay of the journal."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.replayed = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("replayed "):
+            self.replayed.set()
+            self.replayed = trio.Event()
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the unlabelled sample ``name`` in a Prometheus exposition."""
+    [line] = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+LOCKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+connection.execute("ROLLBACK")
+"""
+
+
+def _spawn_locker(path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+
+
+async def lock_database(path: Path) -> subprocess.Popen[bytes]:
+    """A process holding SQLite's write lock on ``path`` until :func:`unlock_database`.
+
+    Another process, not a connection of this one: SQLite keeps the descriptor of a
+    connection closed while another connection of the same process holds a lock on the
+    file, which would look like a leak."""
+    locker = _spawn_locker(path)
+    assert locker.stdout is not None
+    line = await trio.to_thread.run_sync(locker.stdout.readline)
+    assert line == b"locked\n", line
+    return locker
+
+
+async def unlock_database(locker: subprocess.Popen[bytes]) -> None:
+    assert locker.stdin is not None
+    assert locker.stdout is not None
+    locker.stdin.close()
+    assert await trio.to_thread.run_sync(locker.wait) == 0
+    locker.stdout.close()
+
+
+async def test_database_down_during_load_spills_to_the_journal_and_replays_in_order(
+    nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path
+) -> None:
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    recording = replace(config.recording, journal_dir=str(tmp_path / "journal"))
+    config = replace(config, recording=recording)
+    rig: Rig = await nursery.start(partial(run_rig, config, mock, busy_timeout=0.05))
+    await rig.warm_up()
+    requests, locked_at, released_at = 200, 40, 120
+    done = 0
+    milestones = {locked_at: trio.Event(), released_at: trio.Event()}
+    proceed = {locked_at: trio.Event(), released_at: trio.Event()}
+
+    async def one(client: httpx2.AsyncClient, n: int) -> None:
+        nonlocal done
+        response = await post(rig, "anthropic", stream=n % 2 == 0, client=client)
+        assert response.status_code == 200
+        done += 1
+        if done in milestones:
+            milestones[done].set()
+            await proceed[done].wait()  # the load pauses while the test looks
+
+    watch = ReplayWatch()
+    logger = logging.getLogger("bridge.recording")
+    logger.addHandler(watch)
+    locker: subprocess.Popen[bytes] | None = None
+    try:
+        limits = httpx2.Limits(max_connections=20)
+        with trio.fail_after(30):
+            async with (
+                httpx2.AsyncClient(timeout=30, limits=limits) as client,
+                trio.open_nursery() as load,
+            ):
+                for n in range(requests):
+                    load.start_soon(one, client, n)
+                await milestones[locked_at].wait()
+                # Another process holds the write lock: every write of the gateway fails
+                # with "database is locked" after its 50 ms busy timeout.
+                locker = await lock_database(tmp_path / "bridge.db")
+                proceed[locked_at].set()
+                await milestones[released_at].wait()
+                await rig.bridge.recorder.flush()  # written to the journal, the store refusing
+                stats = rig.bridge.recorder.stats
+                assert stats.spilled > 0
+                assert stats.journal_records > 0
+                async with httpx2.AsyncClient() as probe:
+                    ready = (await probe.get(f"{rig.url}/readyz")).json()["checks"]["recorder"]
+                    scraped = (await probe.get(f"{rig.url}/metrics")).text
+                print(f"\nduring the outage: /readyz recorder check {ready}")
+                # Requests still in flight keep spilling: the later look sees no less.
+                assert ready["journal_pending"] is True
+                assert 0 < ready["journal_records"] <= stats.journal_records
+                assert 0 < ready["journal_bytes"] <= stats.journal_bytes
+                backlog = metric(scraped, "recorder_journal_backlog_records")
+                assert ready["journal_records"] <= backlog <= stats.journal_records
+                backlog_bytes = metric(scraped, "recorder_journal_backlog_bytes")
+                assert ready["journal_bytes"] <= backlog_bytes <= stats.journal_bytes
+                await unlock_database(locker)  # the database is back
+                released = time.perf_counter()
+                proceed[released_at].set()
+            while rig.bridge.recorder.stats.journal_pending:
+                await watch.replayed.wait()
+    finally:
+        logger.removeHandler(watch)
+        if locker is not None and locker.poll() is None:
+            locker.kill()
+            locker.wait()
+    stats = rig.bridge.recorder.stats
+    # The replay: the first successful writes after the release, up to the replayed count.
+    replay_writes, count = [], 0
+    for write in (w for w in rig.store.writes if w[0] >= released):
+        if count >= stats.replayed:
+            break
+        replay_writes.append(write)
+        count += write[2]
+    seconds = replay_writes[-1][1] - replay_writes[0][0]
+    print(
+        f"database down during load: {requests} requests, {stats.spilled} records spilled"
+        f" ({stats.failures} failed writes), {stats.replayed} replayed in"
+        f" {seconds * 1000:.1f} ms: {stats.replayed / seconds:,.0f} records/s"
+    )
+    assert stats.replayed == stats.spilled
+    await rig.check("database down", interceptions=len(APIS) + requests)
+    # In order and once: each interception's started record precedes its other records.
+    seen: dict[str, int] = {}
+    for position, (kind, ix) in enumerate(rig.store.sequence):
+        if kind == "InterceptionStarted":
+            assert ix not in seen, "an interception was started twice"
+            seen[ix] = position
+        else:
+            assert ix in seen, f"a {kind} reached the database before its interception"
+    rows = rig.store.inner.interceptions()
+    ended = [row for row in rows if row["ended_at"] is not None]
+    print(f"database down: ended records {len(ended)} of {len(rows)} expected")
+    assert len(ended) == len(rows) == len(APIS) + requests + 1

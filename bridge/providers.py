@@ -59,7 +59,9 @@ _TRANSPORT = frozenset({"host", "content-length", "accept-encoding"})
 # Credentials the client presented to us; the provider key is injected instead.
 _CLIENT_AUTH = frozenset({"authorization", "x-api-key"})
 # Response headers that must not be copied from the upstream to the client.
-_RESPONSE_DROP = _HOP_BY_HOP | frozenset({"content-length", "content-encoding"})
+# The HTTP server sends its own Date (a response carries one); Server would only tell
+# clients which software the provider runs.
+_RESPONSE_DROP = _HOP_BY_HOP | frozenset({"content-length", "content-encoding", "date", "server"})
 
 
 class RouteKind(enum.Enum):

@@ -57,6 +57,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.read_timeout = None
     hc.h11_max_incomplete_size = 64 * 1024
     hc.accesslog = None
+    hc.include_server_header = False  # no software banner; the Date header stays
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.workers = server.workers  # > 1: the socket is bound with SO_REUSEPORT
     return hc

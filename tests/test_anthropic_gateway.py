@@ -388,3 +388,47 @@ async def test_upstream_reset_mid_stream_is_an_error_event_and_fails(
     assert row["outcome"] == "failed"
     [usage] = gateway.store.token_usages(row["id"])
     assert usage["input"] == 11  # what was known when the upstream died
+
+
+async def _dated_upstream(stream: trio.SocketStream) -> None:
+    """Answers one blocking request the way real providers do: with date and server."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += await stream.receive_some(65536)
+    body = json.dumps(
+        {
+            "id": "msg_dated",
+            "type": "message",
+            "role": "assistant",
+            "model": "m",
+            "content": [{"type": "text", "text": "hi"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 1},
+        }
+    ).encode()
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"date: Mon, 01 Jan 2024 00:00:00 GMT\r\nserver: cloudflare\r\nrequest-id: req_d\r\n\r\n"
+    ) % len(body)
+    await stream.send_all(head + body)
+    await stream.aclose()
+
+
+async def test_the_client_gets_one_date_and_no_server_software(
+    start_gateway: Any, nursery: trio.Nursery
+) -> None:
+    listeners = await nursery.start(partial(trio.serve_tcp, _dated_upstream, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    gateway: Gateway = await start_gateway(upstream_url=f"http://127.0.0.1:{port}/")
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(
+            f"{gateway.url}/anthropic/v1/messages",
+            json={"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert response.status_code == 200
+    names = [name.lower() for name, _ in response.headers.raw]
+    assert names.count(b"date") == 1  # the gateway's own: a response has one Date
+    assert response.headers["date"] != "Mon, 01 Jan 2024 00:00:00 GMT"
+    assert b"server" not in names
+    assert response.headers["request-id"] == "req_d"

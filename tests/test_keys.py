@@ -30,6 +30,7 @@ from bridge.recording.postgres import PostgresStore
 from bridge.recording.records import CredentialKind, InterceptionStarted, utcnow
 from bridge.recording.sql import SQLStore
 from bridge.recording.sqlite import SQLiteStore
+from bridge.recording.store import StoreError
 
 from .postgres import SQLDatabase, new_sql_database
 
@@ -328,6 +329,16 @@ def test_migrating_a_version_1_database_keeps_its_rows_and_adds_keys(
         assert [row["id"] for row in new.interceptions()] == ["i-1"]
         secret, key = new.create_key("alice", {})
         assert new.find_key(secret) == key
+
+
+def test_a_user_the_database_cannot_encode_is_refused_with_a_store_error(
+    sql_database: SQLDatabase,
+) -> None:
+    """Unlike a record's text, a key's user is not patched up: that would change who it is."""
+    with sql_database.open() as store:
+        with pytest.raises(StoreError, match=r"cannot hold a value given: .*surrogates"):
+            store.create_key("bad\udcff", {})
+        assert store.list_keys() == []
 
 
 def test_keys_written_by_one_store_are_found_by_another_on_the_same_database(

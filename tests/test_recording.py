@@ -3,7 +3,7 @@
 Every store rule is checked on each store: SQLite, PostgreSQL (a real server, see
 tests/postgres.py) and memory. Rules: no sleeping in real time (virtual time with
 ``autojump_clock`` where the code waits, events and ``wait_all_tasks_blocked`` otherwise);
-SQLite files live in ``tmp_path``, PostgreSQL databases are made per test.
+SQLite files live in ``tmp_path``; each PostgreSQL database is a schema of its own per test.
 """
 
 from __future__ import annotations

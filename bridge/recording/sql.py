@@ -457,12 +457,18 @@ class SQLStore:
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Sequence[Any]]]:
         with self._lock:
             self._ensure_open()
-            return self._query(self.dialect.sql(sql), params)
+            try:
+                return self._query(self.dialect.sql(sql), params)
+            except self.encoding_errors as exc:
+                raise StoreError(f"{self._label} cannot hold a value asked for: {exc}") from exc
 
     def _run(self, sql: str, params: Sequence[Any]) -> int:
         with self._lock:
             self._ensure_open()
-            return self._execute(self.dialect.sql(sql), params)
+            try:
+                return self._execute(self.dialect.sql(sql), params)
+            except self.encoding_errors as exc:
+                raise StoreError(f"{self._label} cannot hold a value given: {exc}") from exc
 
     # -- reading --------------------------------------------------------------------------
 

@@ -132,7 +132,9 @@ def write(
         "Gateway pinned to core 0; mock upstream and load generator on core 1. "
         + (f"{peer} (stateless, one worker) also pinned to core 0. " if peer else "")
         + '"bound: load+mock" marks rows where core 1 was >= 90 % busy, so the harness, '
-        "not the gateway, limited the number.\n\n"
+        'not the gateway, limited the number; "other load on coreK N %" marks rows where '
+        "processes outside the benchmark took that much of a pinned core (a shared machine), "
+        "so the row says more about the machine than about the gateway.\n\n"
         + table(checks)
         + "\n\n"
         + ("\n".join(f"![{p}]({p})" for p in plots) if plots else "(no plots: matplotlib missing)")

@@ -12,10 +12,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SATURATED", "Check", "Outcome", "bound_by", "percentile"]
+__all__ = ["CONTENDED", "SATURATED", "Check", "Outcome", "bound_by", "percentile"]
 
 SATURATED = 0.9
 """CPU share (of one core) from which a process counts as saturated."""
+CONTENDED = 0.25
+"""Share of a pinned core taken by processes outside the benchmark from which a row is flagged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +51,27 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def bound_by(share: dict[str, float], server: str = "gateway") -> str:
-    """What saturated during a window: "" (nothing, ``server`` measured), or names.
+    """What saturated or disturbed a window: "" (nothing, ``server`` measured), or names.
 
     ``server`` is the process under test: the gateway, or the peer gateway in its rows.
+    With per-core readings (``core0``, ``core1``: see :class:`~benchmarks.procstat.CpuWindow`)
+    it also names load from outside the benchmark that took :data:`CONTENDED` or more of the
+    server's core (core 0) or the harness's (core 1), since that moves every number.
     """
     names = []
     if share.get(server, 0.0) >= SATURATED:
         names.append(server)
     if share.get("load", 0.0) + share.get("mock", 0.0) >= SATURATED:
         names.append("load+mock")
-    return ",".join(names)
+    ours = {
+        "core0": share.get("gateway", 0.0) + share.get("peer", 0.0),
+        "core1": share.get("load", 0.0) + share.get("mock", 0.0),
+    }
+    others = [
+        f"{core} {(share[core] - used) * 100:.0f} %"
+        for core, used in ours.items()
+        if core in share and share[core] - used >= CONTENDED
+    ]
+    if others:
+        names.append("other load on " + ", ".join(others))
+    return "; ".join(names)

@@ -78,7 +78,7 @@ def _main_gateway(plan: Plan, *, peers: bool) -> list[Outcome]:
                 await blocking.throughput(
                     sides, pids, plan.throughput_levels, plan.throughput_seconds
                 ),
-                await streaming.time_to_first_event(sides, plan.ttfe_samples),
+                await streaming.time_to_first_event(sides, pids, plan.ttfe_samples),
                 await streaming.concurrent_streams(sides, pids, plan.stream_levels),
             ]
             if not peers:

@@ -44,19 +44,24 @@ async def _one_stream(
         await connection.aclose()
 
 
-async def time_to_first_event(sides: Sides, samples: int) -> Outcome:
+async def time_to_first_event(sides: Sides, pids: Mapping[str, int], samples: int) -> Outcome:
     """Concurrency 1, a new connection per stream, closed after the first event."""
     outcome = Outcome("ttfe")
     targets = list(sides)
     times: dict[str, list[float]] = {t.name: [] for t in targets}
+    window = CpuWindow(pids)
+    window.start()
     for i in range(samples + 5):
         turn = i % len(targets)  # each side goes first as often as the others
         for t in targets[turn:] + targets[:turn]:
             trace = await _one_stream(t.port, t.paths["anthropic"], t.headers(_paced(20)), 1)
             if i >= 5:  # the first five rounds warm up
                 times[t.name].append((trace.arrivals[0] - trace.started) * 1000)
+    window.stop()
+    share = window.share or {}
     p50 = {side: percentile(values, 0.5) for side, values in times.items()}
     outcome.raw["ms"] = times
+    outcome.raw["cpu_share"] = share
     added = p50["gateway"] - p50["direct"]
     what = "added time to first event p50, 64 events @ 20 ms"
     outcome.checks.append(
@@ -65,11 +70,18 @@ async def time_to_first_event(sides: Sides, samples: int) -> Outcome:
             "<= 2 ms",
             f"{added:.2f} ms (gw {p50['gateway']:.2f} / direct {p50['direct']:.2f})",
             added <= 2.0,
+            bound_by(share),
         )
     )
     if sides.peer is not None:
         outcome.checks.append(
-            added_versus_peer(what, added, p50["peer"] - p50["direct"], sides.peer_label)
+            added_versus_peer(
+                what,
+                added,
+                p50["peer"] - p50["direct"],
+                sides.peer_label,
+                bound_by(share, "peer"),
+            )
         )
     return outcome
 

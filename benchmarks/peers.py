@@ -44,9 +44,10 @@ __all__ = [
 ]
 
 LITELLM_VERSION: Final = "1.108.6"
-"""The pinned release: the newest whose ``[proxy]`` extra resolves on PyPI for Python 3.11 here
-(1.108.8 and later pin a ``litellm-proxy-extras`` that is not published); far from the
-compromised 1.82.7 and 1.82.8, and from the withdrawn 1.107.x."""
+"""The pinned release: a recent one whose ``[proxy]`` extra resolves on PyPI for Python 3.11
+(1.108.8 and later pin a ``litellm-proxy-extras`` PyPI does not have; 1.110 needs a
+``litellm-proxy`` package it does not have either). Not the compromised 1.82.7 or 1.82.8;
+no 1.107.x is published."""
 
 COMPANIONS: Final = ("opentelemetry-sdk==1.45.2",)
 """Installed next to it. Without ``opentelemetry-sdk`` (not in the ``proxy`` extra) LiteLLM's

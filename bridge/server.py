@@ -54,6 +54,8 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.backlog = server.backlog
     hc.graceful_timeout = server.grace_period
     hc.keep_alive_timeout = 75.0
+    # A client not reading this long is dropped, even inside hypercorn's shielded writes.
+    setattr(hc, hypercorn_fixes.WRITE_TIMEOUT_ATTRIBUTE, server.client_write_timeout)
     hc.read_timeout = None
     hc.h11_max_incomplete_size = 64 * 1024
     hc.accesslog = None

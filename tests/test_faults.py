@@ -20,9 +20,13 @@ Nothing sleeps to synchronise: tests wait on events (the mock's counters, trio's
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
+import random
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -115,7 +119,9 @@ def task_count() -> int:
     def walk(task: trio.lowlevel.Task) -> int:
         return 1 + sum(walk(child) for n in task.child_nurseries for child in n.child_tasks)
 
-    return walk(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return walk(root)
 
 
 def task_names() -> Counter[str]:
@@ -128,7 +134,9 @@ def task_names() -> Counter[str]:
             for child in nursery.child_tasks:
                 walk(child)
 
-    walk(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    walk(root)
     return names
 
 
@@ -156,6 +164,7 @@ class Rig:
     expected: dict[str, str] = field(default_factory=dict)
     baseline_tasks: Counter[str] = field(default_factory=Counter)
     baseline_fds: set[str] = field(default_factory=set)
+    baseline_ids: set[str] = field(default_factory=set)
 
     def new_fds(self) -> list[str]:
         """What the descriptors opened since the baseline point to."""
@@ -197,10 +206,12 @@ class Rig:
             response = await post(self, api, stream=True)
             assert response.status_code == 200, response.text
         await self.quiesce()
+        gc.collect()  # sockets an earlier test dropped close now, not during this one
         await trio.testing.wait_all_tasks_blocked(0.05)
         self.baseline = self.resources()
         self.baseline_tasks = task_names()
         self.baseline_fds = set(os.listdir("/proc/self/fd"))
+        self.baseline_ids = set(self.store.started)
 
     async def check(self, label: str, *, interceptions: int) -> None:
         """No leak; exactly one ended record per interception; the gateway still serves."""
@@ -235,7 +246,7 @@ async def run_rig(
     path = config.recording.database.removeprefix("sqlite:///")
     store = CountingStore(SQLiteStore(path, busy_timeout=busy_timeout))
     async with (
-        open_bridge(config, store=store) as bridge,  # type: ignore[arg-type]
+        open_bridge(config, store=store) as bridge,
         trio.open_nursery() as nursery,
     ):
         binds = await nursery.start(
@@ -577,3 +588,181 @@ async def test_database_down_during_load_spills_to_the_journal_and_replays_in_or
     ended = [row for row in rows if row["ended_at"] is not None]
     print(f"database down: ended records {len(ended)} of {len(rows)} expected")
     assert len(ended) == len(rows) == len(APIS) + requests + 1
+
+
+# --------------------------------------------------------------------------- clients
+
+SLOW_STREAM = SCENARIOS["anthropic_slow_stream"]
+
+
+def raw_request(scenario: str, body: dict[str, Any], **headers: str) -> tuple[bytes, bytes]:
+    """The head and body of an Anthropic streaming request, as a raw client sends them."""
+    data = json.dumps({**body, "stream": True}).encode()
+    lines = [
+        b"POST /anthropic/v1/messages HTTP/1.1",
+        b"host: gateway",
+        b"content-type: application/json",
+        b"content-length: %d" % len(data),
+        b"connection: close",  # a whole answer ends with the connection
+        b"x-mock-scenario: " + scenario.encode(),
+        *(f"{k}: {v}".encode() for k, v in headers.items()),
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n", data
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def test_a_thousand_clients_leaving_at_random_moments_leak_nothing(rig: Rig) -> None:
+    """1,000 streams, each read for a random number of bytes (seeded) before the client
+    closes (a quarter with a reset): every interception ends once, nothing leaks."""
+    clients, concurrent = 1000, 50
+    rng = random.Random(20251206)
+    text = SCENARIOS["anthropic_text"]
+    head, body = raw_request("anthropic_text", text.request or {}, **{"x-mock-pace-ms": "1"})
+    whole = len(b"".join(text.upstream.streaming[0].wire_chunks))
+    plans = [(rng.randint(1, whole + 1000), rng.random() < 0.25) for _ in range(clients)]
+    port = port_of(rig.url)
+    limiter = trio.CapacityLimiter(concurrent)
+    read_all = 0
+
+    async def leave_early(read: int, reset: bool) -> None:
+        nonlocal read_all
+        async with limiter:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(head + body)
+            got = b""
+            while len(got) < read:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                got += data
+            read_all += b"message_stop" in got
+            if reset:
+                stream.socket.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            await stream.aclose()
+
+    before = rss_mib()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for read, reset in plans:
+                nursery.start_soon(leave_early, read, reset)
+        await rig.settle()
+    after = rss_mib()
+    storm = [ix for ix in rig.store.started if ix not in rig.baseline_ids]
+    outcomes = Counter(rig.store.outcomes[ix] for ix in storm)
+    print(
+        f"\ndisconnect storm: {clients} clients, {len(storm)} interceptions,"
+        f" {sum(rig.store.ended[ix] for ix in storm)} ended records (expected {clients});"
+        f" outcomes {dict(outcomes)}; {read_all} read to the end;"
+        f" upstream streams cut {len(rig.mock.disconnects)};"
+        f" RSS {before:.1f} MiB before, {after:.1f} MiB after ({after - before:+.1f})"
+    )
+    assert len(storm) == clients
+    assert set(outcomes) <= {"completed", "client_disconnected"}
+    # A client that read message_stop mostly counts as completed; one that leaves between
+    # the last frame and the end of the body may count as client_disconnected (with the
+    # whole usage recorded), so the two numbers are printed, not compared.
+    final = usage_sent("anthropic", text.upstream.streaming[0].wire_chunks)
+    started = usage_sent("anthropic", text.upstream.streaming[0].wire_chunks[:1])
+    for ix in storm:
+        expected = final if rig.store.outcomes[ix] == "completed" else started
+        assert rig.store.tokens[ix] in (expected, final), rig.store.outcomes[ix]
+    await rig.check("disconnect storm", interceptions=len(APIS) + clients)
+
+
+def big_scenario(directory: Path, events: int) -> MockUpstream:
+    """A mock whose ``anthropic_big`` stream has ``events`` text deltas of 1 KiB each."""
+    start = SLOW_STREAM.upstream.streaming[0].events
+    assert start is not None
+    delta = {"type": "text_delta", "text": "x" * 1024}
+    document = {
+        "name": "anthropic_big",
+        "api": "anthropic.messages",
+        "request": SLOW_STREAM.request,
+        "upstream": {
+            "streaming": [
+                {
+                    "status": 200,
+                    "events": [{"event": e.event, "data": e.data} for e in start[:2]]
+                    + [
+                        {
+                            "event": "content_block_delta",
+                            "data": {"type": "content_block_delta", "index": 0, "delta": delta},
+                        }
+                    ]
+                    * events
+                    + [{"event": e.event, "data": e.data} for e in start[-3:]],
+                }
+            ]
+        },
+        "expect": {},
+    }
+    (directory / "big").mkdir()
+    (directory / "big" / "anthropic_big.json").write_text(json.dumps(document))
+    return MockUpstream({**SCENARIOS, **load_scenarios(directory / "big")})
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_pins_no_memory(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A real socket with a small receive buffer that never reads, in front of an 8 MiB
+    stream: the gateway's writes block (it buffers no more than the sockets hold), the
+    client is dropped after server.client_write_timeout and recorded as gone, and the
+    upstream stream is cut: it was never read to its end."""
+    mock = big_scenario(tmp_path, events=8 * 1024)
+    mock.port = await nursery.start(mock.serve)  # type: ignore[attr-defined]
+    config = gateway_config(tmp_path, mock.port, client_write_timeout=0.5)  # type: ignore[attr-defined]
+    rig: Rig = await nursery.start(partial(run_rig, config, mock))
+    await rig.warm_up()
+    head, body = raw_request("anthropic_big", SLOW_STREAM.request or {})
+    before = rss_mib()
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port_of(rig.url)))
+    stream = trio.SocketStream(sock)
+    try:
+        with trio.fail_after(20):
+            await stream.send_all(head + body)  # and never read
+            await mock.wait_requests(len(mock.requests) + 1)
+            await mock.wait_disconnect()  # the gateway gave up and closed the upstream
+            during = rss_mib()
+            await rig.quiesce()
+    finally:
+        await stream.aclose()  # (on failure, frees a gateway stuck writing to it)
+    [ix] = [ix for ix in rig.store.started if ix not in rig.baseline_ids]
+    print(
+        f"\nslow reader: outcome {rig.store.outcomes[ix]}; the 8 MiB upstream stream was"
+        f" cut before its end; RSS {before:.1f} MiB before,"
+        f" {during:.1f} MiB while stalled ({during - before:+.1f})"
+    )
+    assert rig.store.outcomes[ix] == "client_disconnected"
+    assert mock.completed_streams == len(APIS)  # the big stream never went out whole
+    assert during - before < 4  # far less than the 8 MiB the upstream wanted to send
+    await rig.check("slow reader", interceptions=len(APIS) + 1)
+
+
+async def test_a_client_sending_its_body_byte_by_byte_is_served_and_leaks_nothing(
+    rig: Rig,
+) -> None:
+    head, body = raw_request("anthropic_text", SCENARIOS["anthropic_text"].request or {})
+    port = port_of(rig.url)
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(head)
+        for byte in body:
+            await stream.send_all(bytes([byte]))
+            await trio.sleep(0.001)  # the fault itself: a slow sender, not synchronisation
+        answer = b""
+        while b"message_stop" not in answer:
+            answer += await stream.receive_some(65536)
+        await stream.aclose()
+        # And one that gives up halfway through its body: no interception, nothing left.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(head + body[: len(body) // 2])
+        await stream.aclose()
+    assert answer.startswith(b"HTTP/1.1 200")
+    await rig.check("slow body", interceptions=len(APIS) + 1)

@@ -4,7 +4,8 @@
 ``slow``, ``whoami`` and ``grow``; :func:`build_paging_server` is a low-level server whose
 ``tools/list`` pages three tools at a time. Both are served over Streamable HTTP by
 :func:`serve_http` (hypercorn's trio worker, in the test's own ``trio.run``), and the first
-also over stdio: ``python -m tests.mcp_servers stdio``.
+also over stdio: ``python -m tests.mcp_servers stdio``. ``stdio-hanging PORT`` serves
+:func:`build_hanging_server`, whose ``add`` hangs after telling the test its pid.
 
 A :class:`ServerState` records what the server saw (a cancelled ``slow`` call, request
 headers) so that a test in the same process can await it instead of sleeping.
@@ -12,6 +13,8 @@ headers) so that a test in the same process can await it instead of sleeping.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +27,13 @@ from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-__all__ = ["ServerState", "build_paging_server", "build_server", "serve_http"]
+__all__ = [
+    "ServerState",
+    "build_hanging_server",
+    "build_paging_server",
+    "build_server",
+    "serve_http",
+]
 
 
 @dataclass
@@ -118,10 +127,29 @@ async def serve_http(
         task_status.started(urls[0] + "/mcp")
 
 
+def build_hanging_server(notify_port: int) -> MCPServer:
+    """A server whose ``add`` never returns: it sends its process id to
+    ``127.0.0.1:notify_port`` and hangs, so that a test can kill it mid-call."""
+    server: MCPServer = MCPServer("bridge-hanging", log_level="WARNING")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers (never, in fact)."""
+        with socket.create_connection(("127.0.0.1", notify_port)) as notify:
+            notify.sendall(b"%d\n" % os.getpid())
+            notify.recv(1)  # blocks until the test closes it, or the process dies
+        return a + b
+
+    return server
+
+
 def main() -> None:
-    if sys.argv[1:] != ["stdio"]:
-        sys.exit("usage: python -m tests.mcp_servers stdio")
-    build_server().run("stdio")
+    if sys.argv[1:] == ["stdio"]:
+        build_server().run("stdio")
+    elif sys.argv[1:2] == ["stdio-hanging"] and len(sys.argv) == 3:
+        build_hanging_server(int(sys.argv[2])).run("stdio")
+    else:
+        sys.exit("usage: python -m tests.mcp_servers stdio | stdio-hanging NOTIFY_PORT")
 
 
 if __name__ == "__main__":

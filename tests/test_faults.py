@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -44,6 +45,7 @@ import trio.testing
 from hypercorn.trio import serve as hypercorn_serve
 
 from bridge import Bridge, Config, open_bridge
+from bridge.config import MCPConfig, MCPServerConfig
 from bridge.mock_upstream import FAULTS, FIXTURES_DIR, GARBAGE, MockUpstream, load_scenarios
 from bridge.recording.records import InterceptionEnded, InterceptionStarted, Record, TokenUsage
 from bridge.recording.sqlite import SQLiteStore
@@ -766,3 +768,77 @@ async def test_a_client_sending_its_body_byte_by_byte_is_served_and_leaks_nothin
         await stream.aclose()
     assert answer.startswith(b"HTTP/1.1 200")
     await rig.check("slow body", interceptions=len(APIS) + 1)
+
+
+# --------------------------------------------------------------------------- MCP
+
+
+async def test_an_mcp_server_killed_mid_call_ends_the_interception_cleanly(
+    nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path
+) -> None:
+    """The stdio MCP server behind an injected tool is killed (SIGKILL) while the gateway
+    waits for its answer: the call fails, the failure goes back to the model and is
+    recorded on the tool usage, the interception completes, and nothing leaks (the hub
+    starts a new server process in place of the dead one)."""
+    pids: list[int] = []
+    calling = trio.Event()
+
+    async def notified(stream: trio.SocketStream) -> None:
+        pids.append(int((await stream.receive_some(64)).strip()))
+        calling.set()
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await stream.receive_some(64):  # until the server process dies
+                pass
+
+    listeners = await nursery.start(partial(trio.serve_tcp, notified, 0, host="127.0.0.1"))
+    notify_port = listeners[0].socket.getsockname()[1]
+    server = MCPServerConfig(
+        "demo",
+        command=sys.executable,
+        args=("-m", "tests.mcp_servers", "stdio-hanging", str(notify_port)),
+        allow="^add$",
+    )
+    config = replace(
+        gateway_config(tmp_path, mock.port),  # type: ignore[attr-defined]
+        mcp=MCPConfig(servers=(server,), call_timeout=20),
+    )
+    rig: Rig = await nursery.start(partial(run_rig, config, mock))
+    hub = rig.bridge._engine.hub
+    assert hub is not None
+    with trio.fail_after(20):
+        while not hub.status()["demo"]["tools"]:
+            await hub.wait_changed()
+    await rig.warm_up()
+    body = dict(SCENARIOS["anthropic_mcp_add"].request or {}, stream=True)
+    result: list[httpx2.Response] = []
+
+    async def ask() -> None:
+        async with httpx2.AsyncClient(timeout=30) as client:
+            result.append(
+                await client.post(
+                    f"{rig.url}/anthropic/v1/messages",
+                    json=body,
+                    headers={"x-mock-scenario": "anthropic_mcp_add"},
+                )
+            )
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(ask)
+            await calling.wait()
+            os.kill(pids[0], signal.SIGKILL)
+        while not hub.status()["demo"]["tools"]:  # the hub starts a new server
+            await hub.wait_changed()
+    [response] = result
+    assert response.status_code == 200
+    await rig.quiesce()
+    [ix] = [ix for ix in rig.store.started if ix not in rig.baseline_ids]
+    [tool] = rig.store.inner.tool_usages(ix)
+    print(
+        f"\nMCP server killed mid-call: outcome {rig.store.outcomes[ix]},"
+        f" tool error {tool['invocation_error']!r}"
+    )
+    assert rig.store.outcomes[ix] == "completed"  # the model was told the tool failed
+    assert tool["tool"] == "add"
+    assert tool["invocation_error"]
+    await rig.check("MCP server killed", interceptions=len(APIS) + 1)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import trio
 from opentelemetry import context as otel_context
@@ -95,6 +95,9 @@ ATTR_PASSTHROUGH_URL = "passthrough_url"
 ATTR_PASSTHROUGH_UPSTREAM_URL = "passthrough_upstream_url"
 ATTR_PASSTHROUGH_METHOD = "passthrough_method"
 
+_DISABLED: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
+"""What :meth:`Tracer.span` gives while no tracer provider is installed."""
+
 CANCELLED_EVENT = "cancelled"
 """Event added to a span left by cancellation (which is not an error, rule 3)."""
 
@@ -111,17 +114,27 @@ class Tracer:
     """
 
     def __init__(self, tracer: trace.Tracer | None = None) -> None:
+        self._follows_global = tracer is None
         self._tracer = tracer if tracer is not None else trace.get_tracer("bridge")
 
-    @contextmanager
     def span(
         self, name: str, attributes: Mapping[str, AttributeValue] | None = None
-    ) -> Iterator[Span]:
+    ) -> AbstractContextManager[Span]:
         """Open span ``name`` as the current span for the body of the ``with`` block.
 
         On an exception the status becomes ERROR with the exception's text and the exception is
         re-raised; on cancellation a ``cancelled`` event is added instead (rule 3).
         """
+        if self._follows_global and isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider
+        ):
+            # No provider installed (yet): every span would be a no-op. Checked on each
+            # call, so spans start recording as soon as one is installed (rule 2).
+            return _DISABLED
+        return self._span(name, attributes)
+
+    @contextmanager
+    def _span(self, name: str, attributes: Mapping[str, AttributeValue] | None) -> Iterator[Span]:
         span = self._tracer.start_span(
             name, attributes=attributes, record_exception=False, set_status_on_exception=False
         )

@@ -21,7 +21,7 @@ from benchmarks.results import Check, Outcome, bound_by, percentile
 from benchmarks.targets import SCENARIOS, Headers, Sides
 from benchmarks.versus import added_versus_peer, throughput_versus_peer
 
-__all__ = ["added_latency", "throughput"]
+__all__ = ["added_latency", "closed_loop", "throughput"]
 
 TARGET_P50_MS = {9_000: 1.0, 150_000: 2.0}
 TARGET_P99_MS = 3.0
@@ -93,7 +93,7 @@ async def added_latency(
     return outcome
 
 
-async def _round(
+async def closed_loop(
     port: int,
     path: str,
     body: bytes,
@@ -155,13 +155,13 @@ async def throughput(
     body = blocking_body("anthropic", 9_000)
     own = _scenario("anthropic")
     for proxy in sides.proxies:  # warm-up
-        await _round(proxy.port, proxy.paths["anthropic"], body, proxy.headers(own), 4, 1.0)
+        await closed_loop(proxy.port, proxy.paths["anthropic"], body, proxy.headers(own), 4, 1.0)
     for concurrency in levels:
         row: dict[str, _Round] = {}
         for t in sides:
             window = CpuWindow(pids)
             window.start()
-            ok, errors, latencies = await _round(
+            ok, errors, latencies = await closed_loop(
                 t.port, t.paths["anthropic"], body, t.headers(own), concurrency, seconds
             )
             window.stop()

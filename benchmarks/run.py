@@ -23,6 +23,7 @@ from pathlib import Path
 import trio
 
 from benchmarks import blocking, disconnect, recording, streaming
+from benchmarks.floor import floor
 from benchmarks.peers import PEER_NAME, litellm_process
 from benchmarks.processes import LOAD_CPU, gateway_process, mock_process, pin
 from benchmarks.procstat import machine
@@ -85,7 +86,11 @@ def _main_gateway(plan: Plan, *, peers: bool) -> list[Outcome]:
                 outcomes.append(await streaming.soak(gateway.port, gateway.pid, plan.soak_seconds))
             return outcomes
 
-        return trio.run(measure)
+        outcomes = trio.run(measure)
+        # The same server and client with nothing else, in front of the same mock: what
+        # the stack allows, next to what the gateway reached.
+        outcomes.append(floor(mock.port, mock.pid, plan.throughput_seconds))
+        return outcomes
 
 
 def _storm(plan: Plan) -> Outcome:

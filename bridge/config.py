@@ -301,7 +301,9 @@ def _matching(pattern: str, rule: str) -> _Rule:
 def _check_database(label: str, value: object) -> str:
     shown = _show(mask_url(value) if isinstance(value, str) else value)
     if not isinstance(value, str) or not value.startswith(_DATABASE_SCHEMES):
-        _fail(label, "a URL starting with sqlite://, memory:// or postgresql://", shown)
+        _fail(
+            label, "a URL starting with sqlite://, memory://, postgresql:// or postgres://", shown
+        )
     if value.startswith("sqlite://") and len(value) <= len("sqlite:///"):
         _fail(label, "sqlite:///relative/path or sqlite:////absolute/path", shown)
     return value
@@ -441,7 +443,8 @@ def _check_regex(label: str, value: object) -> str:
 ACTOR_REFERENCE: Final = re.compile(r"\$\{actor\.(?:(id)|metadata\.([^}]+))\}")
 """``${actor.id}`` or ``${actor.metadata.<key>}`` in an MCP header value (group 1 or 2 set)."""
 
-_DATABASE_SCHEMES: Final = ("sqlite://", "memory://", "postgresql://")
+# libpq takes both PostgreSQL schemes, and so does open_store.
+_DATABASE_SCHEMES: Final = ("sqlite://", "memory://", "postgresql://", "postgres://")
 _HTTP_TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 5.6.2 token
 _PROVIDER_NAME: Final = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
@@ -600,8 +603,8 @@ class RecordingConfig:
     """Where and how usage is recorded (``[recording]``).
 
     ``database`` is a URL: ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
-    ``memory://`` or ``postgresql://user:password@host:5432/db``. Configuration accepts
-    PostgreSQL; the store layer decides whether it can open it.
+    ``memory://`` or ``postgresql://user:password@host:5432/db`` (``postgres://`` too, as
+    libpq takes both). Configuration checks the scheme; the store layer opens the database.
     """
 
     database: str = "sqlite:///bridge.db"

@@ -251,7 +251,8 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"recording": {"database": "mysql://u:hunter2@db/bridge"}},
-        "recording.database must be a URL starting with sqlite://, memory:// or postgresql://,"
+        "recording.database must be a URL starting with sqlite://, memory://, postgresql:// or"
+        " postgres://,"
         " got 'mysql://u:***@db/bridge'",
     ),
     (
@@ -396,9 +397,9 @@ ENVIRONMENT_ERRORS: list[tuple[str, str, str]] = [
     ),
     (
         "BRIDGE_RECORDING_DATABASE",
-        "postgres://bob:hunter2@db/bridge",
-        "BRIDGE_RECORDING_DATABASE must be a URL starting with sqlite://, memory:// or"
-        " postgresql://, got 'postgres://bob:***@db/bridge'",
+        "mysql://bob:hunter2@db/bridge",
+        "BRIDGE_RECORDING_DATABASE must be a URL starting with sqlite://, memory://,"
+        " postgresql:// or postgres://, got 'mysql://bob:***@db/bridge'",
     ),
     (
         "ANTHROPIC_BASE_URL",
@@ -770,6 +771,16 @@ def test_mask_secret_reveals_at_most_eight_characters(secret: str) -> None:
     masked = mask_secret(secret)
     assert len(masked.replace("...", "", 1)) <= min(8, len(secret) // 2)
     assert (masked == "") == (secret == "")
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_both_postgresql_schemes_are_accepted(scheme: str) -> None:
+    """libpq, and so open_store, take both spellings: configuration must not refuse one."""
+    url = f"{scheme}://bob:hunter2@db:5432/bridge"
+    from_file = config_from_mapping({"recording": {"database": url}}, {})
+    from_env = config_from_mapping({}, {"BRIDGE_RECORDING_DATABASE": url})
+    assert from_file.recording.database == from_env.recording.database == url
+    assert "hunter2" not in render_config(from_file)
 
 
 @pytest.mark.parametrize(

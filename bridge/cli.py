@@ -20,7 +20,7 @@ from functools import partial
 
 import trio
 
-from bridge.config import Config, ConfigError, load_config, render_config
+from bridge.config import Config, ConfigError, load_config, mask_url, render_config
 from bridge.keys import GatewayKey, KeyStore
 from bridge.logs import configure_logging
 from bridge.recording.store import GROUP_BY, StoreError, open_store
@@ -242,7 +242,8 @@ def _keys(args: argparse.Namespace) -> int:
     try:
         if not isinstance(store, KeyStore):
             raise StoreError(
-                f"the recording database {config.recording.database!r} cannot keep gateway keys"
+                f"the recording database {mask_url(config.recording.database)!r} cannot keep"
+                " gateway keys: use a SQLite or PostgreSQL database for recording.database"
             )
         if args.keys_command == "create":
             try:

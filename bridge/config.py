@@ -162,18 +162,27 @@ def mask_secret(secret: str) -> str:
     return secret[:reveal] + "..." + secret[length - reveal :]
 
 
-def mask_url(url: str) -> str:
-    """Replace the password of a URL's ``user:password@`` part with ``***``.
+# "user:password@" at the start of a URL's authority. Greedy up to the last "@", so a
+# password with an unencoded "/", "?" or "@" is masked whole (masking too much is harmless).
+_USERINFO_PASSWORD: Final = re.compile(r"^([^:/?#@]*):.*@")
+# A password given as a query parameter (libpq accepts ?password=...).
+_QUERY_PASSWORD: Final = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
-    The user information is taken to end at the *last* ``@``: a malformed URL may then be
-    over-masked, but never leaks a password that contains ``@`` or ``/``.
+
+def mask_url(url: str) -> str:
+    """*url* with any password replaced by ``***``, safe to put in a message or a log.
+
+    Both places a database URL can hold one are masked: ``user:password@`` (taken to end
+    at the *last* ``@``, so a malformed URL may be over-masked but never leaks a password
+    that contains ``@`` or ``/``) and libpq's ``?password=`` query parameter.
     """
     scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    if not (sep and at and colon):
-        return url
-    return f"{scheme}://{user}:***@{host}"
+    if not sep:
+        scheme, rest = "", url
+    rest = _USERINFO_PASSWORD.sub(r"\1:***@", rest, count=1)
+    before, question, query = rest.partition("?")
+    query = _QUERY_PASSWORD.sub(r"\1***", query)
+    return f"{scheme}{sep}{before}{question}{query}"
 
 
 def _show(value: object) -> str:

@@ -21,6 +21,8 @@ from bridge.recording.records import (
 from bridge.recording.sqlite import SQLiteStore
 from bridge.reports import format_usage, parse_since
 
+from .postgres import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -140,3 +142,56 @@ def test_embedding_example_runs() -> None:
     assert "blocking: 200" in result.stdout
     assert "streaming: 200" in result.stdout
     assert result.stdout.count("-> completed") == 2
+
+
+# -- a database password never shows --------------------------------------------------------
+
+DB_PASSWORD = "Db-pa55word-never-shown"
+
+
+class _NoKeys:
+    """A store that cannot keep gateway keys (every store of bridge can: a plug-in's may not)."""
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bridge:{pw}@127.0.0.1:{port}/bridge",
+        "postgres://bridge@127.0.0.1:{port}/bridge?connect_timeout=2&password={pw}",
+    ],
+)
+def test_no_command_shows_the_database_password(
+    url: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Every command that names the database (to report it unreachable, unable to keep
+    keys, or in the effective configuration) names it masked, on stdout, stderr and in logs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BRIDGE_RECORDING_DATABASE", url.format(pw=DB_PASSWORD, port=free_port()))
+    commands = [
+        ["check-config"],
+        ["usage"],
+        ["keys", "list"],
+        ["keys", "create", "--user", "alice"],
+        ["keys", "revoke", "key-id"],
+    ]
+    shown = []
+    for command in commands:
+        main(command)
+        shown.append(capsys.readouterr())
+    monkeypatch.setattr("bridge.cli.open_store", lambda _url: _NoKeys())
+    assert main(["keys", "list"]) == 2
+    no_keys = capsys.readouterr()
+    assert "cannot keep gateway keys" in no_keys.err
+    assert "***" in no_keys.err
+    shown.append(no_keys)
+    assert "***" in shown[0].out  # check-config shows the URL, masked
+    assert all("***" in output.err for output in shown[1:])  # each says which database
+    everything = "".join(o.out + o.err for o in shown) + caplog.text
+    assert DB_PASSWORD not in everything

@@ -19,10 +19,11 @@ Both stores compute it with the same meaning, from the shared definitions here.
 from __future__ import annotations
 
 import datetime as _dt
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
+
+from bridge.config import mask_url
 
 from .records import Outcome, Record
 
@@ -125,24 +126,6 @@ def as_utc(moment: _dt.datetime) -> _dt.datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=_dt.UTC)
     return moment.astimezone(_dt.UTC)
-
-
-# "user:password@" at the start of a URL's authority. Greedy up to the last "@", so a
-# password with an unencoded "/", "?" or "@" is masked whole (masking too much is harmless).
-_USERINFO_PASSWORD: Final = re.compile(r"^([^:/?#@]*):.*@")
-# A password given as a query parameter (libpq accepts ?password=...).
-_QUERY_PASSWORD: Final = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """*url* with any password replaced by ``***``, safe to put in an error or a log."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    rest = _USERINFO_PASSWORD.sub(r"\1:***@", rest, count=1)
-    before, question, query = rest.partition("?")
-    query = _QUERY_PASSWORD.sub(r"\1***", query)
-    return f"{scheme}{sep}{before}{question}{query}"
 
 
 _ACCEPTED: Final = (

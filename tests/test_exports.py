@@ -18,3 +18,20 @@ def test_public_classes_present_themselves_as_bridge() -> None:
         obj = getattr(bridge, name)
         if isinstance(obj, type):
             assert obj.__module__ == "bridge", name
+
+
+def test_the_recording_package_exports_every_store() -> None:
+    """Every name in bridge.recording's __all__ resolves, and the stores are all there; PostgresStore is loaded only when asked for (psycopg loads libpq)."""
+    import subprocess
+    import sys
+
+    import bridge.recording as recording
+    from bridge.recording.postgres import PostgresStore
+
+    for name in recording.__all__:
+        assert getattr(recording, name) is not None, name
+    assert {"MemoryStore", "SQLiteStore", "PostgresStore"} <= set(recording.__all__)
+    assert recording.PostgresStore is PostgresStore
+    probe = "import sys, bridge.recording; print('psycopg' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False", loaded.stderr

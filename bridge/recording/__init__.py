@@ -3,9 +3,14 @@
 ``open_recorder(store)`` runs a :class:`Recorder` that writes :data:`Record` values to a
 :class:`Store` in batches, off the gateway's hot path; ``open_store(url)`` opens the store
 that ``recording.database`` names.
+
+:class:`PostgresStore` is imported on first use: psycopg loads libpq, which a gateway
+recording into SQLite has no use for.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from .journal import Journal as Journal
 from .journal import JournalError as JournalError
@@ -30,6 +35,9 @@ from .store import StoreError as StoreError
 from .store import UsageRow as UsageRow
 from .store import open_store as open_store
 
+if TYPE_CHECKING:
+    from .postgres import PostgresStore as PostgresStore
+
 __all__ = [
     "GROUP_BY",
     "CredentialKind",
@@ -40,6 +48,7 @@ __all__ = [
     "MemoryStore",
     "ModelThought",
     "Outcome",
+    "PostgresStore",
     "PromptUsage",
     "Record",
     "Recorder",
@@ -54,3 +63,12 @@ __all__ = [
     "open_recorder",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``PostgresStore``, imported when first asked for (see the module docstring)."""
+    if name == "PostgresStore":
+        from .postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,11 @@ __all__ = ["table", "write"]
 
 
 def _verdict(check: Check) -> str:
-    verdict = "info" if check.passed is None else "PASS" if check.passed else "FAIL"
+    if check.passed is None:
+        # A row with a real target but no verdict: the run could not judge it.
+        verdict = "info" if check.target.startswith("(") else "n/a"
+    else:
+        verdict = "PASS" if check.passed else "FAIL"
     return f"{verdict} (bound: {check.bound})" if check.bound else verdict
 
 

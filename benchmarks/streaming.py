@@ -152,12 +152,18 @@ def _stream_checks(sides: Sides, row: Mapping[str, Mapping[str, Any]], count: in
     bound = bound_by(gw["cpu_share"])
     gap = f"added inter-event gap p99, {count} streams @ 50 ev/s"
     cpu_us = gw["cpu_seconds"]["gateway"] / max(gw["events"], 1) * 1e6
+    # When the mock and the load generator saturated their core in the direct round, the
+    # direct gaps measure the harness, and "added" (even below zero) means nothing.
+    harness = "load+mock" in bound_by(dr["cpu_share"]).split(",")
+    measured = f"{added:.2f} ms (gw {gw['gap_p99_ms']:.2f} / direct {dr['gap_p99_ms']:.2f})"
+    if harness:
+        measured += "; not comparable: the direct round saturated the mock's core"
     checks = [
         Check(
             gap,
             "<= 5 ms" if count >= 300 else "(info)",
-            f"{added:.2f} ms (gw {gw['gap_p99_ms']:.2f} / direct {dr['gap_p99_ms']:.2f})",
-            added <= 5.0 if count >= 300 else None,
+            measured,
+            added <= 5.0 if count >= 300 and not harness else None,
             bound,
         ),
         Check(

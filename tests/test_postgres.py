@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import httpx2
 import pytest
 import trio
 
+from bridge import open_bridge
 from bridge.cli import main
-from bridge.config import RecordingConfig
+from bridge.config import Config, RecordingConfig
 from bridge.mock_upstream import MockUpstream
 from bridge.recording import (
     InterceptionEnded,
@@ -32,11 +36,13 @@ from bridge.recording import (
     open_store,
 )
 from bridge.recording import recorder as recorder_module
+from bridge.recording.deferred import DeferredStore
 from bridge.recording.postgres import PostgresStore
 from bridge.recording.sqlite import SQLiteStore
 
 from .conftest import gateway_config, run_gateway
 from .postgres import Cluster, free_port, start_test_cluster
+from .test_faults import ReplayWatch
 from .test_recording import counts, outcomes, started, usage_fixture, whole_interception
 
 PASSWORD = "s3cr3t-Pa55word"
@@ -279,3 +285,115 @@ async def test_a_gateway_records_into_postgresql(
     assert interception["streaming"] is False
     (usage,) = bridge.store.token_usages(message.id)
     assert usage["output"] == message.usage.output_tokens
+
+
+# -- a gateway started while PostgreSQL is down -----------------------------------------
+
+
+@contextmanager
+def watching_replays() -> Iterator[ReplayWatch]:
+    watch = ReplayWatch()
+    logger = logging.getLogger("bridge.recording")
+    logger.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+
+
+async def send_messages(client: httpx2.AsyncClient, url: str, count: int) -> list[str]:
+    """*count* Anthropic requests, half of them streamed; the ids the gateway answered with
+    (an interception's id is its message's id)."""
+    ids: list[str] = []
+
+    async def one(n: int) -> None:
+        body = {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 5,
+            "stream": n % 2 == 0,
+            "messages": [{"role": "user", "content": f"hi {n}"}],
+        }
+        response = await client.post(f"{url}/anthropic/v1/messages", json=body)
+        assert response.status_code == 200, response.text
+        if n % 2:
+            ids.append(response.json()["id"])
+        else:
+            start = next(line for line in response.text.splitlines() if '"message_start"' in line)
+            ids.append(json.loads(start.removeprefix("data: "))["message"]["id"])
+
+    async with trio.open_nursery() as nursery:
+        for n in range(count):
+            nursery.start_soon(one, n)
+    return ids
+
+
+def journaled_config(tmp_path: Path, upstream_port: int, database: str) -> Config:
+    config = gateway_config(tmp_path, upstream_port)
+    recording = RecordingConfig(database=database, journal_dir=str(tmp_path / "journal"))
+    return dataclasses.replace(config, recording=recording)
+
+
+def assert_recorded_once(url: str, ids: Sequence[str]) -> None:
+    """Every interception of *ids* is in the database exactly once, whole and ended."""
+    with PostgresStore(url) as reader:
+        rows = reader.interceptions()
+        assert sorted(row["id"] for row in rows) == sorted(ids)
+        assert all(row["ended_at"] is not None for row in rows)
+        assert {row["outcome"] for row in rows} == {"completed"}
+        assert sorted(u["interception_id"] for u in reader.token_usages()) == sorted(ids)
+
+
+async def test_a_gateway_starts_while_postgresql_is_down_and_records_everything_once(
+    nursery: trio.Nursery,
+    mock: MockUpstream,
+    tmp_path: Path,
+    own_cluster: Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recorder_module, "BACKOFF_MAX", recorder_module.BACKOFF_MIN)
+    await trio.to_thread.run_sync(own_cluster.stop)
+    config = journaled_config(tmp_path, mock.port, own_cluster.url())  # type: ignore[attr-defined]
+    with trio.fail_after(60), watching_replays() as watch:
+        bridge, url = await nursery.start(partial(run_gateway, config))
+        assert isinstance(bridge.store, DeferredStore)
+        async with httpx2.AsyncClient(timeout=30) as client:
+            ids = await send_messages(client, url, 20)
+            await bridge.wait_idle()
+            await bridge.recorder.flush()  # in the journal: the store is not open
+            stats = bridge.recorder.stats
+            assert stats.written == 0
+            assert stats.spilled == stats.submitted == stats.journal_records > 0
+            response = await client.get(f"{url}/readyz")
+            assert response.status_code == 503
+            check = response.json()["checks"]["recorder"]
+            assert check["ok"] is False
+            assert check["detail"] == "spilling to the journal"
+            assert check["journal_records"] == stats.journal_records
+            assert check["journal_bytes"] == stats.journal_bytes > 0
+            usage = await client.get(f"{url}/api/v1/usage")
+            assert usage.status_code != 200  # no report from a database not open
+
+            await trio.to_thread.run_sync(partial(own_cluster.start, port=own_cluster.port))
+            while bridge.recorder.stats.journal_pending:  # the writer opens it by itself
+                await watch.replayed.wait()
+            assert bridge.recorder.ready()
+            assert (await client.get(f"{url}/readyz")).status_code == 200
+            more = await send_messages(client, url, 4)  # straight to the store now
+            await bridge.wait_idle()
+            await bridge.recorder.flush()
+    assert stats.replayed == stats.spilled
+    assert stats.written == stats.submitted - stats.spilled
+    assert_recorded_once(own_cluster.url(), ids + more)
+
+
+async def test_without_a_journal_a_gateway_refuses_to_start_and_says_how_to(
+    tmp_path: Path, mock: MockUpstream
+) -> None:
+    url = f"postgresql://bridge:{PASSWORD}@127.0.0.1:{free_port()}/bridge"
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    config = dataclasses.replace(config, recording=RecordingConfig(database=url))
+    with pytest.raises(StoreError, match=r"set recording\.journal_dir") as caught:
+        async with open_bridge(config):
+            pass  # pragma: no cover - it does not open
+    assert str(caught.value).startswith("cannot connect to the PostgreSQL database")
+    assert PASSWORD not in str(caught.value)

@@ -14,6 +14,7 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -32,10 +33,11 @@ from bridge.keys import KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.metrics import Metrics
 from bridge.providers import Credential, Provider, Route, RouteKind
+from bridge.recording.deferred import DeferredStore
 from bridge.recording.journal import Journal
 from bridge.recording.recorder import Recorder, open_recorder
 from bridge.recording.records import new_id, utcnow
-from bridge.recording.store import Store, open_store
+from bridge.recording.store import Store, StoreError, open_store
 from bridge.resilience import KeyPool
 from bridge.tracing import SPAN_PASSTHROUGH, Tracer
 from bridge.upstream import UpstreamClient
@@ -318,20 +320,25 @@ async def open_engine(
 ) -> AsyncIterator[Engine]:
     """Open the store, the recorder and the upstream pools; close them in reverse.
 
+    If the database cannot be opened and ``recording.journal_dir`` is set, the gateway
+    starts anyway: records go to the journal and the recorder's writer opens the store
+    once the database is back (see :class:`~bridge.recording.deferred.DeferredStore`).
+    Without a journal it fails at once, saying so.
+
     On exit, in-flight work is the caller's to have finished or cancelled; the
     recorder then drains every queued record to the store before this returns.
     """
     async with AsyncExitStack() as stack:
+        recording = config.recording
+        journal = Journal(recording.journal_dir) if recording.journal_dir else None
         if store is None:
-            store = await trio.to_thread.run_sync(open_store, config.recording.database)
+            store = await _open_store(recording.database, journal)
         recorder = await stack.enter_async_context(
             open_recorder(
                 store,
-                queue_size=config.recording.queue_size,
-                batch_size=config.recording.batch_size,
-                journal=Journal(config.recording.journal_dir)
-                if config.recording.journal_dir
-                else None,
+                queue_size=recording.queue_size,
+                batch_size=recording.batch_size,
+                journal=journal,
             )
         )
         # Housekeeping that lives as long as the engine: sweeping idle upstream
@@ -348,3 +355,23 @@ async def open_engine(
         if config.mcp.servers:
             hub = await stack.enter_async_context(open_tool_hub(config.mcp))
         yield Engine(config, recorder, store, upstreams, hub, tracer=tracer)
+
+
+async def _open_store(database: str, journal: Journal | None) -> Store:
+    """The store *database* names; with a journal, a deferred one if it cannot be opened."""
+    try:
+        return await trio.to_thread.run_sync(open_store, database)
+    except StoreError as exc:
+        if journal is None:
+            raise StoreError(
+                f"{exc}. To start anyway and ride out a database outage, set"
+                " recording.journal_dir: records then wait on local disk until the database"
+                " is back"
+            ) from exc
+        logger.error(
+            "the recording database cannot be opened: %s; starting anyway, recording to the"
+            " journal in %s until it can be",
+            exc,
+            journal.directory,
+        )
+        return DeferredStore(partial(open_store, database), exc)

@@ -27,6 +27,12 @@ the store's outages no longer hold records in memory:
 * ``record()`` therefore waits only if the journal fails too; ``flush()`` returns once the
   records are in the store *or* the journal. The drain at exit writes to the store, or to
   the journal if the store fails or the journal still holds older records.
+
+A :class:`~bridge.recording.deferred.DeferredStore` (the database was down at start-up) is
+opened by the writer too, as one more store operation under the same backoff: while it is
+not open, records spill to the journal, and the writer tries to open it even when idle,
+so that the gateway becomes ready as soon as the database is back. Once open, the journal
+is replayed as after any outage. Until then :meth:`Recorder.ready` says False.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Final, TypeAlias, get_args
 
 import trio
 
+from .deferred import DeferredStore
 from .journal import Journal
 from .records import Record
 from .store import Store
@@ -149,6 +156,7 @@ class Recorder:
         self._delay = BACKOFF_MIN
         self._linger = linger
         self._store = store
+        self._deferred = store if isinstance(store, DeferredStore) else None
         self._send = send
         self._receive = receive
         self._batch_size = batch_size
@@ -210,8 +218,12 @@ class Recorder:
     def ready(self) -> bool:
         """False after :data:`NOT_READY_AFTER` failed writes in a row, until a write
         succeeds: the gateway is up but its records are piling up in memory (or, with a
-        journal, on disk: ``stats.journal_pending`` tells which)."""
-        return not self._closed and self._failures_in_a_row < NOT_READY_AFTER
+        journal, on disk: ``stats.journal_pending`` tells which). False too while the store
+        could not be opened yet (see :class:`~bridge.recording.deferred.DeferredStore`)."""
+        return not self._closed and self._failures_in_a_row < NOT_READY_AFTER and self._store_open()
+
+    def _store_open(self) -> bool:
+        return self._deferred is None or self._deferred.store is not None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -239,17 +251,22 @@ class Recorder:
             await self._write_with_retry()
 
     async def _next_item(self) -> _Item | None:
-        """Wait for the next record or flush. While the journal holds records, replay it
-        whenever the backoff allows, even with nothing new to write (None: try again)."""
-        if self._journal is None or not self._journal.pending():
+        """Wait for the next record or flush. While the journal holds records or the store
+        is not open yet, replay (opening the store first) whenever the backoff allows, even
+        with nothing new to write (None: try again)."""
+        if self._journal is None or self._idle():
             return await self._receive.receive()
         if trio.current_time() >= self._retry_at:
             await self._replay()
-        if not self._journal.pending():
+        if self._idle():
             return await self._receive.receive()
         with trio.move_on_at(self._retry_at):
             return await self._receive.receive()
         return None
+
+    def _idle(self) -> bool:
+        """Nothing to do but wait for records: no journal to replay, no store to open."""
+        return not (self._journal is not None and self._journal.pending()) and self._store_open()
 
     async def _gather(self) -> None:
         """Wait up to the linger time for more records, unless a flush is waiting."""
@@ -325,8 +342,9 @@ class Recorder:
         journal_delay = BACKOFF_MIN
         while self._batch:
             # While draining, older records still in the journal keep the batch out of the
-            # store: a replay could outlast the drain timeout, the next start replays.
-            if trio.current_time() >= self._retry_at and not (draining and journal.pending()):
+            # store: a replay could outlast the drain timeout, the next start replays. So
+            # does a store never opened: connecting could take as long.
+            if trio.current_time() >= self._retry_at and not (draining and not self._idle()):
                 if journal.pending():
                     await self._replay()
                 if not journal.pending() and await self._try_store():
@@ -372,27 +390,35 @@ class Recorder:
         return True
 
     async def _replay(self) -> None:
-        """Replay the journal into the store; on failure, start or extend the backoff."""
+        """Replay the journal into the store, opening the store first if it is deferred and
+        not open yet; on failure, start or extend the backoff."""
         assert self._journal is not None
         journal = self._journal
         before = len(journal.segments())
+        deferred = self._deferred
+        opening = not self._store_open()
 
         def replay() -> int:
+            if deferred is not None:
+                deferred.open()
             return journal.replay(self._store.write_batch, self._batch_size)
 
         try:
             replayed = await trio.to_thread.run_sync(replay, limiter=self._limiter)
         except Exception as exc:
-            self._store_failed(exc, None)
+            self._store_failed(exc, None, opening=opening and not self._store_open())
         else:
+            if opening:
+                logger.warning("the recording store is open: recording to it from now on")
             self._store_works()
             self.stats.replayed += replayed
-            logger.info(
-                "replayed %d records (%d journal segment(s)) from %s into the store",
-                replayed,
-                before,
-                journal.directory,
-            )
+            if before:
+                logger.info(
+                    "replayed %d records (%d journal segment(s)) from %s into the store",
+                    replayed,
+                    before,
+                    journal.directory,
+                )
         self._note_journal(journal)
 
     def _note_journal(self, journal: Journal) -> None:
@@ -400,12 +426,16 @@ class Recorder:
         self.stats.journal_pending = journal.pending()
         self.stats.journal_records, self.stats.journal_bytes = journal.backlog()
 
-    def _store_failed(self, exc: Exception, count: int | None) -> None:
+    def _store_failed(self, exc: Exception, count: int | None, *, opening: bool = False) -> None:
         self.stats.failures += 1
         self._failures_in_a_row += 1
+        if opening:
+            what = "opening the store"
+        else:
+            what = "replaying the journal" if count is None else f"writing {count} records"
         logger.error(
             "%s failed (%d failure(s) in a row): %s; trying the store again in %.1f s",
-            "replaying the journal" if count is None else f"writing {count} records",
+            what,
             self._failures_in_a_row,
             exc,
             self._delay,

@@ -139,3 +139,38 @@ async def test_key_in_the_query_string_is_not_a_credential(start_gateway: Any) -
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 401")
     assert gateway.mock.requests == []
+
+
+async def test_an_endless_chunked_body_is_cut_at_the_limit(start_gateway: Any) -> None:
+    """A body without a length that never ends: 413 once past the limit, the connection
+    closes, and the gateway stopped reading (and buffering) right there."""
+    gateway: Gateway = await start_gateway(server_changes={"max_body_bytes": 4096})
+    port = int(gateway.url.rsplit(":", 1)[1])
+    chunk = b"x" * 1024
+    sent = 0
+    answer = b""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(
+            b"POST /anthropic/v1/messages HTTP/1.1\r\nhost: x\r\n"
+            b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+
+        async def read_to_the_end() -> None:
+            nonlocal answer
+            while data := await stream.receive_some(65536):
+                answer += data
+
+        with trio.fail_after(10):  # a bound on the test, not a timing assertion
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_to_the_end)
+                while not answer:
+                    try:
+                        await stream.send_all(b"400\r\n" + chunk + b"\r\n")
+                    except trio.BrokenResourceError:
+                        break
+                    sent += len(chunk)
+                    await trio.testing.wait_all_tasks_blocked()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert sent <= 4096 + 2 * len(chunk)  # answered as soon as the limit was passed
+    assert gateway.mock.requests == []

@@ -156,8 +156,30 @@ def serve_worker(config: Config) -> None:
         trio.run(run)
     except KeyboardInterrupt:
         pass
+    except BaseExceptionGroup as group:
+        # A database or configuration that stops the start-up comes out of the server's
+        # nurseries wrapped: give it back bare, so that main() prints its one clear line.
+        error = _only_user_error(group)
+        if error is None:
+            raise
+        raise error from None
     finally:
         stop_tracing()
+
+
+def _only_user_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+    """The :class:`ConfigError` or :class:`StoreError` that is all *group* holds, if so."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    if len(leaves) == 1 and isinstance(leaves[0], ConfigError | StoreError):
+        return leaves[0]
+    return None
 
 
 def _usage(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,23 @@ def test_no_command_shows_the_database_password(
     assert all("***" in output.err for output in shown[1:])  # each says which database
     everything = "".join(o.out + o.err for o in shown) + caplog.text
     assert DB_PASSWORD not in everything
+
+
+def test_serve_without_its_database_nor_a_journal_exits_2_saying_what_to_do(
+    tmp_path: Path,
+) -> None:
+    url = f"postgresql://bridge:{DB_PASSWORD}@127.0.0.1:{free_port()}/bridge"
+    environ = {**os.environ, "BRIDGE_RECORDING_DATABASE": url, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("bridge: cannot connect to the PostgreSQL database")
+    assert "set recording.journal_dir" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert DB_PASSWORD not in done.stdout + done.stderr

@@ -483,6 +483,8 @@ _PROVIDER_RULES: Final[Mapping[str, _Rule]] = {
     "base_url": _Rule(_check_base_url),
     "key": _Rule(_check_secret),
     "connect_timeout": _seconds(0, inclusive=False),
+    "response_timeout": _seconds(0, inclusive=False),
+    "stream_idle_timeout": _seconds(0, inclusive=False),
     "keys": _Rule(_check_secret_list),
     "max_retries": _integer(0, 10),
     "key_cooldown": _seconds(0, inclusive=False),
@@ -673,6 +675,11 @@ class ProviderConfig:
     base_url: str = ""
     key: str = ""
     connect_timeout: float = 10 * SECONDS
+    # Until the upstream's response headers arrive: a blocking request that thinks for
+    # minutes answers only at the end, so this is generous.
+    response_timeout: float = 600 * SECONDS
+    # The longest silence between two chunks of an upstream body (streamed or not).
+    stream_idle_timeout: float = 300 * SECONDS
     keys: tuple[str, ...] = ()  # more centralized keys besides ``key``
     max_retries: int = 2  # retries of one upstream call (reference 2.3); 0 disables
     key_cooldown: float = 60 * SECONDS  # a key rejected with 401/403 rests this long

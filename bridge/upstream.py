@@ -15,8 +15,12 @@ Rules this module keeps:
   billing). Over HTTP/1.1 closing a half-read response closes the connection.
 * ``accept-encoding: identity`` (set by the provider's headers): bytes are relayed as
   they arrive, never inflated and re-deflated.
-* No read timeout: a model may think for minutes between two events. Stalls are
-  the interception's business (its deadline), not the socket's.
+* No socket read timeout: a model may think for minutes before it answers. Stalls
+  are bounded per request instead, by the provider's ``response_timeout`` (until the
+  response headers) and ``stream_idle_timeout`` (between two chunks of the body),
+  both :class:`UpstreamTimeout`. The idle deadline is one cancel scope per response
+  (:meth:`UpstreamResponse.guard`) moved at each read, not a scope per chunk: the
+  relay path is hot.
 * At most ``MAX_CONNECTIONS`` requests in flight per provider; a request that waits
   longer than ``POOL_TIMEOUT`` for a slot fails as unavailable, like a refused connect.
 * Every transport failure is translated, in :func:`_translate`, into
@@ -25,6 +29,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -38,7 +43,7 @@ import trio
 
 from bridge.errors import BadRequest, UpstreamProtocolError, UpstreamUnavailable
 
-__all__ = ["UpstreamClient", "UpstreamResponse"]
+__all__ = ["UpstreamClient", "UpstreamResponse", "UpstreamTimeout"]
 
 # Requests in flight per provider: enough for bursts of concurrent streams.
 MAX_CONNECTIONS: Final = 1000
@@ -57,6 +62,17 @@ _URL_CACHE_SIZE: Final = 1024
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 
+class UpstreamTimeout(UpstreamUnavailable):
+    """The upstream went silent past one of the provider's timeouts (504 before the
+    response started); the connection has been closed.
+
+    A subclass of :class:`UpstreamUnavailable`: like a connection failure, a timeout
+    before the response headers may be retried, and counts against the circuit breaker.
+    """
+
+    status_hint = 504
+
+
 @dataclass(slots=True)
 class UpstreamResponse:
     """An open upstream response whose body has not been read yet."""
@@ -70,6 +86,11 @@ class UpstreamResponse:
     """Seconds spent waiting for the upstream: time to headers, then for each chunk."""
     tee: Callable[[bytes], None] | None = None
     """Called with every chunk as it is read (the API dump)."""
+    idle_timeout: float = math.inf
+    """Seconds a read of the body may wait for the next chunk, within :meth:`guard`."""
+    idle_setting: str = "stream_idle_timeout"
+    """The setting named when :attr:`idle_timeout` expires."""
+    _idle: trio.CancelScope | None = field(default=None, repr=False)
 
     @property
     def content_type(self) -> str:
@@ -77,20 +98,51 @@ class UpstreamResponse:
         return self.header("content-type").split(";")[0].strip().lower()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, undecoded."""
+        """The body as it arrives, undecoded.
+
+        Inside :meth:`guard`, each read moves the guard's deadline ``idle_timeout``
+        ahead and lifts it once the chunk is in: only the upstream's silence counts,
+        not the time the caller spends relaying a chunk.
+        """
+        idle = self._idle
         with _translate():
             body = aiter(self._response.aiter_stream())
             while True:
                 start = time.perf_counter()
+                if idle is not None:
+                    idle.deadline = trio.current_time() + self.idle_timeout
                 try:
                     chunk = await anext(body)
                 except StopAsyncIteration:
                     self.waited += time.perf_counter() - start
                     return
+                finally:
+                    if idle is not None:
+                        idle.deadline = math.inf
                 self.waited += time.perf_counter() - start
                 if self.tee is not None:
                     self.tee(chunk)
                 yield chunk
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Bound every read of the body inside the block by :attr:`idle_timeout`.
+
+        On expiry the read is cancelled (httpcore2 closes the connection, so the
+        provider stops generating) and :class:`UpstreamTimeout` leaves the block.
+        """
+        with trio.CancelScope() as scope:
+            self._idle = scope
+            try:
+                yield
+            finally:
+                self._idle = None
+        if scope.cancelled_caught:
+            raise UpstreamTimeout(
+                f"upstream timed out: nothing received for {self.idle_timeout:g} s in the"
+                f" middle of the response ({self.idle_setting}: raise it for models that"
+                " pause longer)"
+            )
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (any case), or ``""``."""
@@ -162,13 +214,27 @@ class UpstreamClient:
         self._closed = False
 
     async def send(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        response_timeout: float = math.inf,
+        idle_timeout: float = math.inf,
+        settings: str = "",
     ) -> UpstreamResponse:
         """Send a request; return the response once its headers are in, body unread.
 
         The caller must :meth:`UpstreamResponse.aclose` it (``async with`` does); closing
         a response whose body was not read to the end closes its connection, so a
         cancelled interception stops the provider generating.
+
+        ``response_timeout``: seconds from getting a slot in the pool until the headers
+        are in (connecting and sending included), else the connection is closed and
+        :class:`UpstreamTimeout` raised. ``idle_timeout`` is the response's
+        :attr:`~UpstreamResponse.idle_timeout`. ``settings`` prefixes the names of the
+        settings timeout messages point to (``"providers.anthropic."``).
         """
         if self._closed:
             raise UpstreamUnavailable("the upstream client is closed (the gateway is stopping)")
@@ -192,20 +258,33 @@ class UpstreamClient:
                 f"upstream pool exhausted: {MAX_CONNECTIONS} requests already in flight"
                 f" for {POOL_TIMEOUT:.0f} s"
             )
+        connection: httpcore2.AsyncHTTPConnection | None = None
         try:
-            connection = await self._connection(target.origin)
-            with _translate():
-                response = await connection.handle_async_request(request)
+            with trio.move_on_after(response_timeout) as deadline:
+                connection = await self._connection(target.origin)
+                with _translate():
+                    response = await connection.handle_async_request(request)
+            if deadline.cancelled_caught:
+                if connection is not None:
+                    await connection.aclose()
+                raise UpstreamTimeout(
+                    f"upstream timed out: no response headers within {response_timeout:g} s"
+                    f" ({settings}response_timeout: raise it for requests that take longer)"
+                )
         except BaseException:
             self._slots.release()
             raise
         headers_in = time.perf_counter() - start
+        assert connection is not None  # the headers are in, so it connected
+        held = connection
         return UpstreamResponse(
             response.status,
             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],
             response,
-            lambda: self._give_back(target.origin, connection),
+            lambda: self._give_back(target.origin, held),
             waited=headers_in,
+            idle_timeout=idle_timeout,
+            idle_setting=f"{settings}stream_idle_timeout",
         )
 
     @asynccontextmanager

@@ -80,6 +80,7 @@ class CountingStore:
         self.outcomes: dict[str, str] = {}
         self.errors: dict[str, str | None] = {}
         self.tokens: dict[str, tuple[int, int, int]] = {}
+        self.user_agents: dict[str, str] = {}
         self.records = 0
         self.sequence: list[tuple[str, str]] = []
         """(record type, interception id) of every record written, in order."""
@@ -95,6 +96,7 @@ class CountingStore:
             self.sequence.append((type(record).__name__, _interception_of(record)))
             if isinstance(record, InterceptionStarted):
                 self.started[record.id] += 1
+                self.user_agents[record.id] = record.user_agent
             elif isinstance(record, InterceptionEnded):
                 self.ended[record.interception_id] += 1
                 self.outcomes[record.interception_id] = record.outcome.value
@@ -278,9 +280,12 @@ async def post(
     stream: bool,
     headers: dict[str, str] | None = None,
     client: httpx2.AsyncClient | None = None,
+    prefix: str = "",
 ) -> httpx2.Response:
-    """One request, read to its end (a streamed body too)."""
+    """One request, read to its end (a streamed body too); ``prefix`` is put before the
+    route's provider name (``/{prefix}anthropic/v1/messages``)."""
     route, scenario = APIS[api]
+    route = "/" + prefix + route.lstrip("/")
     sent = {"x-mock-scenario": scenario, "authorization": "Bearer sk-x", **(headers or {})}
     async with httpx2.AsyncClient(timeout=30) as own:
         return await (client or own).post(
@@ -433,6 +438,87 @@ async def test_upstream_faults_end_cleanly_and_record_what_was_sent(
         assert rig.store.tokens.get(ix) == sent, fault
         interceptions += 1
         await rig.check(fault, interceptions=interceptions)
+        interceptions += 1  # check() made a normal request
+
+
+STALL_TIMEOUT = 0.3
+"""The response and idle timeouts of the ``stalling-*`` providers (seconds)."""
+
+TIMEOUT_ENDS: dict[tuple[str, bool], tuple[int, str]] = {
+    # (fault, streaming) -> (client status, the setting the error names)
+    ("stall-before-headers", True): (504, "response_timeout"),
+    ("stall-before-headers", False): (504, "response_timeout"),
+    ("stall-between-events", True): (200, "stream_idle_timeout"),  # an error event ends it
+    ("stall-between-events", False): (504, "stream_idle_timeout"),  # half a body, then silence
+}
+
+
+@pytest.fixture
+async def stall_rig(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> Rig:
+    """The rig, plus copies of its providers named ``stalling-<name>`` whose response and
+    idle timeouts are :data:`STALL_TIMEOUT`: only the requests sent to them time out so
+    soon, the warm-up and the checks' requests keep the generous defaults."""
+    config = gateway_config(tmp_path, mock.port)  # type: ignore[attr-defined]
+    stalling = tuple(
+        replace(
+            provider,
+            name=f"stalling-{provider.name}",
+            response_timeout=STALL_TIMEOUT,
+            stream_idle_timeout=STALL_TIMEOUT,
+        )
+        for provider in config.providers
+        if provider.name in ("anthropic", "openai")
+    )
+    config = replace(config, providers=(*config.providers, *stalling))
+    started: Rig = await nursery.start(partial(run_rig, config, mock))
+    await started.warm_up()
+    return started
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "blocking"])
+@pytest.mark.parametrize("api", list(APIS))
+async def test_upstream_stalls_time_out_with_504_or_an_error_event(
+    stall_rig: Rig, api: str, stream: bool
+) -> None:
+    """An upstream that stalls before its headers or between two events is given up on
+    after the provider's timeout: the client gets a 504 (or, once the stream started,
+    the dialect's error event), the record is ``failed`` naming the setting, what the
+    upstream sent is recorded, the upstream connection is closed, nothing leaks."""
+    rig = stall_rig
+    assert {fault for fault, _ in TIMEOUT_ENDS} == {f for f in FAULTS if f.startswith("stall")}
+    interceptions = len(APIS)
+    for (fault, streaming), (status, setting) in TIMEOUT_ENDS.items():
+        if streaming != stream:
+            continue
+        before = set(rig.store.started)
+        headers = {"x-mock-fault": fault, "x-mock-fault-after": str(CUT_AFTER)}
+        with trio.fail_after(10):
+            response = await post(rig, api, stream=stream, headers=headers, prefix="stalling-")
+        assert response.status_code == status, (fault, response.text[-300:])
+        provider = "stalling-anthropic" if api == "anthropic" else "stalling-openai"
+        named = f"providers.{provider}.{setting}"
+        if status == 200:
+            assert "error" in last_frame(response.text), response.text[-300:]
+            assert named in last_frame(response.text)
+        else:
+            assert "error" in response.json(), response.text
+            assert named in response.text
+        await rig.settle()
+        [ix] = set(rig.store.started) - before
+        error = rig.store.errors[ix]
+        sent = usage_sent(api, chunks_sent(api, stream=stream, fault=fault, after=CUT_AFTER))
+        print(
+            f"{api:9} {'stream' if stream else 'block':6} {fault:21}"
+            f" outcome={rig.store.outcomes[ix]} tokens recorded={rig.store.tokens.get(ix)}"
+            f" sent={sent} error={error!r}"
+        )
+        assert rig.store.outcomes[ix] == "failed"
+        assert error is not None
+        assert named in error
+        assert "timed out" in error
+        assert rig.store.tokens.get(ix) == sent, fault
+        interceptions += 1  # check() also asserts the stalled upstream connection is closed
+        await rig.check(f"{fault} timed out", interceptions=interceptions)
         interceptions += 1  # check() made a normal request
 
 

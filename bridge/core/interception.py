@@ -135,6 +135,8 @@ class Interception:
     dump: APIDump | None = None
     """Writes every upstream request and response to files (``observability.dump_dir``)."""
     client_gone: bool = False
+    held_back: bool = False
+    """Whether raw frames of the current upstream call are held back, not yet relayed."""
     prompt_recorded: bool = False
     failure: str | None = None
     turns: list[TurnResult] = field(default_factory=list)
@@ -225,7 +227,7 @@ async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: flo
             with ix.tracer.span(SPAN_PROCESS_REQUEST):
                 await _run(ix, relay)
             nursery.cancel_scope.cancel()
-        if ix.client_gone and not relay.complete:
+        if ix.client_gone and not _answer_delivered(ix, relay):
             outcome, error = Outcome.CLIENT_DISCONNECTED, "the client disconnected"
         elif ix.rejected:
             outcome, error = Outcome.REJECTED, ix.failure
@@ -242,6 +244,30 @@ async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: flo
         # The client sees the end of the body only once the records are queued.
         await relay.close()
     return outcome
+
+
+def _answer_delivered(ix: Interception, relay: Relay) -> bool:
+    """Whether the client was handed the whole answer before it left.
+
+    A client may read the final event (Anthropic's ``message_stop``) and hang up before
+    the gateway has read the upstream's end or written the end of the body: it got
+    everything. That is so when the stream's every frame went out (none cut short) and
+    the last upstream turn completed without an error, with no injected tool call the
+    loop would still run and nothing held back. A blocking answer goes out only after
+    the records are queued, so a client that left before never saw it.
+    """
+    if not relay.frames_delivered:
+        return False
+    if relay.complete:
+        return True  # the end frame went out as well
+    last = ix.turns[-1] if ix.turns else None
+    return (
+        last is not None
+        and last.complete
+        and last.error is None
+        and not ix.held_back
+        and not any(call.name in ix.injected_names for call in last.tool_calls)
+    )
 
 
 async def _watch_client(ix: Interception, sink: ResponseSink, scope: trio.CancelScope) -> None:
@@ -305,6 +331,7 @@ async def _loop(ix: Interception, relay: Relay) -> None:
     # each iteration is buffered, and only the last one reaches the client.
     buffer_raw = ix.dialect.relay_raw and bool(injected)
     for iteration in range(1, ix.max_iterations + 1):
+        ix.held_back = buffer_raw
         step = await _call_upstream(ix, relay, body, exchange.new_turn(), buffer=buffer_raw)
         if step is None:
             return  # an upstream HTTP error was relayed
@@ -323,6 +350,7 @@ async def _loop(ix: Interception, relay: Relay) -> None:
             if client_body is not None:
                 await relay.respond(*client_body)
             await relay.send_frames(buffered)
+            ix.held_back = False
             break
         if iteration == ix.max_iterations:
             message = (
@@ -377,12 +405,18 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
 
     Each attempt passes the circuit breaker first (open: :class:`CircuitOpen`, the
     upstream is not called) and feeds it its outcome. Then :func:`next_step` decides:
-    keep the response, retry it (connection errors, 408/409/429/5xx, after
-    ``retry-after`` or a backoff), or fail over to the provider's next centralized
-    key (429/401/403). Nothing has been sent to the client for this call yet, so
-    retrying is invisible to it. :class:`KeysExhausted` when every key is resting.
+    keep the response, retry it (connection errors and response timeouts,
+    408/409/429/5xx, after ``retry-after`` or a backoff), or fail over to the
+    provider's next centralized key (429/401/403). Nothing has been sent to the client
+    for this call yet, so retrying is invisible to it. :class:`KeysExhausted` when
+    every key is resting.
+
+    The final response's body is read under its idle guard (``stream_idle_timeout``),
+    and the breaker hears of it once it is closed: a body cut by a timeout or a
+    connection failure counts as a failure, like a connection that never answered.
     """
     provider = ix.route.provider
+    settings = provider.config
     url = ix.route.upstream_url(ix.request.query)
     pool = ix.pool if ix.credential.kind is CredentialKind.CENTRALIZED else None
     key = _choose_key(ix, pool, set())
@@ -397,7 +431,15 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
         dump_base = _dump_request(ix, url, headers, body)
         try:
             with ix.tracer.span(SPAN_UPSTREAM):
-                response = await ix.upstream.send("POST", url, headers, body)
+                response = await ix.upstream.send(
+                    "POST",
+                    url,
+                    headers,
+                    body,
+                    response_timeout=settings.response_timeout,
+                    idle_timeout=settings.stream_idle_timeout,
+                    settings=f"providers.{provider.name}.",
+                )
         except UpstreamUnavailable as exc:
             if ix.dump is not None and dump_base is not None:
                 ix.dump.write_error(dump_base, str(exc))
@@ -423,7 +465,6 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
             # go back, or a half-open breaker would wait for it for ever.
             _judge(ix, ticket, None, neutral=True)
             raise
-        _judge(ix, ticket, response.status)
         if ix.dump is not None and dump_base is not None:
             response.tee = ix.dump.open_response(dump_base, response.status, response.headers).write
         if ix.metrics is not None:
@@ -442,13 +483,20 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
         )
         if step.action in ("done", "give_up"):
             break
+        _judge(ix, ticket, response.status)
         ix.waited += response.waited
         await response.aclose()
         await ix.sleep(step.delay)
         attempt, key = step.attempt, step.key
+    cut = False
     try:
-        yield response
+        with response.guard():
+            yield response
+    except UpstreamUnavailable:
+        cut = True  # timed out or reset in the middle of the body
+        raise
     finally:
+        _judge(ix, ticket, None if cut else response.status)
         ix.waited += response.waited
         await response.aclose()
 

@@ -49,6 +49,7 @@ class Relay:
         self.status: int | None = None
         """The status sent to the client, once started."""
         self._pending: tuple[int, list[tuple[str, str]], bytes] | None = None
+        self._sending = False  # a frame is being handed to the sink
 
     def set_stream_headers(self, headers: Sequence[tuple[str, str]]) -> None:
         """Add upstream headers (request id, rate limits) to a stream not yet started."""
@@ -56,11 +57,25 @@ class Relay:
 
     async def send_frame(self, frame: bytes) -> None:
         """Send one SSE frame, starting the 200 stream first if needed."""
+        self._sending = True
         async with self._lock:
             if not self.started:
                 await self._start(200, self._stream_headers)
             await self._write(frame)
             self._last_write = trio.current_time()
+        self._sending = False
+
+    @property
+    def frames_delivered(self) -> bool:
+        """Whether this is a started stream that handed every frame it was given to the
+        client's connection: no write was cut short (cancelled, or abandoned on a client
+        that stopped reading).
+
+        Not true of a response committed with :meth:`respond`: it goes out at :meth:`close`.
+        The interception uses it to tell a client that left after the whole answer from
+        one that left before.
+        """
+        return self.started and self._pending is None and not self._sending and not self.stalled
 
     async def send_frames(self, frames: list[bytes]) -> None:
         """Send held-back frames, in order (nothing if there are none)."""

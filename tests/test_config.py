@@ -298,6 +298,14 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
         "providers.anthropic.connect_timeout must be a number of seconds > 0, got 0",
     ),
     (
+        {"providers": {"anthropic": {"response_timeout": 0}}},
+        "providers.anthropic.response_timeout must be a number of seconds > 0, got 0",
+    ),
+    (
+        {"providers": {"anthropic": {"stream_idle_timeout": -1}}},
+        "providers.anthropic.stream_idle_timeout must be a number of seconds > 0, got -1",
+    ),
+    (
         {"providers": {"anthropic": {"key": 12345678901234567890}}},
         "providers.anthropic.key must be a string, got a value of type int",
     ),
@@ -619,6 +627,8 @@ def test_resilience_settings_are_read_from_the_file(tmp_path: Path) -> None:
     )
     assert anthropic.all_keys == ("key-one", "key-two", "key-three")
     assert (openai.keys, openai.max_retries, openai.key_cooldown) == ((), 2, 60.0)
+    # Generous stall timeouts: a blocking answer may come only after minutes of thinking.
+    assert (openai.response_timeout, openai.stream_idle_timeout) == (600.0, 300.0)
     assert openai.circuit_breaker is None  # the breaker is opt-in
 
 
@@ -866,6 +876,8 @@ def test_render_config_loads_back_the_same_resilience_settings() -> None:
                 "anthropic": {
                     "max_retries": 0,
                     "key_cooldown": 2.5,
+                    "response_timeout": 120,
+                    "stream_idle_timeout": 45.5,
                     "circuit_breaker": {"timeout": 5, "failure_statuses": [429, 503]},
                 },
                 "openai": {"circuit_breaker": {}},
@@ -876,6 +888,7 @@ def test_render_config_loads_back_the_same_resilience_settings() -> None:
     )
     text = render_config(config)
     assert "[providers.anthropic.circuit_breaker]" in text.splitlines()
+    assert {"response_timeout = 120.0", "stream_idle_timeout = 45.5"} <= set(text.splitlines())
     assert "[providers.copilot.circuit_breaker]" not in text
     assert config_from_mapping(tomllib.loads(text), {}) == config
 

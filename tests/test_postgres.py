@@ -12,10 +12,12 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -37,6 +39,7 @@ from bridge.recording import (
 )
 from bridge.recording import recorder as recorder_module
 from bridge.recording.deferred import DeferredStore
+from bridge.recording.journal import Journal
 from bridge.recording.postgres import PostgresStore
 from bridge.recording.sqlite import SQLiteStore
 
@@ -397,3 +400,64 @@ async def test_without_a_journal_a_gateway_refuses_to_start_and_says_how_to(
             pass  # pragma: no cover - it does not open
     assert str(caught.value).startswith("cannot connect to the PostgreSQL database")
     assert PASSWORD not in str(caught.value)
+
+
+async def test_postgresql_stopped_during_load_spills_then_replays_without_loss_or_duplicates(
+    nursery: trio.Nursery,
+    mock: MockUpstream,
+    tmp_path: Path,
+    own_cluster: Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fault suite's "database down during load", on PostgreSQL: the server stops while
+    requests are under way and starts again later. Prints the replay rate."""
+    monkeypatch.setattr(recorder_module, "BACKOFF_MAX", recorder_module.BACKOFF_MIN)
+    replays: list[tuple[int, float]] = []
+    real_replay = Journal.replay
+
+    def timed_replay(journal: Journal, *args: Any, **kwargs: Any) -> int:
+        started_at = time.perf_counter()
+        replayed = real_replay(journal, *args, **kwargs)
+        if replayed:
+            replays.append((replayed, time.perf_counter() - started_at))
+        return replayed
+
+    monkeypatch.setattr(Journal, "replay", timed_replay)
+    config = journaled_config(tmp_path, mock.port, own_cluster.url())  # type: ignore[attr-defined]
+    ids: list[str] = []
+    with trio.fail_after(60), watching_replays() as watch:
+        bridge, url = await nursery.start(partial(run_gateway, config))
+        async with httpx2.AsyncClient(timeout=30) as client:
+            ids += await send_messages(client, url, 30)
+
+            async def stop_under_load() -> None:
+                await trio.to_thread.run_sync(own_cluster.stop)
+
+            async def load() -> None:
+                ids.extend(await send_messages(client, url, 120))
+
+            async with trio.open_nursery() as both:
+                both.start_soon(load)
+                both.start_soon(stop_under_load)
+            ids += await send_messages(client, url, 20)  # the server is down by now, surely
+            await bridge.wait_idle()
+            await bridge.recorder.flush()  # in the store or the journal
+            stats = bridge.recorder.stats
+            assert stats.spilled > 0
+            assert stats.journal_pending
+            await trio.to_thread.run_sync(partial(own_cluster.start, port=own_cluster.port))
+            while bridge.recorder.stats.journal_pending:
+                await watch.replayed.wait()
+            ids += await send_messages(client, url, 10)
+            await bridge.wait_idle()
+            await bridge.recorder.flush()
+    assert stats.replayed == stats.spilled
+    assert stats.written + stats.spilled == stats.submitted
+    assert_recorded_once(own_cluster.url(), ids)
+    replayed, seconds = sum(n for n, _ in replays), sum(s for _, s in replays)
+    print(
+        f"\nPostgreSQL stopped during load: {len(ids)} requests, {stats.submitted} records,"
+        f" {stats.written} written directly, {stats.spilled} spilled ({stats.failures} failed"
+        f" attempts), {replayed} replayed in {seconds * 1000:.1f} ms:"
+        f" {replayed / seconds:,.0f} records/s"
+    )

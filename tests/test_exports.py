@@ -21,7 +21,8 @@ def test_public_classes_present_themselves_as_bridge() -> None:
 
 
 def test_the_recording_package_exports_every_store() -> None:
-    """Every name in bridge.recording's __all__ resolves, and the stores are all there; PostgresStore is loaded only when asked for (psycopg loads libpq)."""
+    """Every name in bridge.recording's __all__ resolves and the stores are all there;
+    PostgresStore is loaded only when asked for (psycopg loads libpq)."""
     import subprocess
     import sys
 

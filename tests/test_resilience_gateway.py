@@ -270,3 +270,62 @@ async def test_a_request_abandoned_while_half_open_does_not_wedge_the_breaker(
         inner.cancel_scope.cancel()  # that client gives up before any answer
     await gateway.bridge.wait_idle()
     assert (await send(gateway, "claude-h")).status_code == 200  # not wedged half-open
+
+
+STALL = {"x-mock-fault": "stall-before-headers"}
+
+
+async def test_a_response_timeout_is_retried_then_answered_with_504(
+    start_gateway: Any, mock_clock: trio.testing.MockClock
+) -> None:
+    """No response headers within response_timeout: the connection is closed and the call
+    retried like a connection error; when the retries are spent, 504 in Anthropic's shape."""
+    mock_clock.autojump_threshold = 0.05  # the stalls pass when nothing else is running
+    gateway: Gateway = await start_gateway(
+        provider_changes={"max_retries": 1, "response_timeout": 5.0}
+    )
+    start = trio.current_time()
+    response = await send(gateway, "claude-t", **STALL)
+    assert response.status_code == 504
+    assert len(gateway.mock.requests) == 2  # the first call and one retry
+    assert trio.current_time() - start >= 10  # each attempt waited its whole timeout
+    error = response.json()["error"]
+    assert "providers.anthropic.response_timeout" in error["message"]
+    await gateway.flush()
+    [row] = gateway.store.interceptions()
+    assert row["outcome"] == "failed"
+
+
+async def test_upstream_timeouts_count_against_the_breaker(
+    start_gateway: Any, mock_clock: trio.testing.MockClock
+) -> None:
+    """A stream the upstream stops feeding (its 200 headers came) counts as a failure once
+    stream_idle_timeout cuts it, like a response that never came: five of them open it."""
+    mock_clock.autojump_threshold = 0.05
+    breaker = BreakerConfig(failure_threshold=5, interval=0, timeout=30, max_requests=1)
+    gateway: Gateway = await start_gateway(
+        provider_changes={
+            "circuit_breaker": breaker,
+            "response_timeout": 3.0,
+            "stream_idle_timeout": 3.0,
+        }
+    )
+    headers = {
+        "x-mock-scenario": "anthropic_text",
+        "x-mock-fault": "stall-between-events",
+        "x-mock-fault-after": "2",
+    }
+    async with httpx2.AsyncClient(timeout=None) as client:
+        for _ in range(4):
+            response = await client.post(
+                f"{gateway.url}/anthropic/v1/messages",
+                json=body("claude-i", stream=True),
+                headers=headers,
+            )
+            assert response.status_code == 200  # the stream had started: an error event
+            assert "providers.anthropic.stream_idle_timeout" in response.text
+    assert (await send(gateway, "claude-i", **STALL)).status_code == 504  # the fifth
+    calls = len(gateway.mock.requests)
+    rejected = await send(gateway, "claude-i")
+    assert rejected.status_code == 503  # open: five timeouts in a row
+    assert len(gateway.mock.requests) == calls

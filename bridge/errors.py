@@ -9,6 +9,7 @@
     │   ├── NotFound           404: no such route
     │   ├── PayloadTooLarge    413: body over server.max_body_bytes
     │   └── NotSupported       501: a valid request for a feature bridge does not offer
+    ├── GatewayUnavailable     503: the gateway cannot serve now (its database is down)
     └── UpstreamError          the provider failed us
         ├── UpstreamUnavailable    502: could not connect, connection reset, timed out
         ├── UpstreamProtocolError  502: the provider sent something we cannot read
@@ -29,6 +30,7 @@ __all__ = [
     "BridgeError",
     "CircuitOpen",
     "ClientError",
+    "GatewayUnavailable",
     "KeysExhausted",
     "NotFound",
     "NotSupported",
@@ -80,6 +82,14 @@ class NotSupported(ClientError):
     """A well-formed request for something the gateway does not do (501)."""
 
     status_hint = 501
+
+
+class GatewayUnavailable(BridgeError):
+    """The gateway itself cannot serve the request right now, through no fault of the
+    client or the provider: e.g. a gateway key cannot be checked while the database is
+    down. Retrying later is the right move, hence 503 rather than 500 (or a false 401)."""
+
+    status_hint = 503
 
 
 class UpstreamError(BridgeError):

@@ -285,3 +285,15 @@ def test_claude_code_session_comes_from_the_body_when_no_header() -> None:
         body = json.dumps({**ANTHROPIC_BODY, "metadata": {"user_id": user_id}}).encode()
         hint = DIALECTS["anthropic.messages"].parse_request(body).session_hint
         assert session_id("Claude Code", [], hint) == expected
+
+
+async def test_a_key_that_cannot_be_checked_is_a_503_not_a_500_or_a_401(keyed: Gateway) -> None:
+    """The database is gone (here: its store closed): the gateway cannot tell a good key
+    from a bad one, so it says to retry later, in the provider's shape, and sends nothing."""
+    secret = create_key(keyed, "alice")
+    keyed.store.close()
+    response = await post(keyed, "/anthropic/v1/messages", ANTHROPIC_BODY, **{"x-api-key": secret})
+    assert response.status_code == 503
+    assert response.json()["type"] == "error"
+    assert "retry shortly" in response.json()["error"]["message"]
+    assert keyed.mock.requests == []

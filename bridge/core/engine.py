@@ -28,7 +28,7 @@ from bridge.core.exchange import Request, ResponseSink
 from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
-from bridge.errors import ClientError, NotFound, Unauthorized
+from bridge.errors import ClientError, GatewayUnavailable, NotFound, Unauthorized
 from bridge.keys import KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.metrics import Metrics
@@ -115,13 +115,21 @@ class Engine:
         """The actor of a gateway key; the key's last use is noted at most once a minute."""
         if not looks_like_gateway_key(secret) or not isinstance(self.store, KeyStore):
             return None
-        key = await trio.to_thread.run_sync(self.store.find_key, secret)
-        if key is None:
-            return None
-        now = trio.current_time()
-        if now - self._touched.get(key.id, -math.inf) >= KEY_TOUCH_INTERVAL:
-            self._touched[key.id] = now
-            await trio.to_thread.run_sync(self.store.touch_key, key.id, utcnow())
+        store = self.store
+        try:
+            key = await trio.to_thread.run_sync(store.find_key, secret)
+            if key is None:
+                return None
+            now = trio.current_time()
+            if now - self._touched.get(key.id, -math.inf) >= KEY_TOUCH_INTERVAL:
+                self._touched[key.id] = now
+                await trio.to_thread.run_sync(store.touch_key, key.id, utcnow())
+        except StoreError as exc:
+            logger.warning("cannot check a gateway key: %s", exc)
+            raise GatewayUnavailable(
+                "the gateway cannot check its keys right now (its database is unavailable);"
+                " retry shortly"
+            ) from None
         return Actor(key.user, dict(key.metadata))
 
     @staticmethod
@@ -260,7 +268,7 @@ class Engine:
                 dump=self.dump,
             )
             await intercept(ix, sink, ping_interval=self.config.server.ping_interval)
-        except ClientError as exc:
+        except (ClientError, GatewayUnavailable) as exc:
             await _respond(sink, exc.status_hint, dialect.error_body(exc.status_hint, str(exc)))
         finally:
             self.inflight -= 1

@@ -25,6 +25,7 @@ Rules:
 
 from __future__ import annotations
 
+import abc
 import datetime as _dt
 import json
 import re
@@ -317,7 +318,7 @@ _KEY_COLUMNS: Final = "id, user_id, prefix, metadata, created_at, last_used_at, 
 _TIME_COLUMNS: Final = {"bridge_interceptions": "started_at"}  # the others: created_at
 
 
-class SQLStore:
+class SQLStore(abc.ABC):
     """The store rules (see :mod:`bridge.recording.store`) over a SQL database; a subclass
     says how to reach it.
 
@@ -341,30 +342,36 @@ class SQLStore:
 
     # -- what a subclass supplies ---------------------------------------------------------
 
+    @abc.abstractmethod
     def _execute(self, sql: str, params: Sequence[Any]) -> int:
         """Run one statement, committed on its own; return the rows it changed."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _query(self, sql: str, params: Sequence[Any]) -> tuple[list[str], list[Sequence[Any]]]:
         """Run one query; return its column names and rows."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _write(self, groups: WriteGroups) -> None:
         """Run every statement of *groups* for each of its rows, in one transaction."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _version(self) -> int:
         """The highest migration applied (0 if none)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _close(self) -> None:
         """Close the connection."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _migrations(self) -> Sequence[str]:
         """The migration scripts (the module's ``MIGRATIONS``, read when called: tests
         stand in a longer list for a later release)."""
-        raise NotImplementedError
+        ...
 
     # -- schema ---------------------------------------------------------------------------
 

@@ -289,10 +289,26 @@ class UpstreamClient:
 
     @asynccontextmanager
     async def open(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        response_timeout: float = math.inf,
+        idle_timeout: float = math.inf,
+        settings: str = "",
     ) -> AsyncIterator[UpstreamResponse]:
         """:meth:`send` as a context manager that closes the response on exit."""
-        response = await self.send(method, url, headers, body)
+        response = await self.send(
+            method,
+            url,
+            headers,
+            body,
+            response_timeout=response_timeout,
+            idle_timeout=idle_timeout,
+            settings=settings,
+        )
         try:
             yield response
         finally:

@@ -432,3 +432,27 @@ async def test_the_client_gets_one_date_and_no_server_software(
     assert response.headers["date"] != "Mon, 01 Jan 2024 00:00:00 GMT"
     assert b"server" not in names
     assert response.headers["request-id"] == "req_d"
+
+
+async def _silent_upstream(stream: trio.SocketStream) -> None:
+    """Reads the request, then never answers (until the gateway hangs up)."""
+    while await stream.receive_some(65536):
+        pass
+
+
+async def test_a_stalled_passthrough_upstream_is_a_504_naming_the_setting(
+    start_gateway: Any, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    listeners = await nursery.start(partial(trio.serve_tcp, _silent_upstream, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    gateway: Gateway = await start_gateway(
+        upstream_url=f"http://127.0.0.1:{port}/", provider_changes={"response_timeout": 5.0}
+    )
+    with trio.fail_after(60):  # virtual seconds: without the timeout this would hang
+        async with httpx2.AsyncClient(timeout=None) as client:
+            response = await client.get(
+                f"{gateway.url}/anthropic/v1/models",
+                headers={"x-api-key": "sk-ant-client-byok-1"},
+            )
+    assert response.status_code == 504
+    assert "providers.anthropic.response_timeout" in response.json()["error"]["message"]

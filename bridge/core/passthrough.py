@@ -4,7 +4,8 @@ Model lists, token counting, telemetry. The request goes to the provider's base
 URL with the suffix below the route prefix (never another host, never above the
 base path: :meth:`bridge.providers.Provider.route` refuses such paths), and the
 response streams back unchanged. Like an interception, the relay runs in a
-nursery with a watcher of the client, so a client leaving closes the upstream.
+nursery with a watcher of the client, so a client leaving closes the upstream, and
+the provider's ``response_timeout`` and ``stream_idle_timeout`` bound a stalled one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import trio
 from bridge.core.exchange import Request, ResponseSink
 from bridge.errors import ClientError, UpstreamError
 from bridge.providers import Route, forwardable_response_headers, passthrough_headers
-from bridge.upstream import UpstreamClient
+from bridge.upstream import UpstreamClient, UpstreamTimeout
 
 __all__ = ["passthrough"]
 
@@ -53,16 +54,27 @@ async def passthrough(
         nursery.start_soon(watch)
         try:
             url = route.upstream_url(request.query)
-            async with upstream.open(request.method, url, headers, request.body) as response:
+            settings = route.provider.config
+            async with upstream.open(
+                request.method,
+                url,
+                headers,
+                request.body,
+                response_timeout=settings.response_timeout,
+                idle_timeout=settings.stream_idle_timeout,
+                settings=f"providers.{route.provider.name}.",
+            ) as response:
                 await sink.start(response.status, forwardable_response_headers(response.headers))
                 started = True
-                async for chunk in response.chunks():
-                    await sink.send(chunk)
+                with response.guard():
+                    async for chunk in response.chunks():
+                        await sink.send(chunk)
                 await sink.end()
         except (UpstreamError, ClientError) as exc:
             if started:
                 return  # the client sees the body end early: the upstream failed mid-way
-            message = "the upstream is unreachable" if isinstance(exc, UpstreamError) else str(exc)
+            unreachable = isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamTimeout)
+            message = "the upstream is unreachable" if unreachable else str(exc)
             body = error_body(exc.status_hint, message)
             await sink.start(exc.status_hint, [("content-type", "application/json")])
             await sink.end(body)

@@ -134,9 +134,22 @@ def _serve(args: argparse.Namespace) -> int:
         observability = replace(observability, log_level=args.log_level.upper())
     config = replace(config, server=server, observability=observability)
     if config.server.workers > 1:
-        return run_workers(config, serve_worker)
+        return run_workers(config, serve_worker_process)
     serve_worker(config)
     return 0
+
+
+def serve_worker_process(config: Config) -> None:
+    """:func:`serve_worker` as one of :func:`~bridge.server.run_workers`' processes.
+
+    A database or configuration that stops the start-up is one line and exit status 2,
+    as :func:`main` makes it with one worker, not a traceback from each worker.
+    """
+    try:
+        serve_worker(config)
+    except (ConfigError, StoreError) as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def serve_worker(config: Config) -> None:

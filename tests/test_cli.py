@@ -198,13 +198,14 @@ def test_no_command_shows_the_database_password(
     assert DB_PASSWORD not in everything
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_serve_without_its_database_nor_a_journal_exits_2_saying_what_to_do(
-    tmp_path: Path,
+    tmp_path: Path, workers: str
 ) -> None:
     url = f"postgresql://bridge:{DB_PASSWORD}@127.0.0.1:{free_port()}/bridge"
     environ = {**os.environ, "BRIDGE_RECORDING_DATABASE": url, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-m", "bridge", "serve", "--port", "0"],
+        [sys.executable, "-m", "bridge", "serve", "--port", "0", "--workers", workers],
         cwd=tmp_path,
         env=environ,
         capture_output=True,

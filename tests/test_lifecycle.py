@@ -158,6 +158,39 @@ async def test_embedded_stream_left_early_is_a_client_disconnect(
     assert store.ended[interception.id].outcome is Outcome.CLIENT_DISCONNECTED
 
 
+async def test_an_intercepted_stream_silent_between_events_gets_pings(
+    nursery: trio.Nursery,
+    mock: MockUpstream,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Through the whole interception (its client watcher sends them): a ping after each
+    ``ping_interval`` of upstream silence, none before the stream started, and the
+    events themselves unchanged and in order."""
+    config = gateway_config(tmp_path, mock.port, ping_interval=10.0)  # type: ignore[attr-defined]
+    async with open_bridge(config, store=MemoryStore()) as bridge:
+        request = Request(
+            "POST",
+            "/anthropic/v1/messages",
+            headers=[("x-mock-scenario", "anthropic_slow_stream"), ("x-mock-pace-ms", "25000")],
+            body=BODY,
+        )
+        frames: list[tuple[float, bytes]] = []
+        async with bridge.stream(request) as streamed:
+            async for chunk in streamed.aiter_bytes():
+                if trio.current_time() >= 50:
+                    break
+                frames.append((trio.current_time(), chunk))
+    # Upstream events at 0 and 25 s; between them, and after, a ping every 10 s of silence.
+    # (The upstream sends pings of the same shape too, but only with its events.)
+    ping = AnthropicMessages().ping_frame()
+    pings = [at for at, frame in frames if frame == ping and at % 25]
+    assert pings == [10.0, 20.0, 35.0, 45.0], [(at, frame[:20]) for at, frame in frames]
+    events = [(at, frame) for at, frame in frames if at not in pings]
+    assert [at for at, _ in events] == [0.0, 25.0]
+    assert events[0][1].startswith(b"event: message_start")
+
+
 async def _stream_in_background(
     url: str, received: list[bytes], first: trio.Event, done: trio.Event
 ) -> None:

@@ -220,10 +220,10 @@ async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: flo
     try:
         async with trio.open_nursery() as nursery:
             relay.on_stall = partial(_client_left, ix, nursery.cancel_scope)
-            nursery.start_soon(_watch_client, ix, sink, nursery.cancel_scope)
-            ping = ix.dialect.ping_frame()
-            if ix.parsed.stream and ping is not None:
-                nursery.start_soon(relay.keep_alive, ping, ping_interval)
+            ping = ix.dialect.ping_frame() if ix.parsed.stream else None
+            nursery.start_soon(
+                _watch_client, ix, sink, relay, nursery.cancel_scope, ping, ping_interval
+            )
             with ix.tracer.span(SPAN_PROCESS_REQUEST):
                 await _run(ix, relay)
             nursery.cancel_scope.cancel()
@@ -270,8 +270,28 @@ def _answer_delivered(ix: Interception, relay: Relay) -> bool:
     )
 
 
-async def _watch_client(ix: Interception, sink: ResponseSink, scope: trio.CancelScope) -> None:
-    await sink.wait_disconnected()
+async def _watch_client(
+    ix: Interception,
+    sink: ResponseSink,
+    relay: Relay,
+    scope: trio.CancelScope,
+    ping: bytes | None,
+    interval: float,
+) -> None:
+    """Wait for the client to leave; meanwhile, given a ``ping``, keep a silent stream
+    alive (:meth:`Relay.keep_alive`'s work, done here so a stream costs one task less).
+
+    Waiting for the client is cancelled at each ping time and resumed: a sink's
+    ``wait_disconnected`` loses nothing when cancelled (ASGI ``receive`` is a channel).
+    """
+    if ping is None:
+        await sink.wait_disconnected()
+    else:
+        while True:
+            with trio.move_on_at(relay.next_ping_at(interval)):
+                await sink.wait_disconnected()
+                break
+            await relay.ping_if_due(ping, interval)
     _client_left(ix, scope)
 
 

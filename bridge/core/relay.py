@@ -119,19 +119,31 @@ class Relay:
     async def keep_alive(self, ping: bytes, interval: float) -> None:
         """Send ``ping`` whenever the stream has been silent for ``interval`` seconds.
 
-        Runs until cancelled. Pings only flow once the stream has started: before
-        that, silence costs nothing, and an error can still be a real status.
+        Runs until the response is complete. Pings only flow once the stream has
+        started: before that, silence costs nothing, and an error can still be a real
+        status. An interception does the same from its client watcher, with
+        :meth:`next_ping_at` and :meth:`ping_if_due`, to spare a task per stream.
         """
         while not self.complete:
-            await trio.sleep_until(self._last_write + interval)
-            if not self.started:
+            await trio.sleep_until(self.next_ping_at(interval))
+            await self.ping_if_due(ping, interval)
+
+    def next_ping_at(self, interval: float) -> float:
+        """When a ping is due if nothing else is written (never, once complete)."""
+        return math.inf if self.complete else self._last_write + interval
+
+    async def ping_if_due(self, ping: bytes, interval: float) -> None:
+        """Send ``ping`` if the started stream has been silent for ``interval``."""
+        if self.complete:
+            return
+        if not self.started:
+            self._last_write = trio.current_time()
+        elif trio.current_time() - self._last_write >= interval:
+            async with self._lock:
+                if self.complete:
+                    return
+                await self._write(ping)
                 self._last_write = trio.current_time()
-            elif trio.current_time() - self._last_write >= interval:
-                async with self._lock:
-                    if self.complete:
-                        return
-                    await self._write(ping)
-                    self._last_write = trio.current_time()
 
     async def _write(self, data: bytes, *, end: bool = False) -> None:
         """One write to the client (with ``end``: the last, which ends the body),

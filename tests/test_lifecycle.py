@@ -83,7 +83,7 @@ async def test_silent_stream_gets_a_ping_every_interval(
     relay = Relay(sink)
     ping = AnthropicMessages().ping_frame()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(relay.keep_alive, ping, 10.0)
+        nursery.start_soon(relay.keep_alive_while, trio.sleep_forever, ping, 10.0)
         await trio.sleep(30)  # virtual time: not started yet, so no pings
         assert sink.frames == []
         await relay.send_frame(b"event: a\ndata: {}\n\n")

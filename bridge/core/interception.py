@@ -278,20 +278,9 @@ async def _watch_client(
     ping: bytes | None,
     interval: float,
 ) -> None:
-    """Wait for the client to leave; meanwhile, given a ``ping``, keep a silent stream
-    alive (:meth:`Relay.keep_alive`'s work, done here so a stream costs one task less).
-
-    Waiting for the client is cancelled at each ping time and resumed: a sink's
-    ``wait_disconnected`` loses nothing when cancelled (ASGI ``receive`` is a channel).
-    """
-    if ping is None:
-        await sink.wait_disconnected()
-    else:
-        while True:
-            with trio.move_on_at(relay.next_ping_at(interval)):
-                await sink.wait_disconnected()
-                break
-            await relay.ping_if_due(ping, interval)
+    """Wait for the client to leave, keeping a silent stream alive with ``ping`` meanwhile
+    (one task for both, per interception)."""
+    await relay.keep_alive_while(sink.wait_disconnected, ping, interval)
     _client_left(ix, scope)
 
 

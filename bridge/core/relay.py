@@ -12,7 +12,7 @@ keep-alive task (pings after ``ping_interval`` of silence). Each frame is one
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -116,24 +116,31 @@ class Relay:
                 await self._sink.start(status, headers)
             await self._write(last, end=True)
 
-    async def keep_alive(self, ping: bytes, interval: float) -> None:
-        """Send ``ping`` whenever the stream has been silent for ``interval`` seconds.
+    async def keep_alive_while(
+        self, waiting: Callable[[], Awaitable[None]], ping: bytes | None, interval: float
+    ) -> None:
+        """Run ``waiting()`` to its end; meanwhile send ``ping`` (if any) whenever the
+        stream has been silent for ``interval`` seconds.
 
-        Runs until the response is complete. Pings only flow once the stream has
-        started: before that, silence costs nothing, and an error can still be a real
-        status. An interception does the same from its client watcher, with
-        :meth:`next_ping_at` and :meth:`ping_if_due`, to spare a task per stream.
+        Pings only flow once the stream has started: before that, silence costs nothing,
+        and an error can still be a real status; none follow the complete response. The
+        interception's client watcher waits for the client this way, so one task does
+        both. ``waiting`` is cancelled at each ping time and called again, so it must lose
+        nothing when cancelled (ASGI ``receive`` is a channel: it does not).
         """
-        while not self.complete:
-            await trio.sleep_until(self.next_ping_at(interval))
-            await self.ping_if_due(ping, interval)
+        if ping is None:
+            await waiting()
+            return
+        while True:
+            with trio.move_on_at(self._next_ping_at(interval)):
+                await waiting()
+                return
+            await self._ping_if_due(ping, interval)
 
-    def next_ping_at(self, interval: float) -> float:
-        """When a ping is due if nothing else is written (never, once complete)."""
+    def _next_ping_at(self, interval: float) -> float:
         return math.inf if self.complete else self._last_write + interval
 
-    async def ping_if_due(self, ping: bytes, interval: float) -> None:
-        """Send ``ping`` if the started stream has been silent for ``interval``."""
+    async def _ping_if_due(self, ping: bytes, interval: float) -> None:
         if self.complete:
             return
         if not self.started:

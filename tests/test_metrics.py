@@ -52,6 +52,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "recorder_records_total": ("counter", ("outcome",)),
     "mcp_tool_call_seconds": ("histogram", ("server", "name", "outcome")),
     "auth_failures_total": ("counter", ("reason",)),
+    "provider_key_refusals_total": ("counter", ("provider", "status")),
 }
 
 ENDED = {
@@ -263,6 +264,12 @@ CALLS: list[tuple[Callable[[Metrics], None], str, dict[str, str], float]] = [
         3,
     ),
     (lambda m: m.auth_failure("invalid"), "auth_failures_total", {"reason": "invalid"}, 1),
+    (
+        lambda m: m.provider_key_refused(provider="anthropic", status=401),
+        "provider_key_refusals_total",
+        {"provider": "anthropic", "status": "401"},
+        1,
+    ),
 ]
 
 

@@ -346,14 +346,17 @@ def interception_log(
     cache_write: int = 0,
     client: str = "",
     streaming: bool = False,
+    error: str | None = None,
 ) -> dict[str, object]:
     """The ``extra=`` fields of the one ``interception ended`` line each interception logs.
 
     Use as ``logger.info("interception ended", extra=interception_log(...))``. None of the
     names collide with a :class:`logging.LogRecord` attribute (``logging`` would raise).
-    ``duration_ms`` is rounded to whole milliseconds.
+    ``duration_ms`` is rounded to whole milliseconds. ``error`` is the reason of an outcome
+    other than ``completed`` (upstream unreachable, the iteration cap, the breaker open),
+    left out when there is none.
     """
-    return {
+    fields: dict[str, object] = {
         "interception_id": interception_id,
         "user": user,
         "provider": provider,
@@ -367,3 +370,6 @@ def interception_log(
         "client": client,
         "streaming": streaming,
     }
+    if error is not None:
+        fields["error"] = error
+    return fields

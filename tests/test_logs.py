@@ -189,6 +189,20 @@ def test_interception_log_fields_are_accepted_by_logging() -> None:
     logging.getLogger("bridge.interception").info("interception ended", extra=extra)
     record = json.loads(stream.getvalue())
     assert {k: record[k] for k in extra} == {**extra, "duration_ms": 1235}
+    assert "error" not in record  # a completed interception has no reason to give
+
+
+def test_interception_log_of_a_failure_carries_its_reason() -> None:
+    extra = interception_log(
+        interception_id="01J0",
+        user="alice",
+        provider="anthropic",
+        model="m",
+        outcome="failed",
+        duration_ms=1.0,
+        error="the upstream is unreachable",
+    )
+    assert extra["error"] == "the upstream is unreachable"
 
 
 # Each case: how the secret is logged. Every case must hide the raw secret.

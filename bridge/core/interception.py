@@ -127,6 +127,8 @@ class Interception:
     """How retries wait (tests pass a recording fake)."""
     rejected: bool = False
     outcome: Outcome = Outcome.FAILED
+    error: str | None = None
+    """Why the outcome is not ``completed``, as recorded."""
     metrics: Metrics | None = None
     tracer: Tracer = field(default_factory=Tracer)
     waited: float = 0.0
@@ -209,6 +211,7 @@ def _ended_metrics(ix: Interception, started: float) -> None:
             cache_write=sum(u.cache_write for u in totals),
             client=ix.client,
             streaming=ix.parsed.stream,
+            error=ix.error,
         ),
     )
 
@@ -241,7 +244,7 @@ async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: flo
             final, reason = await _deliver(ix, relay, final, reason)
         outcome, error = final, reason
     finally:
-        ix.outcome = outcome
+        ix.outcome, ix.error = outcome, error
         with trio.move_on_after(RECORD_DEADLINE, shield=True):
             with ix.tracer.span(SPAN_RECORD_INTERCEPTION_ENDED):
                 await ix.recorder.record(InterceptionEnded(ix.id, outcome, error))

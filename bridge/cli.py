@@ -24,7 +24,7 @@ from functools import partial
 import trio
 
 from bridge.config import Config, ConfigError, load_config, mask_url, render_config
-from bridge.keys import GatewayKey, KeyStore
+from bridge.keys import KEY_TOUCH_INTERVAL, GatewayKey, KeyStore, resolve_key
 from bridge.logs import configure_logging
 from bridge.recording.store import GROUP_BY, StoreError, open_store
 from bridge.reports import format_usage, parse_since
@@ -79,7 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--format", choices=("table", "json"), default="table")
     listing.add_argument("--config", help="path to bridge.toml")
     revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("id", help="the key's id, as `bridgectl keys list` shows it")
+    revoke.add_argument(
+        "id",
+        help="the key's id or its prefix (bk-...), as `bridgectl keys list` shows them;"
+        " a unique start of either is enough",
+    )
     revoke.add_argument("--config", help="path to bridge.toml")
 
     mock = commands.add_parser("mock-upstream", help="a deterministic fake provider for demos")
@@ -297,24 +301,28 @@ def _keys(args: argparse.Namespace) -> int:
             return 0
         if args.keys_command == "list":
             print(format_keys(store.list_keys(), args.format))
+            if args.format == "table":
+                print(
+                    f"(last_used is noted at most once every {KEY_TOUCH_INTERVAL:g} s per"
+                    " gateway worker)",
+                    file=sys.stderr,
+                )
             return 0
         return _revoke(store, args.id)
     finally:
         store.close()
 
 
-def _revoke(store: KeyStore, key_id: str) -> int:
-    if store.revoke_key(key_id):
-        print(f"Revoked key {key_id}.")
-        return 0
-    known = next((key for key in store.list_keys() if key.id == key_id), None)
-    if known is None:
-        print(
-            f"bridge: no gateway key has id {key_id!r}; `bridgectl keys list` shows the ids",
-            file=sys.stderr,
-        )
+def _revoke(store: KeyStore, reference: str) -> int:
+    try:
+        key = resolve_key(store.list_keys(), reference)
+    except LookupError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
         return 1
-    print(f"Key {key_id} was already revoked at {_when(known.revoked_at)}.")
+    if store.revoke_key(key.id):
+        print(f"Revoked key {key.id} ({key.prefix}) of user {key.user!r}.")
+        return 0
+    print(f"Key {key.id} ({key.prefix}) was already revoked at {_when(key.revoked_at)}.")
     return 0
 
 

@@ -29,7 +29,7 @@ from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
 from bridge.errors import ClientError, GatewayUnavailable, NotFound, Unauthorized
-from bridge.keys import KeyStore, looks_like_gateway_key
+from bridge.keys import KEY_TOUCH_INTERVAL, KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.metrics import Metrics
 from bridge.providers import Credential, Provider, Route, RouteKind
@@ -42,10 +42,8 @@ from bridge.resilience import KeyPool
 from bridge.tracing import SPAN_PASSTHROUGH, Tracer
 from bridge.upstream import UpstreamClient
 
-__all__ = ["KEY_TOUCH_INTERVAL", "Engine", "open_engine"]
+__all__ = ["Engine", "open_engine"]
 
-KEY_TOUCH_INTERVAL = 60.0
-"""Seconds between two writes of a gateway key's ``last_used_at``."""
 
 logger = logging.getLogger("bridge.engine")
 

@@ -26,7 +26,7 @@ import trio
 from bridge.config import Config, ConfigError, load_config, mask_url, render_config
 from bridge.keys import KEY_TOUCH_INTERVAL, GatewayKey, KeyStore, resolve_key
 from bridge.logs import configure_logging
-from bridge.recording.store import GROUP_BY, StoreError, open_store
+from bridge.recording.store import GROUP_BY, StoreError, check_group_by, open_store
 from bridge.reports import format_usage, parse_since
 from bridge.tracing import configure_tracing
 
@@ -57,8 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument(
         "--by",
         action="append",
-        choices=GROUP_BY,
-        help="group by this column (repeat to combine; default: user)",
+        type=_group_name,
+        metavar="{" + ",".join(GROUP_BY) + ",meta:KEY}",
+        help="group by this column, or by a key's metadata as meta:team"
+        " (repeat to combine; default: user)",
     )
     usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
@@ -90,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9090)
     return parser
+
+
+def _group_name(text: str) -> str:
+    """A ``--by`` value: one of :data:`GROUP_BY`, or ``meta:KEY``."""
+    try:
+        (name,) = check_group_by((text,))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
 
 
 def _load(args: argparse.Namespace) -> Config:

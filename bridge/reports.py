@@ -43,7 +43,10 @@ COLUMNS = (
     "output",
     "cache_read",
     "cache_write",
+    "cache_write_5m",
+    "cache_write_1h",
     "reasoning",
+    "web_search_requests",
     "tool_calls",
 )
 

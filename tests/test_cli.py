@@ -52,7 +52,14 @@ def test_invalid_config_exits_2_with_one_clear_line(
     assert "Traceback" not in err
 
 
-def _record(store: SQLiteStore, user: str, model: str, tokens: int, outcome: Outcome) -> None:
+def _record(
+    store: SQLiteStore,
+    user: str,
+    model: str,
+    tokens: int,
+    outcome: Outcome,
+    metadata: dict[str, str] | None = None,
+) -> None:
     start = InterceptionStarted(
         id=f"{user}-{model}-{tokens}",
         initiator_id=user,
@@ -64,6 +71,7 @@ def _record(store: SQLiteStore, user: str, model: str, tokens: int, outcome: Out
         user_agent="claude-cli/2",
         credential_kind=CredentialKind.CENTRALIZED,
         credential_hint="sk-a...0000",
+        metadata=metadata or {},
     )
     store.write_batch(
         [
@@ -98,14 +106,17 @@ def test_usage_report_in_every_format(
             "output": 200,
             "cache_read": 14,
             "cache_write": 0,
+            "cache_write_5m": 0,
+            "cache_write_1h": 0,
             "reasoning": 0,
+            "web_search_requests": 0,
             "tool_calls": 0,
         }
         assert rows[1]["user"] == "bob"
     elif fmt == "csv":
         lines = out.splitlines()
         assert lines[0].startswith("user,model,interceptions,failures,input,output")
-        assert lines[1] == "alice,claude-sonnet-4-6,2,1,400,200,14,0,0,0"
+        assert lines[1] == "alice,claude-sonnet-4-6,2,1,400,200,14,0,0,0,0,0,0"
     else:
         assert out.splitlines()[1].split() == [
             "alice",
@@ -115,10 +126,26 @@ def test_usage_report_in_every_format(
             "400",
             "200",
             "14",
-            "0",
-            "0",
-            "0",
+            *["0"] * 6,
         ]
+
+
+def test_usage_by_key_metadata_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "usage.db"
+    with SQLiteStore(database) as store:
+        _record(store, "alice", "m", 100, Outcome.COMPLETED, metadata={"team": "platform"})
+        _record(store, "bob", "m", 50, Outcome.COMPLETED)
+    monkeypatch.setenv("BRIDGE_RECORDING_DATABASE", f"sqlite:///{database}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["usage", "--by", "meta:team", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["meta:team"], row["input"]) for row in rows] == [("", 50), ("platform", 100)]
+    with pytest.raises(SystemExit) as exit_:
+        main(["usage", "--by", "team"])
+    assert exit_.value.code == 2
+    assert "meta:KEY" in capsys.readouterr().err
 
 
 def test_usage_table_says_when_nothing_was_recorded() -> None:

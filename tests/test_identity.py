@@ -202,7 +202,7 @@ async def test_passthrough_with_a_gateway_key_injects_the_provider_key(keyed: Ga
 
 
 async def test_usage_api_is_guarded_by_the_admin_key(keyed: Gateway) -> None:
-    key = create_key(keyed, "gina")
+    key = create_key(keyed, "gina", team="platform")
     await post(keyed, "/anthropic/v1/messages", ANTHROPIC_BODY, **{"x-api-key": key})
     await keyed.flush()
     async with httpx2.AsyncClient() as client:
@@ -218,7 +218,14 @@ async def test_usage_api_is_guarded_by_the_admin_key(keyed: Gateway) -> None:
             f"{keyed.url}/api/v1/usage?since=yesterday",
             headers={"authorization": "Bearer admin-secret-123456"},
         )
+        by_team = await client.get(
+            f"{keyed.url}/api/v1/usage?by=meta:team",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
     assert (refused.status_code, wrong.status_code, bad.status_code) == (401, 401, 400)
+    assert [(r["meta:team"], r["interceptions"]) for r in by_team.json()["rows"]] == [
+        ("platform", 1)
+    ]
     [row] = ok.json()["rows"]
     assert row["user"] == "gina"
     assert row["model"] == "claude-sonnet-4-6"

@@ -88,9 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("--config", help="path to bridge.toml")
 
-    mock = commands.add_parser("mock-upstream", help="a deterministic fake provider for demos")
-    mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=9090)
+    mock = commands.add_parser(
+        "mock-upstream",
+        help="a deterministic fake provider for demos",
+        description="A fake Anthropic and OpenAI upstream replaying the scenarios in"
+        " fixtures/: point ANTHROPIC_BASE_URL at http://HOST:PORT/ and OPENAI_BASE_URL at"
+        " http://HOST:PORT/v1/ (an x-mock-scenario header picks another scenario).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    mock.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    mock.add_argument("--port", type=int, default=9090, help="port to listen on")
     return parser
 
 

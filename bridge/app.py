@@ -30,6 +30,7 @@ from bridge.core.exchange import Request
 from bridge.errors import PayloadTooLarge
 from bridge.headers import bearer_token
 from bridge.metrics import render
+from bridge.providers import suggest_route
 from bridge.reports import parse_since, usage_records
 
 __all__ = ["ASGIApp", "make_asgi_app"]
@@ -217,6 +218,10 @@ def _control_app(engine: Engine) -> QuartTrio:
     @app.errorhandler(404)
     async def not_found(_: Exception) -> Response:
         message = f"route not supported: {request.method} {request.path}"
+        if meant := suggest_route(engine.providers.values(), request.path):
+            provider, path = meant
+            base = f"{request.scheme}://{request.host}{provider.prefix}"
+            message += f"; did you mean {path}? (the base URL is {base})"
         return _json({"error": {"type": "not_found", "message": message}}, 404)
 
     @app.errorhandler(405)

@@ -35,6 +35,7 @@ __all__ = [
     "RouteKind",
     "forwardable_response_headers",
     "passthrough_headers",
+    "suggest_route",
 ]
 
 Headers = list[tuple[str, str]]
@@ -300,3 +301,20 @@ def passthrough_headers(
         out.append(("authorization", f"Bearer {key}"))
     out.append(("accept-encoding", "identity"))
     return out
+
+
+def suggest_route(providers: Iterable[Provider], path: str) -> tuple[Provider, str] | None:
+    """The provider and path ``path`` was probably meant as, if any.
+
+    For a client pointed at the gateway's root instead of a provider's base URL: it sends
+    ``POST /v1/messages`` (or ``/v1/chat/completions``, where the OpenAI prefix already
+    holds the ``/v1``). Providers named like their type are preferred.
+    """
+    for provider in sorted(providers, key=lambda p: p.name != p.type):
+        candidates = [provider.prefix + path]
+        if provider.prefix.endswith("/v1") and path.startswith("/v1/"):
+            candidates.append(provider.prefix + path.removeprefix("/v1"))
+        for candidate in candidates:
+            if provider.route(candidate) is not None:
+                return provider, candidate
+    return None

@@ -40,6 +40,20 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(
     assert "sk-a...0111" in out
 
 
+def test_check_config_masks_the_credentials_of_an_mcp_server_url(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        '[mcp.servers.tools]\nurl = "https://user:pw-hunter2@mcp.example/mcp?token=s3cr3t-value"\n'
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert 'url = "https://user:***@mcp.example/mcp?token=***"  # masked' in out
+    assert "s3cr3t-value" not in out
+    assert "pw-hunter2" not in out
+
+
 def test_invalid_config_exits_2_with_one_clear_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

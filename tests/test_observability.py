@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+import trio
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.config import ObservabilityConfig
-from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+from bridge.config import MCPConfig, MCPServerConfig, ObservabilityConfig
+from bridge.logs import configure_logging
+from bridge.mock_upstream import FIXTURES_DIR, MockUpstream, load_scenarios
 from bridge.tracing import Tracer
+from tests.mcp_servers import build_server, serve_http
 
 from .conftest import CENTRAL_KEY, Gateway
 
@@ -219,3 +224,69 @@ async def test_api_dump_writes_masked_request_and_response_files(
     everything = "".join(p.read_text(errors="replace") for p in files)
     assert CENTRAL_KEY not in everything
     assert json.dumps(CENTRAL_KEY)[1:-1] not in everything
+
+
+# --- Secrets in MCP server URLs (hardening) ---------------------------------------------------
+
+URL_TOKEN = "s3cr3t-value"
+URL_PASSWORD = "pw-hunter2"
+
+
+def with_secrets(url: str) -> str:
+    """``url`` with a password in its userinfo and a token in its query."""
+    return url.replace("://", f"://user:{URL_PASSWORD}@", 1) + f"?token={URL_TOKEN}"
+
+
+def assert_no_url_secret(text: str, where: str) -> None:
+    assert URL_TOKEN not in text, where
+    assert URL_PASSWORD not in text, where
+
+
+async def test_secrets_in_mcp_server_urls_never_show(
+    start_gateway: Any, mock: MockUpstream, nursery: trio.Nursery
+) -> None:
+    """A working and a failing MCP server, both with a token and a password in their URL:
+    neither shows in /readyz, /metrics, the recorded tool usage or the log lines."""
+    logs = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging(ObservabilityConfig(log_level="INFO"), stream=logs)
+    try:
+        good = await nursery.start(partial(serve_http, build_server().streamable_http_app()))
+        mcp = MCPConfig(
+            servers=(
+                MCPServerConfig("demo", url=with_secrets(good), allow="^add$"),
+                # The mock upstream answers 404 there: the server is logged unavailable.
+                MCPServerConfig("broken", url=with_secrets(f"http://127.0.0.1:{mock.port}/mcp")),
+            )
+        )
+        gateway: Gateway = await start_gateway(mcp=mcp)
+        name = "anthropic_mcp_add"
+        async with httpx2.AsyncClient(timeout=30) as client:
+            answer = await client.post(
+                f"{gateway.url}/anthropic/v1/messages",
+                json=request_of(name, stream=False),
+                headers={"x-mock-scenario": name},
+            )
+            assert answer.status_code == 200, answer.text
+            await gateway.flush()
+            ready = await client.get(f"{gateway.url}/readyz")
+            metrics = await client.get(f"{gateway.url}/metrics")
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+    servers = ready.json()["checks"]["mcp"]["servers"]
+    assert servers["demo"]["url"].startswith("http://user:***@127.0.0.1:")
+    assert servers["demo"]["url"].endswith("/mcp?token=***")
+    assert servers["broken"]["last_error"]
+    assert_no_url_secret(ready.text, "/readyz")
+    assert 'server="http://user:***@127.0.0.1:' in metrics.text
+    assert_no_url_secret(metrics.text, "/metrics")
+    [interception] = gateway.store.interceptions()
+    [tool] = gateway.store.tool_usages(interception["id"])
+    assert tool["server_url"].endswith("/mcp?token=***")
+    assert_no_url_secret(json.dumps(tool, default=str), "recorded tool usage")
+    assert "MCP server 'broken' at http://user:***@127.0.0.1:" in logs.getvalue()
+    assert_no_url_secret(logs.getvalue(), "log lines")

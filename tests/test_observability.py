@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import AuthConfig, MemoryStore, Request, open_bridge
 from bridge.config import MCPConfig, MCPServerConfig, ObservabilityConfig
 from bridge.logs import configure_logging
+from bridge.metrics import MAX_LABEL_VALUES, render
 from bridge.mock_upstream import FIXTURES_DIR, MockUpstream, load_scenarios
 from bridge.tracing import Tracer
 from tests.mcp_servers import build_server, serve_http
 
-from .conftest import CENTRAL_KEY, Gateway
+from .conftest import CENTRAL_KEY, Gateway, gateway_config
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 
@@ -290,3 +293,69 @@ async def test_secrets_in_mcp_server_urls_never_show(
     assert_no_url_secret(json.dumps(tool, default=str), "recorded tool usage")
     assert "MCP server 'broken' at http://user:***@127.0.0.1:" in logs.getvalue()
     assert_no_url_secret(logs.getvalue(), "log lines")
+
+
+# --- Bounded metric labels (hardening) --------------------------------------------------------
+
+BOMB = 10_000
+
+
+async def test_label_bombing_leaves_metrics_bounded(
+    mock: MockUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """10,000 requests, each with its own model, user, client, path and method: the
+    exposition stops growing once every capped label has reached MAX_LABEL_VALUES.
+
+    The bound: every series that can exist after the bomb already exists after the first
+    MAX_LABEL_VALUES + 1 requests of each kind (each request brings one new value per
+    label, so the caps are reached by then), plus at most one ``other`` series per metric
+    and closed label value. So the series after 10,000 requests are at most those after
+    2 * (MAX_LABEL_VALUES + 1) requests plus a small constant, and /metrics at most
+    a few hundred kilobytes; before the caps, 4,000 unique paths alone gave 4,001 series
+    and 967 KB.
+    """
+    caplog.set_level(logging.WARNING)  # the suite logs at DEBUG: 10,000 requests' worth
+    config = replace(
+        gateway_config(tmp_path, mock.port),  # type: ignore[attr-defined]
+        auth=AuthConfig(mode="header"),
+    )
+    async with open_bridge(config, store=MemoryStore()) as bridge:
+
+        async def bomb(start: int, stop: int) -> None:
+            async def one(n: int) -> None:
+                headers = [("x-bridge-user", f"user-{n}"), ("user-agent", f"agent-{n}/1")]
+                if n % 2:
+                    body = {"model": f"model-{n}\ud800", "max_tokens": 1, "messages": []}
+                    body["messages"] = [{"role": "user", "content": "hi"}]
+                    request = Request(
+                        "POST",
+                        "/anthropic/v1/messages",
+                        headers=[*headers, ("content-type", "application/json")],
+                        body=json.dumps(body).encode(),
+                    )
+                else:
+                    method = "GET" if n % 4 else f"M{n}"
+                    request = Request(method, f"/anthropic/v1/models/x-{n}", headers=headers)
+                response = await bridge.handle(request)
+                assert response.status < 500 or response.status == 502, response.body
+
+            async with trio.open_nursery() as nursery:
+                for n in range(start, stop):
+                    nursery.start_soon(one, n)
+                    if (n + 1) % 50 == 0:
+                        await bridge.wait_idle()
+
+        warm = 2 * (MAX_LABEL_VALUES + 1)
+        await bomb(0, warm)
+        body, _ = render(bridge.metrics)
+        warm_series = len([line for line in body.decode().splitlines() if line[:1] != "#"])
+        await bomb(warm, BOMB)
+        body, _ = render(bridge.metrics)
+    text = body.decode()
+    lines = [line for line in text.splitlines() if line[:1] != "#"]
+    assert 'model="other"' in text
+    assert 'initiator_id="other"' in text
+    assert 'route="/v1/models/*"' in text
+    assert "x-9998" not in text  # no raw path
+    assert len(lines) <= warm_series + 200, (warm_series, len(lines))
+    assert len(body) < 512 * 1024, len(body)

@@ -222,7 +222,7 @@ class Engine:
             strip = (*self._strip, *identity.strip)
             if route.kind is RouteKind.PASSTHROUGH:
                 self.metrics.passthrough(
-                    provider=route.provider.name, route=route.suffix, method=request.method
+                    provider=route.provider.name, route=route.template, method=request.method
                 )
                 span = {
                     "passthrough_url": route.suffix,

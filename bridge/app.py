@@ -196,7 +196,7 @@ def _control_app(engine: Engine) -> QuartTrio:
         by = tuple(dict.fromkeys(request.args.getlist("by") or ["user"]))
         try:
             since_text = request.args.get("since")
-            since = parse_since(since_text) if since_text else None
+            since = parse_since(since_text, name="since") if since_text else None
             rows = await trio.to_thread.run_sync(lambda: engine.store.usage(since=since, by=by))
         except (ConfigError, ValueError) as exc:
             return _json({"error": {"type": "invalid_request_error", "message": str(exc)}}, 400)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import main
+from bridge.config import ConfigError
 from bridge.recording.records import (
     CredentialKind,
     InterceptionEnded,
@@ -144,6 +145,23 @@ def test_since_accepts_durations_and_dates() -> None:
     assert parse_since("24h", now=now) == now - dt.timedelta(hours=24)
     assert parse_since("7d", now=now) == now - dt.timedelta(days=7)
     assert parse_since("2026-11-01", now=now) == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "99999999999w", "9" * 5000 + "s", "36501d"])
+def test_since_too_far_back_is_refused_with_the_valid_range(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"--since must be a duration from 0s to 36500d"):
+        parse_since(text)
+    assert parse_since("36500d") < dt.datetime.now(dt.UTC)
+
+
+def test_usage_since_too_far_back_exits_2_naming_the_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["usage", "--since", "99999999999d"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bridge: --since must be a duration from 0s to 36500d")
+    assert "Traceback" not in err
 
 
 def test_embedding_example_runs() -> None:

@@ -540,6 +540,8 @@ _OBSERVABILITY_RULES: Final[Mapping[str, _Rule]] = {
     "log_format": _choice(list(LOG_FORMATS)),
     "log_level": _choice(list(LOG_LEVELS)),
     "dump_dir": _Rule(_check_secret),  # any path; "" turns the API dump off
+    "metrics_auth": _boolean(),
+    "metrics_key": _Rule(_check_secret),
 }
 _MCP_RULES: Final[Mapping[str, _Rule]] = {
     "max_iterations": _integer(1),
@@ -585,6 +587,7 @@ def _check_mcp_server_name(name: object, where: str = "") -> str:
 _MASKS: Final[Mapping[str, Callable[[str], str]]] = {
     "key": mask_secret,
     "admin_key": mask_secret,
+    "metrics_key": mask_secret,
     "keys": mask_secret,  # each item of the list
     "database": mask_url,
     "base_url": mask_url,
@@ -819,6 +822,12 @@ class ObservabilityConfig:
     log_format: str = "logfmt"  # logfmt, json, or text for people at a terminal
     log_level: str = "INFO"
     dump_dir: str = ""  # write every upstream request and response below it; "" = off
+    # /metrics and the details of /readyz need "Authorization: Bearer <key>": the key is
+    # metrics_key if set (a scraper then never holds the admin key), else auth.admin_key.
+    metrics_auth: bool = False
+    metrics_key: str = ""
+
+    __repr__ = _masked_repr
 
     def __post_init__(self) -> None:
         _check_fields(self, "observability", _OBSERVABILITY_RULES)
@@ -841,6 +850,11 @@ class Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "providers", tuple(self.providers))
+        if self.observability.metrics_auth and not self.metrics_key:
+            raise ConfigError(
+                "observability.metrics_auth = true needs a key for the scrapers: set"
+                " observability.metrics_key or auth.admin_key"
+            )
         seen: set[str] = set()
         for provider in self.providers:
             if not isinstance(provider, ProviderConfig):
@@ -851,6 +865,12 @@ class Config:
                     f" name, which is also its route prefix {provider.route_prefix!r}"
                 )
             seen.add(provider.name)
+
+    @property
+    def metrics_key(self) -> str:
+        """The bearer key of ``/metrics`` and ``/readyz`` details when
+        ``observability.metrics_auth`` is on: ``metrics_key``, else ``auth.admin_key``."""
+        return self.observability.metrics_key or self.auth.admin_key
 
     def provider(self, name: str) -> ProviderConfig:
         """The provider called ``name``.

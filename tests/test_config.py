@@ -1112,3 +1112,41 @@ def test_render_config_loads_back_the_same_mcp_servers() -> None:
     }
     config = config_from_mapping(data, {})
     assert config_from_mapping(tomllib.loads(render_config(config)), {}) == config
+
+
+# --- observability.metrics_auth ----------------------------------------------------------------
+
+
+def test_metrics_auth_is_off_by_default() -> None:
+    config = config_from_mapping({}, {})
+    assert config.observability.metrics_auth is False
+    assert config.observability.metrics_key == ""
+
+
+def test_metrics_auth_needs_a_key() -> None:
+    with pytest.raises(ConfigError, match=r"observability.metrics_auth = true needs a key"):
+        config_from_mapping({"observability": {"metrics_auth": True}}, {})
+    with pytest.raises(ConfigError, match=r"set observability.metrics_key or auth.admin_key"):
+        config_from_mapping({}, {"BRIDGE_OBSERVABILITY_METRICS_AUTH": "true"})
+
+
+def test_metrics_auth_takes_the_metrics_key_or_the_admin_key() -> None:
+    dedicated = config_from_mapping(
+        {"observability": {"metrics_auth": True, "metrics_key": "scrape-secret-0123456789"}}, {}
+    )
+    assert dedicated.observability.metrics_auth is True
+    admin = config_from_mapping(
+        {"observability": {"metrics_auth": True}, "auth": {"admin_key": "admin-secret-123456"}}, {}
+    )
+    assert admin.auth.admin_key == "admin-secret-123456"
+    with pytest.raises(ConfigError, match=r"observability\.metrics_auth must be true or false"):
+        config_from_mapping({"observability": {"metrics_auth": "yes"}}, {})
+
+
+def test_metrics_key_is_masked_in_render_and_repr() -> None:
+    config = config_from_mapping(
+        {"observability": {"metrics_auth": True, "metrics_key": "scrape-secret-0123456789"}}, {}
+    )
+    text = render_config(config) + repr(config)
+    assert "scrape-secret-0123456789" not in text
+    assert 'metrics_key = "scra...6789"  # masked' in render_config(config)

@@ -359,3 +359,44 @@ async def test_label_bombing_leaves_metrics_bounded(
     assert "x-9998" not in text  # no raw path
     assert len(lines) <= warm_series + 200, (warm_series, len(lines))
     assert len(body) < 512 * 1024, len(body)
+
+
+# --- observability.metrics_auth (hardening) ---------------------------------------------------
+
+METRICS_KEY = "scrape-secret-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("observability", "auth", "key"),
+    [
+        (ObservabilityConfig(metrics_auth=True, metrics_key=METRICS_KEY), None, METRICS_KEY),
+        (
+            ObservabilityConfig(metrics_auth=True),
+            AuthConfig(mode="none", admin_key="admin-secret-123456"),
+            "admin-secret-123456",
+        ),
+    ],
+    ids=["metrics_key", "admin_key"],
+)
+async def test_metrics_auth_guards_metrics_and_readiness_details(
+    start_gateway: Any, observability: ObservabilityConfig, auth: AuthConfig | None, key: str
+) -> None:
+    gateway: Gateway = await start_gateway(observability=observability, auth=auth)
+    await call(gateway, "/anthropic/v1/messages", "anthropic_text")
+    good = {"authorization": f"Bearer {key}"}
+    bad = {"authorization": "Bearer not-the-key"}
+    async with httpx2.AsyncClient() as client:
+        anonymous = await client.get(f"{gateway.url}/metrics")
+        wrong = await client.get(f"{gateway.url}/metrics", headers=bad)
+        scraped = await client.get(f"{gateway.url}/metrics", headers=good)
+        ready_anonymous = await client.get(f"{gateway.url}/readyz")
+        ready = await client.get(f"{gateway.url}/readyz", headers=good)
+        health = await client.get(f"{gateway.url}/healthz")
+    assert (anonymous.status_code, wrong.status_code, scraped.status_code) == (401, 401, 200)
+    assert "anonymous" not in anonymous.text  # no user id, model or client leaks
+    assert "claude" not in anonymous.text
+    assert 'initiator_id="anonymous"' in scraped.text
+    assert ready_anonymous.status_code == 200
+    assert ready_anonymous.json() == {"ready": True}
+    assert "checks" in ready.json()
+    assert health.status_code == 200

@@ -400,3 +400,19 @@ async def test_metrics_auth_guards_metrics_and_readiness_details(
     assert ready_anonymous.json() == {"ready": True}
     assert "checks" in ready.json()
     assert health.status_code == 200
+
+
+async def test_a_password_in_a_provider_base_url_stays_out_of_spans(
+    start_gateway: Any, mock: MockUpstream, spans: Any
+) -> None:
+    tracer, exporter = spans
+    gateway: Gateway = await start_gateway(
+        tracer=tracer, upstream_url=f"http://user:{URL_PASSWORD}@127.0.0.1:{mock.port}/"
+    )
+    async with httpx2.AsyncClient() as client:
+        await client.get(f"{gateway.url}/anthropic/v1/models")
+    await gateway.flush()
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "Passthrough"]
+    shown = str((span.attributes or {})["passthrough_upstream_url"])
+    assert shown.startswith("http://user:***@127.0.0.1:")
+    assert URL_PASSWORD not in shown

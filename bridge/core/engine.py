@@ -23,7 +23,7 @@ import trio
 from bridge.apidump import APIDump
 from bridge.auth import Actor, Identity, identify, identity_headers
 from bridge.breaker import Breakers, CircuitBreaker, StateChange
-from bridge.config import Config
+from bridge.config import Config, mask_url
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
@@ -226,7 +226,7 @@ class Engine:
                 )
                 span = {
                     "passthrough_url": route.suffix,
-                    "passthrough_upstream_url": route.upstream_url(""),
+                    "passthrough_upstream_url": mask_url(route.upstream_url("")),
                     "passthrough_method": request.method,
                 }
                 with self.tracer.span(SPAN_PASSTHROUGH, span):

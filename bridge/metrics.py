@@ -311,9 +311,11 @@ class Metrics:
 
     def _bounded(self, label: str, value: str) -> str:
         """``value`` as label ``label`` shows it: writable, short, one of a bounded set."""
-        seen = self._label_values.setdefault(label, set())
-        if value in seen:  # the common case: one set lookup
+        seen = self._label_values.get(label)
+        if seen is not None and value in seen:  # the common case: two lookups
             return value
+        if seen is None:
+            seen = self._label_values[label] = set()
         if label == "method" and value not in HTTP_METHODS:
             return OTHER
         value = _UNWRITABLE.sub("?", value[:MAX_LABEL_LENGTH])

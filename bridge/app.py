@@ -179,9 +179,14 @@ def _control_app(engine: Engine) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        """Ready or not by status code; the checks too, unless they need the metrics key
+        (they name MCP servers, the journal backlog, the providers)."""
         checks = await engine.readiness()
         ready = all(check["ok"] for check in checks.values())
-        return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+        status = 200 if ready else 503
+        if not _may_observe(engine):
+            return _json({"ready": ready}, status)
+        return _json({"ready": ready, "checks": checks}, status)
 
     @app.get("/api/v1/usage")
     async def usage() -> Response:
@@ -197,7 +202,7 @@ def _control_app(engine: Engine) -> QuartTrio:
         by = tuple(dict.fromkeys(request.args.getlist("by") or ["user"]))
         try:
             since_text = request.args.get("since")
-            since = parse_since(since_text) if since_text else None
+            since = parse_since(since_text, name="since") if since_text else None
             rows = await trio.to_thread.run_sync(lambda: engine.store.usage(since=since, by=by))
         except (ConfigError, ValueError) as exc:
             return _json({"error": {"type": "invalid_request_error", "message": str(exc)}}, 400)
@@ -211,6 +216,11 @@ def _control_app(engine: Engine) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if not _may_observe(engine):
+            key = "metrics_key" if engine.config.observability.metrics_key else "admin_key"
+            section = "observability" if key == "metrics_key" else "auth"
+            message = f"/metrics needs 'Authorization: Bearer <{section}.{key}>'"
+            return _json({"error": {"type": "authentication_error", "message": message}}, 401)
         engine.metrics.recorder_observed(engine.recorder.stats)
         body, content_type = await trio.to_thread.run_sync(render, engine.metrics)
         return Response(body, content_type=content_type)
@@ -236,6 +246,16 @@ def _control_app(engine: Engine) -> QuartTrio:
         return response
 
     return app
+
+
+def _may_observe(engine: Engine) -> bool:
+    """Whether this request may read ``/metrics`` and the ``/readyz`` checks: always,
+    unless ``observability.metrics_auth`` asks for the metrics key (user ids, models and
+    clients are in the labels)."""
+    if not engine.config.observability.metrics_auth:
+        return True
+    presented = bearer_token(request.headers.get("authorization", ""))
+    return hmac.compare_digest(presented.encode(), engine.config.metrics_key.encode())
 
 
 def _json(document: Any, status: int = 200) -> Response:

@@ -45,7 +45,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from bridge.auth import Actor
-from bridge.config import ACTOR_REFERENCE, MCPConfig, MCPServerConfig
+from bridge.config import ACTOR_REFERENCE, MCPConfig, MCPServerConfig, mask_url, mask_urls_in
 
 __all__ = [
     "BACKOFF_INITIAL",
@@ -86,7 +86,7 @@ class Tool:
     id: str  # TOOL_ID_PREFIX + server + "_" + name
     name: str  # the original tool name, used when calling the server
     server: str
-    server_url: str  # the URL, or "stdio:<command>"
+    server_url: str  # the URL with its credentials masked, or "stdio:<command>"
     description: str
     input_schema: dict[str, Any]  # the tool's inputSchema as JSON (properties, required...)
 
@@ -131,12 +131,13 @@ def _describe(exc: BaseException) -> str:
     """
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    text = str(exc)
+    text = mask_urls_in(str(exc))  # an HTTP error names the URL, query and userinfo included
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _server_url(server: MCPServerConfig) -> str:
-    return server.url or f"stdio:{server.command}"
+    """The server as shown in ``/readyz``, metrics, spans and records: credentials masked."""
+    return mask_url(server.url) if server.url else f"stdio:{server.command}"
 
 
 def _resolve_headers(server: MCPServerConfig, actor: Actor | None) -> dict[str, str] | None:
@@ -376,8 +377,9 @@ class ToolHub:
                 if session.per_actor and self._idle(session):
                     return
                 logger.warning(
-                    "MCP server %r unavailable (%s); retrying in %g s",
+                    "MCP server %r at %s unavailable (%s); retrying in %g s",
                     name,
+                    _server_url(session.server),
                     session.last_error,
                     delay,
                 )

@@ -69,6 +69,17 @@ class Route:
     dialect: str | None = None
     """For bridged routes, the dialect name (``anthropic.messages``)."""
 
+    @property
+    def template(self) -> str:
+        """The route table entry this path matched: the suffix of a bridged or exact route,
+        ``<subtree>*`` for a path below a passthrough subtree (``/v1/models/*``). Bounded by
+        the table, so metrics label by it, never by the client's own path."""
+        table = _ROUTES[self.provider.type]
+        if self.suffix in table.bridged or self.suffix in table.exact:
+            return self.suffix
+        subtree = next((s for s in table.subtrees if self.suffix.startswith(s)), None)
+        return f"{subtree}*" if subtree is not None else "other"
+
     def upstream_url(self, query: str) -> str:
         """The upstream URL for this route, with the client's query string kept."""
         url = self.provider.base_url + self.suffix.lstrip("/")

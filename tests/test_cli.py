@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import main
+from bridge.config import ConfigError
 from bridge.recording.records import (
     CredentialKind,
     InterceptionEnded,
@@ -38,6 +39,20 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(
     assert "port = 9001" in out
     assert "very-secret" not in out
     assert "sk-a...0111" in out
+
+
+def test_check_config_masks_the_credentials_of_an_mcp_server_url(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        '[mcp.servers.tools]\nurl = "https://user:pw-hunter2@mcp.example/mcp?token=s3cr3t-value"\n'
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert 'url = "https://user:***@mcp.example/mcp?token=***"  # masked' in out
+    assert "s3cr3t-value" not in out
+    assert "pw-hunter2" not in out
 
 
 def test_invalid_config_exits_2_with_one_clear_line(
@@ -157,6 +172,23 @@ def test_since_accepts_durations_and_dates() -> None:
     assert parse_since("24h", now=now) == now - dt.timedelta(hours=24)
     assert parse_since("7d", now=now) == now - dt.timedelta(days=7)
     assert parse_since("2026-11-01", now=now) == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "99999999999w", "9" * 5000 + "s", "36501d"])
+def test_since_too_far_back_is_refused_with_the_valid_range(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"--since must be a duration from 0s to 36500d"):
+        parse_since(text)
+    assert parse_since("36500d") < dt.datetime.now(dt.UTC)
+
+
+def test_usage_since_too_far_back_exits_2_naming_the_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["usage", "--since", "99999999999d"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bridge: --since must be a duration from 0s to 36500d")
+    assert "Traceback" not in err
 
 
 def test_embedding_example_runs() -> None:

@@ -233,6 +233,17 @@ async def test_usage_api_is_guarded_by_the_admin_key(keyed: Gateway) -> None:
     assert row["input"] > 0
 
 
+async def test_usage_api_answers_400_for_a_since_too_far_back(keyed: Gateway) -> None:
+    async with httpx2.AsyncClient() as client:
+        response = await client.get(
+            f"{keyed.url}/api/v1/usage?since=99999999999d",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert message.startswith("since must be a duration from 0s to 36500d")
+
+
 async def test_usage_api_is_off_without_an_admin_key(gateway: Gateway) -> None:
     async with httpx2.AsyncClient() as client:
         response = await client.get(f"{gateway.url}/api/v1/usage")

@@ -266,6 +266,18 @@ def test_redacting_filter_never_lets_a_secret_through(
         assert mask_secret(secret) in output
 
 
+@pytest.mark.parametrize("log_format", ["logfmt", "json", "text"])
+@pytest.mark.usefixtures("restore_logging")
+def test_credentials_in_a_logged_url_are_masked(log_format: str) -> None:
+    stream = capture(log_format)
+    url = "http://user:pw-hunter2@mcp.local/mcp?region=eu&token=s3cr3t-value"
+    logging.getLogger("bridge.test").warning("cannot reach %s", url, extra={"url": url})
+    output = stream.getvalue()
+    assert "s3cr3t-value" not in output
+    assert "pw-hunter2" not in output
+    assert "http://user:***@mcp.local/mcp?region=eu&token=" in output
+
+
 @pytest.mark.usefixtures("restore_logging")
 def test_bearer_scheme_stays_readable() -> None:
     stream = capture("json")

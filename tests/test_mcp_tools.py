@@ -220,7 +220,8 @@ async def test_a_server_down_at_start_is_retried_and_its_tools_appear(
                 partial(serve_http, build_server().streamable_http_app(), port=port)
             )
             await wait_until(hub, lambda: len(hub.tools()) == len(TOOL_NAMES))
-    assert "'late' unavailable (ConnectError" in caplog.text
+    assert "'late' at http://127.0.0.1:" in caplog.text
+    assert "unavailable (ConnectError" in caplog.text
     assert "very-secret" not in caplog.text
 
 

@@ -23,7 +23,7 @@ import trio
 from bridge.apidump import APIDump
 from bridge.auth import Actor, Identity, identify, identity_headers
 from bridge.breaker import Breakers, CircuitBreaker, StateChange
-from bridge.config import Config
+from bridge.config import Config, mask_url
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
@@ -230,11 +230,11 @@ class Engine:
             strip = (*self._strip, *identity.strip)
             if route.kind is RouteKind.PASSTHROUGH:
                 self.metrics.passthrough(
-                    provider=route.provider.name, route=route.suffix, method=request.method
+                    provider=route.provider.name, route=route.template, method=request.method
                 )
                 span = {
                     "passthrough_url": route.suffix,
-                    "passthrough_upstream_url": route.upstream_url(""),
+                    "passthrough_upstream_url": mask_url(route.upstream_url("")),
                     "passthrough_method": request.method,
                 }
                 with self.tracer.span(SPAN_PASSTHROUGH, span):

@@ -511,6 +511,8 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
         if ix.dump is not None and dump_base is not None:
             response.tee = ix.dump.open_response(dump_base, response.status, response.headers).write
         if ix.metrics is not None:
+            if 200 <= response.status < 300:  # the provider knows the model: label it by name
+                ix.metrics.model_served(provider=provider.name, model=ix.parsed.model)
             ix.metrics.upstream_ttfb(
                 provider=provider.name, model=ix.parsed.model, seconds=response.waited
             )

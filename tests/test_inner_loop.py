@@ -93,6 +93,26 @@ def client_text(api: str, response: httpx2.Response, *, stream: bool) -> str:
     return "".join(text)
 
 
+def model_turn(api: str, name: str) -> Any:
+    """The model's first answer (text and the injected call) as the next request must echo it:
+    the first blocking body's message, less what the API does not take back."""
+    body = SCENARIOS[name].upstream.blocking[0].body
+    assert isinstance(body, dict)
+    if api == "anthropic":
+        return {"role": "assistant", "content": body["content"]}
+    if api == "chat":
+        message = body["choices"][0]["message"]
+        return {k: v for k, v in message.items() if v is not None and k != "annotations"}
+    return body["output"]
+
+
+def echoed_turn(api: str, request: dict[str, Any]) -> Any:
+    """The assistant turn an inner-loop request carries, before the tool results."""
+    if api == "responses":
+        return [item for item in request["input"][1:] if item["type"] != "function_call_output"]
+    return request["messages"][-2]
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
 @pytest.mark.parametrize("api", list(APIS))
 async def test_injected_tool_round_trip(
@@ -116,6 +136,8 @@ async def test_injected_tool_round_trip(
     injected_names = [t.get("name") or t.get("function", {}).get("name") for t in sent_tools]
     assert injected_names == ["bmcp_demo_add"]
     assert "5" in second.body.decode()  # the tool's result went back to the model
+    # ...after the model's own turn: its text as well as its call, blocking or streaming.
+    assert echoed_turn(api, second.json()) == model_turn(api, name)
 
     await gateway.flush()
     [interception] = gateway.store.interceptions()

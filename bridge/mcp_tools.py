@@ -143,8 +143,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def _server_url(server: MCPServerConfig) -> str:
-    """The server as shown in ``/readyz``, metrics, spans and records: credentials masked."""
-    return mask_url(server.url) if server.url else f"stdio:{server.command}"
+    """The server as shown in ``/readyz``, spans and records: its URL with credentials
+    masked, or ``stdio:<name>`` for a local process (its name as configured: the
+    interpreter path a command starts with says nothing about which server it is;
+    ``bridgectl check-config`` shows the command)."""
+    return mask_url(server.url) if server.url else f"stdio:{server.name}"
 
 
 def _resolve_headers(server: MCPServerConfig, actor: Actor | None) -> dict[str, str] | None:

@@ -156,6 +156,15 @@ async def test_injected_tool_round_trip(
     assert tool["server_url"] == mcp_url
     assert json.loads(tool["input"]) == {"a": 2, "b": 3}
     assert tool["invocation_error"] is None
+    # Metrics name the server as configured, like mcp_tool_call_seconds does.
+    invocations = [
+        sample.labels["server"]
+        for metric in gateway.bridge.metrics.registry.collect()
+        if metric.name == "injected_tool_invocations"
+        for sample in metric.samples
+        if sample.name == "injected_tool_invocations_total"
+    ]
+    assert invocations == ["demo"]
 
 
 async def test_anthropic_stream_is_one_coherent_message(start_gateway: Any, mcp_url: str) -> None:

@@ -246,7 +246,7 @@ async def test_stdio_servers_are_spawned_and_called() -> None:
     async with open_tool_hub(hub_config(server), startup_wait=10, **FAST) as hub:
         await wait_until(hub, lambda: bool(hub.tools()))
         echo = tool(hub, "bmcp_local_echo")
-        assert echo.server_url == f"stdio:{sys.executable}"
+        assert echo.server_url == "stdio:local"  # the configured name, not the interpreter
         result = await hub.call(echo, {"text": "over stdio"}, timeout=10)
         assert result.content == ({"type": "text", "text": "over stdio"},)
 

@@ -641,7 +641,7 @@ async def _run_tool(ix: Interception, response_id: str, call: ToolCall) -> ToolO
             ix.metrics.injected_tool_invocation(
                 provider=ix.route.provider.name,
                 model=ix.parsed.model,
-                server=tool.server_url,
+                server=tool.server,
                 name=tool.name,
             )
         outcome = ToolOutcome(

@@ -182,11 +182,14 @@ def _control_app(engine: Engine) -> QuartTrio:
         """Ready or not by status code; the checks too, unless they need the metrics key
         (they name MCP servers, the journal backlog, the providers)."""
         checks = await engine.readiness()
-        ready = all(check["ok"] for check in checks.values())
+        required = [c["ok"] for c in checks.values() if c.get("required", True)]
+        optional = [c["ok"] for c in checks.values() if not c.get("required", True)]
+        ready = all(required)
         status = 200 if ready else 503
         if not _may_observe(engine):
             return _json({"ready": ready}, status)
-        return _json({"ready": ready, "checks": checks}, status)
+        state = "ok" if ready and all(optional) else "degraded" if ready else "unready"
+        return _json({"ready": ready, "status": state, "checks": checks}, status)
 
     @app.get("/api/v1/usage")
     async def usage() -> Response:

@@ -416,3 +416,32 @@ async def test_a_password_in_a_provider_base_url_stays_out_of_spans(
     shown = str((span.attributes or {})["passthrough_upstream_url"])
     assert shown.startswith("http://user:***@127.0.0.1:")
     assert URL_PASSWORD not in shown
+
+
+async def test_readyz_is_degraded_while_an_mcp_server_cannot_start(start_gateway: Any) -> None:
+    """An MCP server that cannot start leaves the gateway serving (200) but not "ok":
+    /readyz says degraded, and why."""
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, never listening: connections are refused
+        servers = (MCPServerConfig("broken", url=f"http://127.0.0.1:{port}/mcp"),)
+        gateway: Gateway = await start_gateway(mcp=MCPConfig(servers=servers))
+        hub = gateway.bridge._engine.hub
+        assert hub is not None
+        with trio.fail_after(10):
+            while hub.status()["broken"]["last_error"] is None:
+                await hub.wait_changed()
+        async with httpx2.AsyncClient() as client:
+            ready = await client.get(f"{gateway.url}/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert (body["ready"], body["status"]) == (True, "degraded")
+    assert body["checks"]["mcp"]["ok"] is False
+    assert body["checks"]["mcp"]["detail"].startswith("broken: ")
+
+
+async def test_readyz_is_ok_when_every_check_is(gateway: Gateway) -> None:
+    async with httpx2.AsyncClient() as client:
+        ready = await client.get(f"{gateway.url}/readyz")
+    assert ready.status_code == 200
+    assert (ready.json()["ready"], ready.json()["status"]) == (True, "ok")

@@ -31,7 +31,7 @@ from bridge.errors import PayloadTooLarge
 from bridge.headers import bearer_token
 from bridge.metrics import render
 from bridge.providers import suggest_route
-from bridge.reports import parse_since, usage_records
+from bridge.reports import format_usage, parse_since, usage_records
 
 __all__ = ["ASGIApp", "make_asgi_app"]
 
@@ -193,7 +193,8 @@ def _control_app(engine: Engine) -> QuartTrio:
 
     @app.get("/api/v1/usage")
     async def usage() -> Response:
-        """The usage report of ``bridgectl usage``, as JSON; ``since`` and ``by`` as there."""
+        """The usage report of ``bridgectl usage``: ``since`` and ``by`` as there,
+        ``format`` json (the default) or csv (a download)."""
         admin_key = engine.config.auth.admin_key
         if not admin_key:
             message = "the usage API is off: set auth.admin_key to enable it"
@@ -203,12 +204,26 @@ def _control_app(engine: Engine) -> QuartTrio:
             message = "the usage API needs 'Authorization: Bearer <auth.admin_key>'"
             return _json({"error": {"type": "authentication_error", "message": message}}, 401)
         by = tuple(dict.fromkeys(request.args.getlist("by") or ["user"]))
+        fmt = request.args.get("format", "json")
         try:
+            if unknown := sorted(set(request.args) - _USAGE_PARAMETERS):
+                raise ValueError(
+                    f"unknown parameter {unknown[0]!r}; the usage API takes"
+                    f" {', '.join(sorted(_USAGE_PARAMETERS))}"
+                )
+            if fmt not in ("json", "csv"):
+                raise ValueError(f"format must be json or csv, got {fmt[:40]!r}")
             since_text = request.args.get("since")
             since = parse_since(since_text, name="since") if since_text else None
             rows = await trio.to_thread.run_sync(lambda: engine.store.usage(since=since, by=by))
         except (ConfigError, ValueError) as exc:
             return _json({"error": {"type": "invalid_request_error", "message": str(exc)}}, 400)
+        if fmt == "csv":
+            return Response(
+                format_usage(rows, by, "csv") + "\n",
+                content_type="text/csv; charset=utf-8",
+                headers={"content-disposition": 'attachment; filename="usage.csv"'},
+            )
         return _json(
             {
                 "since": since.isoformat() if since else None,
@@ -259,6 +274,9 @@ def _may_observe(engine: Engine) -> bool:
         return True
     presented = bearer_token(request.headers.get("authorization", ""))
     return hmac.compare_digest(presented.encode(), engine.config.metrics_key.encode())
+
+
+_USAGE_PARAMETERS = frozenset({"since", "by", "format"})
 
 
 def _json(document: Any, status: int = 200) -> Response:

@@ -222,6 +222,29 @@ async def test_usage_api_is_guarded_by_the_admin_key(keyed: Gateway) -> None:
             f"{keyed.url}/api/v1/usage?by=meta:team",
             headers={"authorization": "Bearer admin-secret-123456"},
         )
+        as_csv = await client.get(
+            f"{keyed.url}/api/v1/usage?by=user&format=csv",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
+        wrong_format = await client.get(
+            f"{keyed.url}/api/v1/usage?format=xml",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
+        typo = await client.get(
+            f"{keyed.url}/api/v1/usage?sinec=7d",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
+    # HTTP errors name HTTP parameters, not the command line's options.
+    assert "since must be" in bad.json()["error"]["message"]
+    assert "--since" not in bad.json()["error"]["message"]
+    assert wrong_format.status_code == 400
+    assert wrong_format.json()["error"]["message"] == "format must be json or csv, got 'xml'"
+    assert typo.status_code == 400
+    assert typo.json()["error"]["message"].startswith("unknown parameter 'sinec'")
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.headers["content-disposition"] == 'attachment; filename="usage.csv"'
+    assert as_csv.text.splitlines()[0].startswith("user,interceptions,failures,input")
+    assert as_csv.text.splitlines()[1].startswith("gina,1,0,")
     assert (refused.status_code, wrong.status_code, bad.status_code) == (401, 401, 400)
     assert [(r["meta:team"], r["interceptions"]) for r in by_team.json()["rows"]] == [
         ("platform", 1)

@@ -44,8 +44,9 @@ logger = logging.getLogger("bridge.server")
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
-    """Hypercorn settings for the gateway: long streams are never cut by a timeout."""
-    hypercorn_fixes.apply()  # connections closed by idle clients are released at once
+    """Hypercorn settings for the gateway: long streams are never cut by a timeout, idle
+    connections and slow request heads are."""
+    hypercorn_fixes.apply()  # see there: what hypercorn's Trio worker gets wrong
     server = config.server
     hc = HypercornConfig()
     hc.bind = [
@@ -53,9 +54,13 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     ]
     hc.backlog = server.backlog
     hc.graceful_timeout = server.grace_period
-    hc.keep_alive_timeout = 75.0
+    hc.keep_alive_timeout = server.keep_alive_timeout
     # A client not reading this long is dropped, even inside hypercorn's shielded writes.
     setattr(hc, hypercorn_fixes.WRITE_TIMEOUT_ATTRIBUTE, server.client_write_timeout)
+    setattr(hc, hypercorn_fixes.HEADER_TIMEOUT_ATTRIBUTE, server.header_timeout)
+    # HTTP/2 is more code facing every client; off unless asked (bridge/hypercorn_fixes.py).
+    setattr(hc, hypercorn_fixes.HTTP2_ATTRIBUTE, server.http2)
+    hc.alpn_protocols = ["h2", "http/1.1"] if server.http2 else ["http/1.1"]
     hc.read_timeout = None
     hc.h11_max_incomplete_size = 64 * 1024
     hc.accesslog = None

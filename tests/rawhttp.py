@@ -6,7 +6,7 @@ from typing import Final
 
 import hpack
 
-__all__ = ["BAD_PATH_HEADERS", "H2_PREFACE", "h2_request_packet"]
+__all__ = ["BAD_PATH_HEADERS", "H2_PREFACE", "h2_frames", "h2_request_packet"]
 
 H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -30,3 +30,16 @@ def h2_request_packet(headers: list[tuple[bytes, bytes]]) -> bytes:
     settings = _frame(0x4, 0, 0, b"")
     block = hpack.Encoder().encode(headers)
     return H2_PREFACE + settings + _frame(0x1, 0x5, 1, block)
+
+
+def h2_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """The whole frames at the start of ``data``: (type, flags, stream id, payload)."""
+    frames = []
+    while len(data) >= 9:
+        size = int.from_bytes(data[:3], "big")
+        if len(data) < 9 + size:
+            break
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        frames.append((data[3], data[4], stream_id, data[9 : 9 + size]))
+        data = data[9 + size :]
+    return frames

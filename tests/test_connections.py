@@ -20,9 +20,13 @@ import pytest
 import trio
 from hypercorn.protocol.events import Request
 from hypercorn.protocol.http_stream import HTTPStream
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.hypercorn_fixes import valid_h2_request
 
 from .conftest import Gateway
-from .rawhttp import BAD_PATH_HEADERS, h2_request_packet
+from .rawhttp import BAD_PATH_HEADERS, h2_frames, h2_request_packet
 
 MESSAGE = json.dumps(
     {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -102,6 +106,20 @@ async def test_an_http2_preface_gets_505_and_the_gateway_serves_on(gateway: Gate
     assert await exchange(await connect(gateway), "GET", "/healthz") == 200
 
 
+async def test_with_http2_on_the_same_packet_gets_its_stream_reset(start_gateway: Any) -> None:
+    gateway = await start_gateway(server_changes={"http2": True})
+    stream = await connect(gateway)
+    await stream.send_all(h2_request_packet(BAD_PATH_HEADERS))
+    reset = (0x3, 0, 1, h2.errors.ErrorCodes.PROTOCOL_ERROR.to_bytes(4, "big"))  # RST_STREAM
+    data = b""
+    with trio.fail_after(10):
+        while reset not in h2_frames(data):
+            chunk = await receive(stream)
+            assert chunk, f"the gateway closed the connection after {h2_frames(data)}"
+            data += chunk
+    assert await exchange(await connect(gateway), "GET", "/healthz") == 200
+
+
 async def test_with_http2_on_a_non_ascii_path_resets_only_its_stream(start_gateway: Any) -> None:
     gateway = await start_gateway(server_changes={"http2": True})
     stream = await connect(gateway)
@@ -158,6 +176,27 @@ async def test_an_error_in_one_connection_closes_only_that_connection(
     assert [str(r.exc_info[1].exceptions[0]) for r in errors if r.exc_info] == [
         "a bug in the HTTP layer"
     ]
+
+
+ascii_or_not = st.one_of(
+    st.binary(max_size=30), st.text(st.characters(max_codepoint=0x7F), max_size=30).map(str.encode)
+)
+
+
+@given(method=ascii_or_not, path=ascii_or_not)
+def test_an_accepted_http2_request_is_one_hypercorn_can_decode(method: bytes, path: bytes) -> None:
+    """What valid_h2_request lets through, hypercorn's ASCII decoding of it cannot fail on."""
+    if valid_h2_request([(b":method", method), (b":path", path), (b":scheme", b"http")]):
+        assert method.decode("ascii").isprintable()
+        assert path.decode("ascii").isprintable()
+        assert b" " not in path
+
+
+def test_valid_h2_request_examples() -> None:
+    assert valid_h2_request([(b":method", b"POST"), (b":path", b"/anthropic/v1/messages?a=1")])
+    assert not valid_h2_request(BAD_PATH_HEADERS)
+    assert not valid_h2_request([(b":method", b"G\xc3\x89T"), (b":path", b"/")])
+    assert not valid_h2_request([(b":method", b"CONNECT")])  # no :path: nothing to serve
 
 
 # --- Finding 2: connections that are never released ------------------------------------------

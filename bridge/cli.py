@@ -159,6 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
         observability = replace(observability, log_level=args.log_level.upper())
     config = replace(config, server=server, observability=observability)
     if config.server.workers > 1:
+        configure_logging(config.observability)  # the supervisor logs workers it replaces
         return run_workers(config, serve_worker_process)
     serve_worker(config)
     return 0

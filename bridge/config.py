@@ -499,6 +499,9 @@ _SERVER_RULES: Final[Mapping[str, _Rule]] = {
     "ping_interval": _seconds(0, inclusive=False),
     "workers": _integer(1, 64),
     "client_write_timeout": _seconds(0, inclusive=False),
+    "keep_alive_timeout": _seconds(0, inclusive=False),
+    "header_timeout": _seconds(0, inclusive=False),
+    "http2": _boolean(),
 }
 _AUTH_RULES: Final[Mapping[str, _Rule]] = {
     "mode": _choice(list(AUTH_MODES)),
@@ -628,6 +631,9 @@ class ServerConfig:
     ping_interval: float = 10 * SECONDS  # keep-alive ping on a silent Anthropic stream
     workers: int = 1  # Trio processes sharing the port (one per core)
     client_write_timeout: float = 60 * SECONDS  # a client not reading this long is dropped
+    keep_alive_timeout: float = 75 * SECONDS  # an idle connection is closed after this long
+    header_timeout: float = 10 * SECONDS  # a request's head must arrive within this
+    http2: bool = False  # HTTP/2 over cleartext (prior knowledge, h2c upgrade); else 1.1 only
 
     def __post_init__(self) -> None:
         _check_fields(self, "server", _SERVER_RULES)

@@ -143,6 +143,23 @@ def test_file_values_are_read(tmp_path: Path) -> None:
     )
 
 
+def test_connection_settings_default_and_override() -> None:
+    """HTTP/1.1 only unless asked; every connection has an idle and a header deadline."""
+    defaults = load_config(environ={}).server
+    assert (defaults.http2, defaults.keep_alive_timeout, defaults.header_timeout) == (
+        False,
+        75.0,
+        10.0,
+    )
+    environ = {
+        "BRIDGE_SERVER_HTTP2": "true",
+        "BRIDGE_SERVER_KEEP_ALIVE_TIMEOUT": "5",
+        "BRIDGE_SERVER_HEADER_TIMEOUT": "2.5",
+    }
+    server = config_from_mapping({}, environ).server
+    assert (server.http2, server.keep_alive_timeout, server.header_timeout) == (True, 5.0, 2.5)
+
+
 def test_integer_seconds_become_floats() -> None:
     config = config_from_mapping({"server": {"grace_period": 5}}, {})
     assert isinstance(config.server.grace_period, float)
@@ -244,6 +261,15 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
         {"server": {"ping_interval": 0}},
         "server.ping_interval must be a number of seconds > 0, got 0",
     ),
+    (
+        {"server": {"keep_alive_timeout": 0}},
+        "server.keep_alive_timeout must be a number of seconds > 0, got 0",
+    ),
+    (
+        {"server": {"header_timeout": "soon"}},
+        "server.header_timeout must be a number of seconds > 0, got 'soon'",
+    ),
+    ({"server": {"http2": "yes"}}, "server.http2 must be true or false, got 'yes'"),
     ({"auth": {"mode": "basic"}}, "auth.mode must be 'keys', 'header' or 'none', got 'basic'"),
     (
         {"auth": {"header": "X User"}},
@@ -465,7 +491,8 @@ UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
         "unknown key 'server.colour' in bridge.toml; expected one of 'server.host',"
         " 'server.port', 'server.max_body_bytes', 'server.grace_period', 'server.backlog',"
         " 'server.ping_interval', 'server.workers',"
-        " 'server.client_write_timeout'",
+        " 'server.client_write_timeout', 'server.keep_alive_timeout', 'server.header_timeout',"
+        " 'server.http2'",
     ),
     ({"sever": {}}, {}, "unknown section 'sever' in bridge.toml; did you mean 'server'?"),
     ({"port": 8080}, {}, "unknown key 'port' in bridge.toml; did you mean 'server.port'?"),

@@ -7,8 +7,10 @@ calls), which keeps hundreds of examples fast; a few cases go over real HTTP.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+import httpx2
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
@@ -56,6 +58,52 @@ bodies = st.one_of(
         optional={"background": json_values, "tools": json_values, "tool_choice": json_values},
     ).map(lambda v: json.dumps(v).encode()),
 )
+
+
+def nested(depth: int, opener: str, leaf: str) -> bytes:
+    closer = {"[": "]", '{"a":': "}"}[opener]
+    return (opener * depth + leaf + closer * depth).encode()
+
+
+# What the JSON decoder itself can trip on: nesting (around Python's recursion limit and
+# far past it), duplicate keys, strings holding JSON (Claude Code's metadata.user_id),
+# encodings, numbers out of float range, stray bytes after the document.
+parser_hazards = st.one_of(
+    st.builds(
+        nested,
+        st.integers(min_value=100, max_value=5000),
+        st.sampled_from(["[", '{"a":']),
+        st.sampled_from(["", "1", '"x"', "[", "}"]),
+    ),
+    st.builds(
+        lambda key, a, b: (
+            f'{{"{key}": {json.dumps(a)}, "messages": [], "{key}": {json.dumps(b)}}}'.encode()
+        ),
+        st.sampled_from(["model", "stream", "messages", "input", "x"]),
+        json_values,
+        json_values,
+    ),
+    st.builds(
+        lambda depth: json.dumps(
+            {"model": "m", "messages": [], "metadata": {"user_id": "[" * depth + "]" * depth}}
+        ).encode(),
+        st.integers(min_value=500, max_value=20000),
+    ),
+    st.builds(
+        lambda value, encoding: json.dumps({"model": value, "messages": []}).encode(encoding),
+        st.text(max_size=10),
+        st.sampled_from(["utf-8", "utf-16", "utf-32", "utf-16-le"]),
+    ),
+    st.builds(
+        lambda digits, tail: (
+            b'{"model": "m", "messages": [], "max_tokens": 1' + b"0" * digits + b"}" + tail
+        ),
+        st.integers(min_value=0, max_value=5000),
+        st.binary(max_size=5),
+    ),
+)
+bodies = st.one_of(bodies, parser_hazards)
+
 header_names = st.sampled_from(
     ["authorization", "x-api-key", "x-bridge-key", "content-type", "user-agent", "x-anything"]
 )
@@ -174,3 +222,96 @@ async def test_an_endless_chunked_body_is_cut_at_the_limit(start_gateway: Any) -
     assert b"connection: close" in answer.lower()
     assert sent <= 4096 + 2 * len(chunk)  # answered as soon as the limit was passed
     assert gateway.mock.requests == []
+
+
+class _Errors(logging.Handler):
+    """Collects records at ERROR and above, and any record carrying a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR or record.exc_info:
+            self.records.append(record)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(path=st.sampled_from(BRIDGED), body=bodies)
+def test_no_body_gives_a_500_or_logs_an_error_on_a_bridged_route(path: str, body: bytes) -> None:
+    """The request parser's failure modes: whatever the body, a 4xx (or the dead
+    upstream's 502), and nothing at ERROR level or with a traceback in the log."""
+
+    async def run() -> tuple[int, bytes]:
+        async with open_bridge(config("none"), store=MemoryStore()) as bridge:
+            with trio.fail_after(10):
+                response = await bridge.handle(Request("POST", path, body=body))
+            return response.status, response.body
+
+    errors = _Errors()
+    logging.getLogger().addHandler(errors)
+    try:
+        status, response_body = trio.run(run)
+    finally:
+        logging.getLogger().removeHandler(errors)
+    assert 400 <= status < 500 or status in (501, 502), (status, response_body[:300])
+    assert json.loads(response_body)["error"]
+    assert [r.getMessage() for r in errors.records] == []
+
+
+@pytest.mark.parametrize("path", BRIDGED)
+@pytest.mark.parametrize("shape", ["top", "inside"])
+async def test_deeply_nested_json_gets_400_naming_the_limit_not_a_500(
+    gateway: Gateway, path: str, shape: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    deep = b"[" * 1000 + b"]" * 1000
+    body = deep if shape == "top" else b'{"model": "m", "messages": [], "input": ' + deep + b"}"
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(f"{gateway.url}{path}", content=body)
+    assert response.status_code == 400, response.text
+    assert "128" in response.json()["error"]["message"]
+    assert "nest" in response.json()["error"]["message"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert gateway.mock.requests == []
+
+
+async def test_a_deep_json_string_in_claude_code_metadata_is_no_500(gateway: Gateway) -> None:
+    user_id = "[" * 5000 + "]" * 5000
+    body = {"model": "m", "max_tokens": 1, "messages": [], "metadata": {"user_id": user_id}}
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(f"{gateway.url}/anthropic/v1/messages", json=body)
+    assert response.status_code != 500, response.text
+
+
+@pytest.mark.parametrize("key", ["model", "stream", "messages"])
+async def test_duplicate_top_level_keys_are_refused_naming_the_key(
+    gateway: Gateway, key: str
+) -> None:
+    body = (
+        b'{"model": "claude-haiku-4-5", "max_tokens": 5, "stream": false,'
+        b' "messages": [{"role": "user", "content": "hi"}], '
+        + f'"{key}": '.encode()
+        + json.dumps({"model": "claude-opus-4-1", "stream": True, "messages": []}[key]).encode()
+        + b"}"
+    )
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(f"{gateway.url}/anthropic/v1/messages", content=body)
+    assert response.status_code == 400, response.text
+    assert f"'{key}'" in response.json()["error"]["message"]
+    assert "more than once" in response.json()["error"]["message"]
+    assert gateway.mock.requests == []
+
+
+async def test_duplicate_keys_below_the_top_level_are_the_upstreams_business(
+    gateway: Gateway,
+) -> None:
+    body = (
+        b'{"model": "claude-haiku-4-5", "max_tokens": 5, "metadata": {"a": 1, "a": 2},'
+        b' "messages": [{"role": "user", "content": "hi", "content": "hi"}]}'
+    )
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(f"{gateway.url}/anthropic/v1/messages", content=body)
+    assert response.status_code == 200, response.text
+    assert gateway.mock.requests[-1].body == body  # the client's bytes, unchanged

@@ -10,9 +10,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["free_port", "gateway_process", "mock_process", "wait_listening"]
+__all__ = ["Running", "free_port", "gateway_process", "mock_process", "wait_listening"]
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A process listening on 127.0.0.1:``port``."""
+
+    port: int
+    pid: int
 
 
 def free_port() -> int:
@@ -36,13 +45,13 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
 
 
 @contextmanager
-def _process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[int]:
+def _process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[Running]:
     process = subprocess.Popen(
         args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         wait_listening(port, process)
-        yield port
+        yield Running(port, process.pid)
     finally:
         process.terminate()
         try:
@@ -60,8 +69,8 @@ def mock_process() -> Iterator[int]:
 
 
 @contextmanager
-def gateway_process(upstream_port: int, *, database: str | None = None) -> Iterator[int]:
-    """``bridge serve`` in front of the mock; yields the port.
+def gateway_process(upstream_port: int, *, database: str | None = None) -> Iterator[Running]:
+    """``bridge serve`` (default configuration: auth mode ``keys``) in front of the mock.
 
     SQLite in a temporary directory unless ``database`` names a store.
     """
@@ -74,5 +83,5 @@ def gateway_process(upstream_port: int, *, database: str | None = None) -> Itera
             "ANTHROPIC_API_KEY": "sk-ant-bench-key-000000000000",
         }
         args = [sys.executable, "-m", "bridge", "serve", "--log-level", "WARNING"]
-        with _process(args, port, env):
-            yield port
+        with _process(args, port, env) as running:
+            yield running

@@ -4,16 +4,23 @@ An :class:`Engine` holds what lives as long as the gateway: the configuration,
 one upstream connection pool per provider, and the recorder. It serves any number
 of requests concurrently; each request is owned by the task that calls
 :meth:`Engine.handle`, from its first byte to its last.
+
+A request is decided on in two steps: :meth:`Engine.admit` looks only at its head
+(route, method, the address's authentication failures, credentials), so the HTTP
+layer can refuse a request before reading a byte of its body; :meth:`Engine.handle`
+then serves it, admitting it first itself when given no admission (embedding).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -21,14 +28,21 @@ from typing import Protocol
 import trio
 
 from bridge.apidump import APIDump
-from bridge.auth import Actor, Identity, identify, identity_headers
+from bridge.auth import Actor, FailureLimiter, Identity, identify, identity_headers
 from bridge.breaker import Breakers, CircuitBreaker, StateChange
 from bridge.config import Config
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
-from bridge.errors import ClientError, GatewayUnavailable, NotFound, Unauthorized
+from bridge.errors import (
+    ClientError,
+    GatewayUnavailable,
+    MethodNotAllowed,
+    NotFound,
+    TooManyFailures,
+    Unauthorized,
+)
 from bridge.keys import KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.metrics import Metrics
@@ -42,12 +56,20 @@ from bridge.resilience import KeyPool
 from bridge.tracing import SPAN_PASSTHROUGH, Tracer
 from bridge.upstream import UpstreamClient
 
-__all__ = ["KEY_TOUCH_INTERVAL", "Engine", "open_engine"]
+__all__ = ["KEY_TOUCH_INTERVAL", "Admission", "Engine", "open_engine"]
 
 KEY_TOUCH_INTERVAL = 60.0
 """Seconds between two writes of a gateway key's ``last_used_at``."""
 
 logger = logging.getLogger("bridge.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What :meth:`Engine.admit` decided from a request's head."""
+
+    route: Route
+    identity: Identity
 
 
 class Engine:
@@ -96,18 +118,35 @@ class Engine:
         self._idle.set()
         self.auth_failures: Counter[str] = Counter()
         """Refused credentials per client address (for metrics and abuse detection)."""
+        self.failure_limiter = FailureLimiter(
+            config.auth.failure_rate, config.auth.failure_burst, clock=trio.current_time
+        )
+        """Answers 429 to an address that failed authentication too often."""
+        self._trusted = tuple(ipaddress.ip_network(n) for n in config.server.trusted_proxies)
         self._touched: dict[str, float] = {}
         self._sleep: Callable[[float], Awaitable[None]] = trio.sleep
         """How upstream retries wait; tests replace it to observe the delays."""
 
     async def _identify(self, request: Request) -> Identity:
-        """Who sent ``request``: its own actor (embedding), or by the auth mode."""
+        """Who sent ``request``: its own actor (embedding), or by the auth mode.
+
+        An address out of authentication failures gets :class:`TooManyFailures` before
+        its credentials are looked at, whatever they are.
+        """
         if request.actor is not None:
             return Identity(request.actor)
+        address = request.client_address or "unknown"
+        if wait := self.failure_limiter.retry_after(address):
+            raise TooManyFailures(
+                "too many failed authentications from your address: check the gateway key"
+                " you send, and retry after the time in Retry-After",
+                max(1, math.ceil(wait)),
+            )
         try:
             return await identify(self.config.auth, request.headers, self._find_actor)
         except Unauthorized as exc:
-            self.auth_failures[request.client_address or "unknown"] += 1
+            self.auth_failures[address] += 1
+            self.failure_limiter.failed(address)
             self.metrics.auth_failure("missing" if str(exc).startswith("missing") else "invalid")
             raise
 
@@ -145,6 +184,16 @@ class Engine:
                 )
             return provider.centralized(provider.config.key)
         return provider.credential(list(request.headers))
+
+    def _trusted_peer(self, address: str) -> bool:
+        """Whether ``address`` is in ``server.trusted_proxies``."""
+        if not self._trusted or not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
 
     def _breaker_changed(self, change: StateChange) -> None:
         _log_state_change(change)
@@ -203,23 +252,44 @@ class Engine:
             return None, None
         return provider, provider.route(path)
 
-    async def handle(self, request: Request, sink: ResponseSink) -> None:
-        """Serve one request to completion.
+    async def admit(self, request: Request) -> Admission:
+        """Decide on ``request`` from its head alone; its body is not looked at.
+
+        Raises, in this order: :class:`NotFound` for no route, :class:`MethodNotAllowed`
+        for anything but POST on a bridged route (it would be sent upstream as a billed
+        POST), :class:`TooManyFailures` for an address out of authentication failures,
+        :class:`Unauthorized` for missing or bad credentials, and
+        :class:`GatewayUnavailable` when keys cannot be checked.
+        """
+        _, route = self.route(request.path)
+        if route is None:
+            raise NotFound(f"route not supported: {request.method} {request.path}")
+        if route.kind is RouteKind.BRIDGED and request.method != "POST":
+            raise MethodNotAllowed(
+                f"method not allowed: {request.method} {request.path}; this route takes POST"
+            )
+        return Admission(route, await self._identify(request))
+
+    async def handle(
+        self, request: Request, sink: ResponseSink, admission: Admission | None = None
+    ) -> None:
+        """Serve one request to completion; ``admission`` is :meth:`admit`'s, if taken.
 
         Client mistakes get a 4xx in the provider's error shape; nothing raises out
         of here for a client's fault. Cancellation propagates (the caller owns it).
         """
-        provider, route = self.route(request.path)
+        provider, _ = self.route(request.path)
         dialect = self._error_dialect(provider)
         self.inflight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
         try:
-            if route is None:
-                raise NotFound(f"route not supported: {request.method} {request.path}")
-            identity = await self._identify(request)
+            if admission is None:
+                admission = await self.admit(request)
+            route, identity = admission.route, admission.identity
             actor = identity.actor
             strip = (*self._strip, *identity.strip)
+            trusted_peer = self._trusted_peer(request.client_address)
             if route.kind is RouteKind.PASSTHROUGH:
                 self.metrics.passthrough(
                     provider=route.provider.name, route=route.suffix, method=request.method
@@ -229,14 +299,26 @@ class Engine:
                     "passthrough_upstream_url": route.upstream_url(""),
                     "passthrough_method": request.method,
                 }
+                try:
+                    credential: Credential | None = self._credential(route, request, identity)
+                except Unauthorized:
+                    credential = None  # e.g. Copilot's discovery documents: no token needed
+                headers = route.provider.upstream_headers(
+                    list(request.headers),
+                    credential,
+                    strip=strip,
+                    client_address=request.client_address,
+                    scheme=request.scheme,
+                    trusted_peer=trusted_peer,
+                )
                 with self.tracer.span(SPAN_PASSTHROUGH, span):
                     await passthrough(
                         route,
                         request,
                         sink,
                         self._upstreams[route.provider.name],
+                        headers=headers,
                         error_body=dialect.error_body,
-                        strip=strip,
                     )
                 return
             assert route.dialect is not None
@@ -254,6 +336,7 @@ class Engine:
                 upstream=self._upstreams[route.provider.name],
                 recorder=self.recorder,
                 strip_headers=strip,
+                trusted_peer=trusted_peer,
                 hub=self.hub,
                 tools=tools,
                 max_iterations=self.config.mcp.max_iterations,
@@ -269,7 +352,8 @@ class Engine:
             )
             await intercept(ix, sink, ping_interval=self.config.server.ping_interval)
         except (ClientError, GatewayUnavailable) as exc:
-            await _respond(sink, exc.status_hint, dialect.error_body(exc.status_hint, str(exc)))
+            body = dialect.error_body(exc.status_hint, str(exc))
+            await _respond(sink, exc.status_hint, body, exc.headers)
         finally:
             self.inflight -= 1
             if self.inflight == 0:
@@ -286,9 +370,11 @@ class Engine:
         return DIALECTS[provider.error_dialect]
 
 
-async def _respond(sink: ResponseSink, status: int, body: bytes) -> None:
+async def _respond(
+    sink: ResponseSink, status: int, body: bytes, extra: list[tuple[str, str]]
+) -> None:
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    await sink.start(status, headers)
+    await sink.start(status, [*headers, *extra])
     await sink.end(body)
 
 

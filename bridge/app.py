@@ -4,9 +4,17 @@ Why not a Quart view for the bridged routes: a view returns its ``Response``
 before the body streams, so a nursery opened in the view cannot own the stream,
 and clients leaving between the upstream headers and the body's first step leaked
 upstream connections (design.md). Here one task owns each request from its first
-byte to its last: it reads the body (bounded by ``server.max_body_bytes``), hands
+byte to its last: it has the engine admit the request from its head alone (route,
+method, credentials), so a request without a valid key is answered before a byte of
+its body is read; then it reads the body, bounded in size
+(``server.max_body_bytes``), in time (``server.body_timeout``) and, across all the
+requests of the process, in bytes held (``server.max_buffered_bytes``); then it hands
 the request to the engine with a sink over ASGI ``send``, and reports the client
 leaving through ``receive()``, which hypercorn's ``send()`` never does.
+
+An answer given before the body was read closes the connection (``Connection:
+close``): the rest of the body is never read, so the connection cannot carry another
+request.
 
 Everything that is not a provider route (health, readiness, metrics, and the 404
 for unknown paths) is served by a small Quart-Trio app.
@@ -17,7 +25,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -27,7 +37,14 @@ from quart_trio import QuartTrio
 from bridge.config import ConfigError
 from bridge.core.engine import Engine
 from bridge.core.exchange import Request
-from bridge.errors import PayloadTooLarge
+from bridge.errors import (
+    BridgeError,
+    ClientError,
+    GatewayBusy,
+    GatewayUnavailable,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from bridge.headers import bearer_token
 from bridge.metrics import render
 from bridge.providers import suggest_route
@@ -75,10 +92,57 @@ class ASGISink:
             pass
 
 
-async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes | None:
+class _BodyBudget:
+    """The request bodies the process holds at once, against ``server.max_buffered_bytes``.
+
+    A body counts from its first byte (or, announced by ``Content-Length``, whole and at
+    once) until its request has ended: the engine keeps it for retries and the inner
+    loop. Past the budget a request gets 503 with ``Retry-After`` rather than waiting:
+    a waiting request would still hold its connection, and SDKs retry a 503 by
+    themselves.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[_Hold]:
+        """What one request holds; given back when the block ends."""
+        hold = _Hold(self)
+        try:
+            yield hold
+        finally:
+            self.held -= hold.size
+
+
+class _Hold:
+    def __init__(self, budget: _BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def grow_to(self, size: int) -> None:
+        """Hold ``size`` bytes in all; :class:`GatewayBusy` if the budget has no room."""
+        extra = size - self.size
+        if extra <= 0:
+            return
+        if self.budget.held + extra > self.budget.limit:
+            raise GatewayBusy(
+                "the gateway holds as many request bodies as it may right now"
+                f" (server.max_buffered_bytes = {self.budget.limit}); retry shortly"
+            )
+        self.budget.held += extra
+        self.size = size
+
+
+async def _read_body(
+    receive: Receive, limit: int, declared: int | None, hold: _Hold
+) -> bytes | None:
     """The whole request body, or ``None`` if the client left while sending it."""
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit} byte limit")
+    if declared is not None:
+        hold.grow_to(declared)
     parts: list[bytes] = []
     size = 0
     while True:
@@ -89,6 +153,7 @@ async def _read_body(receive: Receive, limit: int, declared: int | None) -> byte
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body is over the {limit} byte limit")
+        hold.grow_to(size)
         parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
@@ -119,34 +184,80 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-async def _serve_provider_route(engine: Engine, scope: Scope, receive: Receive, send: Send) -> None:
+def _may_have_body(scope: Scope) -> bool:
+    """Whether the request announced a body (a length above 0, or chunks)."""
+    for key, value in scope["headers"]:
+        if key == b"transfer-encoding" or (key == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+async def _serve_provider_route(
+    engine: Engine, budget: _BodyBudget, scope: Scope, receive: Receive, send: Send
+) -> None:
     sink = ASGISink(receive, send)
+    path = scope["path"]
+    head = _request_from_scope(scope, b"")
     try:
-        limit = engine.config.server.max_body_bytes
-        body = await _read_body(receive, limit, _declared_length(scope))
-        if body is None:
-            return
-        await engine.handle(_request_from_scope(scope, body), sink)
-    except PayloadTooLarge as exc:
-        await _plain_error(sink, 413, str(exc), close=True, engine=engine, path=scope["path"])
+        with budget.hold() as hold:
+            try:
+                admission = await engine.admit(head)
+            except (ClientError, GatewayUnavailable) as exc:
+                close = _may_have_body(scope)
+                await _plain_error(sink, exc, engine=engine, path=path, close=close)
+                return
+            server = engine.config.server
+            try:
+                with trio.move_on_after(server.body_timeout) as reading:
+                    body = await _read_body(
+                        receive, server.max_body_bytes, _declared_length(scope), hold
+                    )
+                if reading.cancelled_caught:
+                    raise RequestTimeout(
+                        "the request body did not arrive within server.body_timeout"
+                        f" ({server.body_timeout:g} s); send it faster, or in smaller requests"
+                    )
+            except (ClientError, GatewayUnavailable) as exc:
+                await _plain_error(sink, exc, engine=engine, path=path, close=True)
+                return
+            if body is None:
+                return
+            await engine.handle(replace(head, body=body), sink, admission)
     except Exception:
-        logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
+        logger.exception("unexpected error serving %s %s", scope["method"], path)
         if not sink.started:
-            message = "internal error in the gateway"
-            await _plain_error(sink, 500, message, engine=engine, path=scope["path"])
+            error = BridgeError("internal error in the gateway")
+            await _plain_error(sink, error, engine=engine, path=path)
 
 
 async def _plain_error(
-    sink: ASGISink, status: int, message: str, *, engine: Engine, path: str, close: bool = False
+    sink: ASGISink,
+    error: BridgeError,
+    *,
+    engine: Engine,
+    path: str,
+    close: bool = False,
 ) -> None:
-    body = engine.error_body(path, status, message)
+    status = error.status_hint
+    body = engine.error_body(path, status, str(error))
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    if close:
-        # quart-trio/hypercorn-trio hang a keep-alive connection after an early 413
-        # (stack-notes.md, gotcha 4): close it.
-        headers.append(("connection", "close"))
+    headers += error.headers
+    if not close:
+        await sink.start(status, headers)
+        await sink.end(body)
+        return
+    # The rest of the body will not be read: the connection cannot carry another request
+    # (and quart-trio/hypercorn-trio hang a keep-alive one after an early answer,
+    # stack-notes.md, gotcha 4).
+    headers.append(("connection", "close"))
     await sink.start(status, headers)
-    await sink.end(body)
+    async with trio.open_nursery() as nursery:
+        # Ending the response has hypercorn queue a disconnect for this request, behind
+        # the body chunks it read ahead; with its queue full of them, that would wait
+        # for ever. Chunks are dropped meanwhile, and stop once the connection closes.
+        nursery.start_soon(sink.wait_disconnected)
+        await sink.end(body)
+        nursery.cancel_scope.cancel()
 
 
 async def _refuse_websocket(engine: Engine, scope: Scope, send: Send) -> None:
@@ -286,10 +397,11 @@ def _json(document: Any, status: int = 200) -> Response:
 def make_asgi_app(engine: Engine) -> ASGIApp:
     """The gateway's ASGI application over ``engine``."""
     control = _control_app(engine)
+    budget = _BodyBudget(engine.config.server.max_buffered_bytes)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and engine.owns(scope["path"]):
-            await _serve_provider_route(engine, scope, receive, send)
+            await _serve_provider_route(engine, budget, scope, receive, send)
         elif scope["type"] == "websocket" and engine.owns(scope["path"]):
             await _refuse_websocket(engine, scope, send)
         else:

@@ -13,11 +13,17 @@ Modes:
 * ``none``: everyone is ``anonymous`` (local use).
 
 Gateway identity headers never go upstream.
+
+Failed authentications are rate limited per client address (:class:`FailureLimiter`):
+an address that has used up ``auth.failure_burst`` failures, refilled at
+``auth.failure_rate`` per second, gets 429 before its key is even looked at, so
+guessing keys costs the gateway no lookups and gains nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +35,7 @@ __all__ = [
     "ANONYMOUS",
     "BRIDGE_KEY_HEADER",
     "Actor",
+    "FailureLimiter",
     "Identity",
     "KeyLookup",
     "identify",
@@ -111,3 +118,56 @@ def identity_headers(config: AuthConfig) -> tuple[str, ...]:
     if config.mode == "keys":
         return (BRIDGE_KEY_HEADER,)
     return ()
+
+
+class FailureLimiter:
+    """A token bucket of authentication failures per client address.
+
+    Each failure takes a token; tokens come back at ``rate`` per second up to ``burst``.
+    While an address has no token left, :meth:`retry_after` says how long until it has
+    one. Memory is bounded: at most ``max_addresses`` buckets are kept, the least recently
+    failed forgotten first (a forgotten address starts again with a full bucket, which
+    only costs the gateway ``burst`` more lookups for it), and a bucket that has refilled
+    is dropped as soon as it is looked at. ``rate`` 0 turns the limit off.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        clock: Callable[[], float],
+        max_addresses: int = 65_536,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._max = max_addresses
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        """address -> (tokens, when they were counted)."""
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _tokens(self, address: str, now: float) -> float:
+        tokens, stamp = self._buckets.get(address, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - stamp) * self.rate)
+
+    def retry_after(self, address: str) -> float:
+        """0 if ``address`` may fail once more now, else the seconds until it may."""
+        if not self.rate or address not in self._buckets:
+            return 0.0
+        tokens = self._tokens(address, self._clock())
+        if tokens >= self.burst:
+            del self._buckets[address]
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def failed(self, address: str) -> None:
+        """Count one failed authentication of ``address``."""
+        if not self.rate:
+            return
+        now = self._clock()
+        self._buckets[address] = (self._tokens(address, now) - 1, now)
+        self._buckets.move_to_end(address)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)

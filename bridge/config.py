@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -375,6 +376,35 @@ def _is_base_url(url: str) -> bool:
     )
 
 
+def _per_second(label: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        _fail(label, "a number of events per second >= 0 (0 turns the limit off)", _show(value))
+    return float(value)
+
+
+def _check_networks(label: str, value: object) -> tuple[str, ...]:
+    """IP addresses or CIDR networks (``10.0.0.0/8``, ``::1``), normalised to networks."""
+    rule = "a list of IP addresses or CIDR networks, e.g. ['10.0.0.0/8', '127.0.0.1']"
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        _fail(label, rule, _show(value))
+    networks = []
+    for item in value:
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except (AttributeError, TypeError, ValueError):
+            _fail(label, rule, _show(item))
+    return tuple(networks)
+
+
+def _comma_list(text: str) -> object:
+    return [item for item in text.split(",") if item.strip()]
+
+
 def _check_secret(label: str, value: object) -> str:
     if not isinstance(value, str):
         # The value is not shown: it may be a secret typed without its quotes.
@@ -502,11 +532,16 @@ _SERVER_RULES: Final[Mapping[str, _Rule]] = {
     "keep_alive_timeout": _seconds(0, inclusive=False),
     "header_timeout": _seconds(0, inclusive=False),
     "http2": _boolean(),
+    "body_timeout": _seconds(0, inclusive=False),
+    "max_buffered_bytes": _integer(1024),
+    "trusted_proxies": _Rule(_check_networks, _comma_list),
 }
 _AUTH_RULES: Final[Mapping[str, _Rule]] = {
     "mode": _choice(list(AUTH_MODES)),
     "header": _matching(_HTTP_TOKEN, "an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"),
     "admin_key": _Rule(_check_secret),
+    "failure_rate": _Rule(_per_second, _float_or_text),
+    "failure_burst": _integer(1),
 }
 _RECORDING_RULES: Final[Mapping[str, _Rule]] = {
     "database": _Rule(_check_database),
@@ -635,9 +670,18 @@ class ServerConfig:
     keep_alive_timeout: float = 75 * SECONDS  # an idle connection is closed after this long
     header_timeout: float = 10 * SECONDS  # a request's head must arrive within this
     http2: bool = False  # HTTP/2 over cleartext (prior knowledge, h2c upgrade); else 1.1 only
+    body_timeout: float = 60 * SECONDS  # a request body still arriving after this gets a 408
+    max_buffered_bytes: int = 256 * MiB  # request bodies held at once; past it: 503
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For is kept and extended
 
     def __post_init__(self) -> None:
         _check_fields(self, "server", _SERVER_RULES)
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ConfigError(
+                f"server.max_buffered_bytes ({self.max_buffered_bytes}) is below"
+                f" server.max_body_bytes ({self.max_body_bytes}), so a body of the allowed"
+                " size could never be taken: raise max_buffered_bytes or lower max_body_bytes"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,6 +691,8 @@ class AuthConfig:
     mode: str = "keys"
     header: str = "X-Bridge-User"  # names the actor in mode "header"
     admin_key: str = ""  # guards GET /api/v1/usage; empty: the endpoint is off
+    failure_rate: float = 10.0  # failed authentications per second and client address; 0: off
+    failure_burst: int = 20  # failures an address may make at once before 429s
 
     def __post_init__(self) -> None:
         _check_fields(self, "auth", _AUTH_RULES)

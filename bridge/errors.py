@@ -8,16 +8,20 @@
     │   ├── Unauthorized       401: missing or bad credentials
     │   ├── NotFound           404: no such route
     │   ├── MethodNotAllowed   405: the route does not take this method (from this caller)
+    │   ├── RequestTimeout     408: the body took longer than server.body_timeout
     │   ├── PayloadTooLarge    413: body over server.max_body_bytes
+    │   ├── TooManyFailures    429: this address failed authentication too often
     │   └── NotSupported       501: a valid request for a feature bridge does not offer
     ├── GatewayUnavailable     503: the gateway cannot serve now (its database is down)
+    │   └── GatewayBusy        503: bodies being held are at server.max_buffered_bytes
     └── UpstreamError          the provider failed us
         ├── UpstreamUnavailable    502: could not connect, connection reset, timed out
         ├── UpstreamProtocolError  502: the provider sent something we cannot read
         ├── CircuitOpen            503: the breaker of this provider/endpoint/model is open
         └── KeysExhausted          429: every centralized key of the provider is resting
 
-Every error carries ``status_hint``, the HTTP status a client should see if the error
+Every error carries ``status_hint``, and ``headers`` to send with it (``Allow``,
+``Retry-After``); the HTTP status a client should see if the error
 happens before the response has started (h11's ``error_status_hint``). After the
 response has started, the dialect turns the error into the provider's in-stream
 error event instead. Messages never contain secrets or tracebacks: they are shown to
@@ -31,12 +35,15 @@ __all__ = [
     "BridgeError",
     "CircuitOpen",
     "ClientError",
+    "GatewayBusy",
     "GatewayUnavailable",
     "KeysExhausted",
     "MethodNotAllowed",
     "NotFound",
     "NotSupported",
     "PayloadTooLarge",
+    "RequestTimeout",
+    "TooManyFailures",
     "Unauthorized",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -48,6 +55,11 @@ class BridgeError(Exception):
     """The root of bridge's own errors."""
 
     status_hint: int = 500
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Response headers the status needs (``Allow`` for a 405, ``Retry-After``)."""
+        return []
 
 
 class ClientError(BridgeError):
@@ -79,16 +91,43 @@ class MethodNotAllowed(ClientError):
 
     status_hint = 405
 
-    def __init__(self, message: str, allowed: tuple[str, ...]) -> None:
+    def __init__(self, message: str, allowed: tuple[str, ...] = ("POST",)) -> None:
         super().__init__(message)
         self.allowed = allowed
         """The methods the caller may use, sent as ``Allow`` (empty: none)."""
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """``Allow``: the methods the caller may use."""
+        return [("allow", ", ".join(self.allowed))]
+
+
+class RequestTimeout(ClientError):
+    """The request body did not arrive within ``server.body_timeout`` (408)."""
+
+    status_hint = 408
 
 
 class PayloadTooLarge(ClientError):
     """The request body is over ``server.max_body_bytes`` (413)."""
 
     status_hint = 413
+
+
+class TooManyFailures(ClientError):
+    """The client's address has used up its authentication failures for now (429)."""
+
+    status_hint = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Whole seconds, sent to the client as ``Retry-After``."""
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """``Retry-After``."""
+        return [("retry-after", str(self.retry_after))]
 
 
 class NotSupported(ClientError):
@@ -103,6 +142,15 @@ class GatewayUnavailable(BridgeError):
     down. Retrying later is the right move, hence 503 rather than 500 (or a false 401)."""
 
     status_hint = 503
+
+
+class GatewayBusy(GatewayUnavailable):
+    """The bodies the process holds are at ``server.max_buffered_bytes``: retry shortly."""
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """``Retry-After: 1``: bodies are let go as their requests end."""
+        return [("retry-after", "1")]
 
 
 class UpstreamError(BridgeError):

@@ -39,6 +39,7 @@ __all__ = [
     "GatewayKey",
     "KeyStore",
     "check_new_key",
+    "contains_gateway_key",
     "generate_key",
     "hash_key",
     "key_prefix",
@@ -116,6 +117,14 @@ def hash_key(secret: str) -> str:
 def looks_like_gateway_key(value: str) -> bool:
     """Whether *value* has the shape of a gateway key: a cheap check before any lookup."""
     return _SHAPE.fullmatch(value) is not None
+
+
+def contains_gateway_key(value: str) -> bool:
+    """Whether a gateway key appears anywhere in *value* (a header value, e.g. ``Bearer bk-...``).
+
+    Such a value must never leave the gateway, wherever the client put it.
+    """
+    return KEY_PREFIX in value and _SHAPE.search(value) is not None
 
 
 def key_prefix(value: str) -> str | None:

@@ -13,7 +13,8 @@ A *provider* is one configured upstream instance (``anthropic``, or a second
 * how a client path maps to an upstream URL: the base URL's own path is kept and the
   suffix after the route prefix is joined onto it, so nothing a client sends can
   reach another host or climb above the base path;
-* which request headers go upstream and how the provider key is injected.
+* which request headers go upstream and how the provider key is injected: one policy,
+  :meth:`Provider.upstream_headers`, for bridged and passthrough routes alike.
 
 Everything here is pure: no I/O, no framework.
 """
@@ -30,6 +31,7 @@ from bridge.auth import Actor
 from bridge.config import ProviderConfig, mask_secret
 from bridge.errors import MethodNotAllowed, Unauthorized
 from bridge.headers import bearer_token, connection_tokens, header_value
+from bridge.keys import contains_gateway_key
 from bridge.recording.records import CredentialKind
 
 __all__ = [
@@ -39,8 +41,7 @@ __all__ = [
     "Route",
     "RouteKind",
     "forwardable_response_headers",
-    "passthrough_credential",
-    "passthrough_headers",
+    "forwarded_headers",
     "suggest_route",
 ]
 
@@ -49,8 +50,16 @@ Headers = list[tuple[str, str]]
 
 # Headers the HTTP client sets itself for the upstream hop.
 _TRANSPORT = frozenset({"host", "content-length", "accept-encoding"})
-# Credentials the client presented to us; the provider key is injected instead.
+# Credentials the client presented to us; the chosen credential is injected instead.
 _CLIENT_AUTH = frozenset({"authorization", "x-api-key"})
+# What a client says about the path its request took, or asks of the next hop: the
+# gateway writes X-Forwarded-For/-Proto itself (see forwarded_headers); Forwarded and
+# X-Forwarded-Host are never sent (the provider routes on neither, and the host would
+# only tell it the gateway's internal name); Expect is answered by the gateway's own
+# HTTP server, and the upstream client sends whole bodies.
+_CLIENT_ROUTING = frozenset(
+    {"forwarded", "expect", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+)
 # Response headers that must not be copied from the upstream to the client.
 # The HTTP server sends its own Date (a response carries one); Server would only tell
 # clients which software the provider runs.
@@ -271,13 +280,14 @@ class Provider:
         takes ``x-api-key`` first, then a bearer token; OpenAI a bearer token; without
         one the configured key is injected. Copilot has no central key: the user's
         GitHub token is required (:class:`~bridge.errors.Unauthorized` without it).
+        A gateway key in those headers is no provider key: it counts as absent.
         """
-        token = bearer_token(header_value(headers, "authorization"))
+        token = _not_a_gateway_key(bearer_token(header_value(headers, "authorization")))
         byok_bearer = Credential(
             CredentialKind.BYOK, ("authorization", f"Bearer {token}"), mask_secret(token)
         )
         if self.type == "anthropic":
-            api_key = header_value(headers, "x-api-key")
+            api_key = _not_a_gateway_key(header_value(headers, "x-api-key"))
             if api_key:
                 return Credential(CredentialKind.BYOK, ("x-api-key", api_key), mask_secret(api_key))
         if token:
@@ -298,28 +308,39 @@ class Provider:
     def upstream_headers(
         self,
         headers: Headers,
-        credential: Credential,
+        credential: Credential | None,
         *,
         strip: Iterable[str] = (),
         actor: Actor | None = None,
+        client_address: str = "",
+        scheme: str = "http",
+        trusted_peer: bool = False,
     ) -> Headers:
-        """The client's headers as the upstream should see them (reference 1.5).
+        """The client's headers as the upstream should see them, on every route kind
+        (reference 1.3 and 1.5).
 
-        Hop-by-hop, transport-managed and client credential headers are removed, as
-        are the names in ``strip`` (gateway identity) and any ``X-AI-Bridge-Actor*``
-        header a client made up; everything else the client sent
-        (``anthropic-version``, ``anthropic-beta``, ``user-agent``...) is forwarded
-        unchanged. Then the chosen credential, and with ``send_actor_headers`` the
-        actor's id and metadata (reference 1.6).
+        Removed: hop-by-hop, transport-managed and client credential headers, the names
+        in ``strip`` (gateway identity), any ``X-AI-Bridge-Actor*`` header a client made
+        up, what the client says about its route (``Forwarded``, ``X-Forwarded-*``) or
+        asks of the next hop (``Expect``), and any header carrying a gateway key, wherever
+        the client put it. Everything else (``anthropic-version``, ``anthropic-beta``,
+        ``user-agent``...) is forwarded unchanged. Then :func:`forwarded_headers`, the
+        ``credential`` (``None``: none, e.g. a Copilot discovery request without a token),
+        and with ``send_actor_headers`` the actor's id and metadata (reference 1.6).
         """
-        drop = connection_tokens(headers) | _TRANSPORT | _CLIENT_AUTH
+        drop = connection_tokens(headers) | _TRANSPORT | _CLIENT_AUTH | _CLIENT_ROUTING
         drop |= {name.lower() for name in strip}
         out = [
             (name, value)
             for name, value in headers
-            if name not in drop and not name.startswith(_ACTOR_HEADER)
+            if name not in drop
+            and not name.startswith(_ACTOR_HEADER)
+            and not contains_gateway_key(value)
         ]
-        if credential.header[1]:
+        out.extend(forwarded_headers(headers, client_address, scheme, trusted_peer=trusted_peer))
+        if not header_value(headers, "user-agent"):
+            out.append(("user-agent", "bridge"))
+        if credential is not None and credential.header[1]:
             out.append(credential.header)
         if actor is not None and self.config.send_actor_headers:
             out.append(("x-ai-bridge-actor-id", actor.id))
@@ -329,6 +350,30 @@ class Provider:
             )
         out.append(("accept-encoding", "identity"))
         return out
+
+
+def forwarded_headers(
+    headers: Headers, client_address: str, scheme: str, *, trusted_peer: bool
+) -> Headers:
+    """``X-Forwarded-For`` and ``X-Forwarded-Proto`` for the upstream hop.
+
+    A client's own ``X-Forwarded-For`` is believed only from a peer in
+    ``server.trusted_proxies`` (a load balancer in front of the gateway): then it is
+    extended with the peer's address, else replaced by it, so that nobody can make the
+    provider attribute a request to an address of their choosing. Likewise the proto:
+    a trusted peer's is kept, else it is the scheme the gateway was reached by.
+    """
+    chain = [v for k, v in headers if k == "x-forwarded-for"] if trusted_peer else []
+    if client_address:
+        chain.append(client_address)
+    out = [("x-forwarded-for", ", ".join(chain))] if chain else []
+    proto = header_value(headers, "x-forwarded-proto") if trusted_peer else ""
+    out.append(("x-forwarded-proto", proto or scheme))
+    return out
+
+
+def _not_a_gateway_key(value: str) -> str:
+    return "" if contains_gateway_key(value) else value
 
 
 def _is_safe(suffix: str) -> bool:
@@ -353,42 +398,6 @@ def forwardable_response_headers(headers: Iterable[tuple[str, str]]) -> Headers:
     return [(k, v) for k, v in pairs if k not in drop]
 
 
-def passthrough_headers(
-    provider: Provider,
-    headers: Headers,
-    *,
-    client_address: str,
-    scheme: str,
-    strip: Iterable[str] = (),
-) -> Headers:
-    """Request headers for a passthrough route (reference 1.3).
-
-    The client's headers minus hop-by-hop and transport ones, with ``X-Forwarded-*``
-    added, and the provider key injected only when the client brought none.
-    """
-    drop = connection_tokens(headers) | _TRANSPORT
-    drop |= {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
-    headers = [(k, v) for k, v in headers if not k.startswith(_ACTOR_HEADER)]
-    drop |= {name.lower() for name in strip}
-    out = [(name, value) for name, value in headers if name not in drop]
-    forwarded = [v for k, v in headers if k == "x-forwarded-for"]
-    if client_address:
-        forwarded.append(client_address)
-    if forwarded:
-        out.append(("x-forwarded-for", ", ".join(forwarded)))
-    if host := header_value(headers, "host"):
-        out.append(("x-forwarded-host", host))
-    out.append(("x-forwarded-proto", scheme))
-    if not header_value(headers, "user-agent"):
-        out.append(("user-agent", "bridge"))
-    # Whatever credential the client sent and we did not strip (BYOK) is kept.
-    credential = passthrough_credential(provider, out)
-    if credential is not None and credential.kind is CredentialKind.CENTRALIZED:
-        out.append(credential.header)
-    out.append(("accept-encoding", "identity"))
-    return out
-
-
 def suggest_route(providers: Iterable[Provider], path: str) -> tuple[Provider, str] | None:
     """The provider and path ``path`` was probably meant as, if any.
 
@@ -404,28 +413,3 @@ def suggest_route(providers: Iterable[Provider], path: str) -> tuple[Provider, s
             if provider.route(candidate) is not None:
                 return provider, candidate
     return None
-
-
-def passthrough_credential(
-    provider: Provider, headers: Headers, *, strip: Iterable[str] = ()
-) -> Credential | None:
-    """The provider credential a passthrough request goes upstream with.
-
-    The client's own key (BYOK) if one is left once the ``strip`` headers (gateway
-    identity) are gone: for Anthropic ``x-api-key`` or ``Authorization``, for the others
-    ``Authorization``. Else the provider's configured key, never for Copilot. ``None``
-    when no credential goes upstream at all.
-    """
-    dropped = {name.lower() for name in strip}
-    kept = [(name, value) for name, value in headers if name not in dropped]
-    api_key = header_value(kept, "x-api-key") if provider.type == "anthropic" else ""
-    if api_key:
-        return Credential(CredentialKind.BYOK, ("x-api-key", api_key), mask_secret(api_key))
-    if authorization := header_value(kept, "authorization"):
-        secret = bearer_token(authorization) or authorization
-        return Credential(
-            CredentialKind.BYOK, ("authorization", authorization), mask_secret(secret)
-        )
-    if provider.type == "copilot" or not provider.config.key:
-        return None
-    return provider.centralized(provider.config.key)

@@ -11,9 +11,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "Running",
     "free_port",
     "gateway_process",
     "listens",
@@ -22,6 +24,14 @@ __all__ = [
     "wait_listening",
     "worker_pids",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A process listening on 127.0.0.1:``port``."""
+
+    port: int
+    pid: int
 
 
 def free_port() -> int:
@@ -106,13 +116,13 @@ def wait_for_output(
 
 
 @contextmanager
-def _process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[int]:
+def _process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[Running]:
     process = subprocess.Popen(
         args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         wait_listening(port, process)
-        yield port
+        yield Running(port, process.pid)
     finally:
         process.terminate()
         try:
@@ -130,8 +140,8 @@ def mock_process() -> Iterator[int]:
 
 
 @contextmanager
-def gateway_process(upstream_port: int, *, database: str | None = None) -> Iterator[int]:
-    """``bridgectl serve`` in front of the mock; yields the port.
+def gateway_process(upstream_port: int, *, database: str | None = None) -> Iterator[Running]:
+    """``bridgectl serve`` (default configuration: auth mode ``keys``) in front of the mock.
 
     SQLite in a temporary directory unless ``database`` names a store.
     """
@@ -144,5 +154,5 @@ def gateway_process(upstream_port: int, *, database: str | None = None) -> Itera
             "ANTHROPIC_API_KEY": "sk-ant-bench-key-000000000000",
         }
         args = [sys.executable, "-m", "bridge", "serve", "--log-level", "WARNING"]
-        with _process(args, port, env):
-            yield port
+        with _process(args, port, env) as running:
+            yield running

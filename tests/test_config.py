@@ -357,6 +357,35 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
         "providers.anthropic.max_retries must be an integer from 0 to 10, got 2.5",
     ),
     (
+        {"server": {"body_timeout": 0}},
+        "server.body_timeout must be a number of seconds > 0, got 0",
+    ),
+    (
+        {"server": {"max_buffered_bytes": 4096}},
+        "server.max_buffered_bytes (4096) is below server.max_body_bytes (33554432), so a body"
+        " of the allowed size could never be taken: raise max_buffered_bytes or lower"
+        " max_body_bytes",
+    ),
+    (
+        {"server": {"trusted_proxies": "10.0.0.0/8"}},
+        "server.trusted_proxies must be a list of IP addresses or CIDR networks, e.g."
+        " ['10.0.0.0/8', '127.0.0.1'], got '10.0.0.0/8'",
+    ),
+    (
+        {"server": {"trusted_proxies": ["10.0.0.0/33"]}},
+        "server.trusted_proxies must be a list of IP addresses or CIDR networks, e.g."
+        " ['10.0.0.0/8', '127.0.0.1'], got '10.0.0.0/33'",
+    ),
+    (
+        {"auth": {"failure_rate": -1}},
+        "auth.failure_rate must be a number of events per second >= 0 (0 turns the limit off),"
+        " got -1",
+    ),
+    (
+        {"auth": {"failure_burst": 0}},
+        "auth.failure_burst must be an integer >= 1, got 0",
+    ),
+    (
         {"providers": {"anthropic": {"key_cooldown": 0}}},
         "providers.anthropic.key_cooldown must be a number of seconds > 0, got 0",
     ),
@@ -449,6 +478,26 @@ ENVIRONMENT_ERRORS: list[tuple[str, str, str]] = [
 ]
 
 
+def test_intake_limits_have_defaults_and_environment_overrides() -> None:
+    defaults = load_config(environ={})
+    assert (defaults.server.body_timeout, defaults.server.max_buffered_bytes) == (60.0, 256 * MiB)
+    assert defaults.server.trusted_proxies == ()
+    assert (defaults.auth.failure_rate, defaults.auth.failure_burst) == (10.0, 20)
+    config = config_from_mapping(
+        {},
+        {
+            "BRIDGE_SERVER_BODY_TIMEOUT": "5",
+            "BRIDGE_SERVER_MAX_BUFFERED_BYTES": str(64 * MiB),
+            "BRIDGE_SERVER_TRUSTED_PROXIES": "10.1.2.3/8, ::1",
+            "BRIDGE_AUTH_FAILURE_RATE": "0",
+            "BRIDGE_AUTH_FAILURE_BURST": "5",
+        },
+    )
+    assert (config.server.body_timeout, config.server.max_buffered_bytes) == (5.0, 64 * MiB)
+    assert config.server.trusted_proxies == ("10.0.0.0/8", "::1/128")  # normalised networks
+    assert (config.auth.failure_rate, config.auth.failure_burst) == (0.0, 5)
+
+
 @pytest.mark.parametrize(("name", "value", "message"), ENVIRONMENT_ERRORS)
 def test_invalid_environment_values_name_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=exactly(message)):
@@ -496,7 +545,8 @@ UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
         " 'server.port', 'server.max_body_bytes', 'server.grace_period', 'server.backlog',"
         " 'server.ping_interval', 'server.workers',"
         " 'server.client_write_timeout', 'server.keep_alive_timeout', 'server.header_timeout',"
-        " 'server.http2'",
+        " 'server.http2', 'server.body_timeout', 'server.max_buffered_bytes',"
+        " 'server.trusted_proxies'",
     ),
     ({"sever": {}}, {}, "unknown section 'sever' in bridge.toml; did you mean 'server'?"),
     ({"port": 8080}, {}, "unknown key 'port' in bridge.toml; did you mean 'server.port'?"),
@@ -545,7 +595,8 @@ UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
         {},
         {"BRIDGE_AUTH_X": "1"},
         "unknown environment variable 'BRIDGE_AUTH_X'; expected one of 'BRIDGE_AUTH_MODE',"
-        " 'BRIDGE_AUTH_HEADER', 'BRIDGE_AUTH_ADMIN_KEY'",
+        " 'BRIDGE_AUTH_HEADER', 'BRIDGE_AUTH_ADMIN_KEY', 'BRIDGE_AUTH_FAILURE_RATE',"
+        " 'BRIDGE_AUTH_FAILURE_BURST'",
     ),
 ]
 

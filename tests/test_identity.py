@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import anthropic
 import httpx2
 import openai
 import pytest
+import trio
+import trio.testing
 
-from bridge.auth import BRIDGE_KEY_HEADER
+from bridge import Config, MemoryStore, ProviderConfig, Request, open_bridge
+from bridge.auth import BRIDGE_KEY_HEADER, FailureLimiter
 from bridge.clients import guess_client, session_id
 from bridge.config import AuthConfig
 
 from .conftest import CENTRAL_KEY, OPENAI_KEY, Gateway
+
+DEAD = "http://127.0.0.1:9/"  # nothing listens there: a forwarded request is a 502
 
 ANTHROPIC_BODY = {
     "model": "claude-sonnet-4-6",
@@ -342,3 +348,194 @@ async def test_a_key_that_cannot_be_checked_is_a_503_not_a_500_or_a_401(keyed: G
     assert response.json()["type"] == "error"
     assert "retry shortly" in response.json()["error"]["message"]
     assert keyed.mock.requests == []
+
+
+# -- what reaches the provider -------------------------------------------------------------
+
+GATEWAY_KEY = re.compile(r"bk-[A-Za-z0-9_-]{8}-[A-Za-z0-9_-]{43}")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/anthropic/v1/messages"),
+        ("POST", "/openai/v1/chat/completions"),
+        ("GET", "/anthropic/v1/models"),
+        ("GET", "/openai/v1/models"),
+    ],
+)
+async def test_no_gateway_key_reaches_the_provider_wherever_the_client_puts_it(
+    keyed: Gateway, method: str, path: str
+) -> None:
+    """BYOK with a gateway key where the provider key belongs (a misconfigured client, or
+    a key pasted twice): no header going upstream may carry any gateway key."""
+    key = create_key(keyed, "hank")
+    other = create_key(keyed, "ivy")
+    headers = {
+        BRIDGE_KEY_HEADER: key,
+        "x-api-key": other,
+        "authorization": f"Bearer {other}",
+        "x-custom-token": f"token={key}",
+    }
+    body = {**ANTHROPIC_BODY, "model": "gpt-5"} if "openai" in path else ANTHROPIC_BODY
+    async with httpx2.AsyncClient() as client:
+        response = await client.request(
+            method,
+            f"{keyed.url}{path}",
+            headers=headers,
+            content=json.dumps(body).encode() if method == "POST" else None,
+        )
+    assert response.status_code == 200, response.text
+    [received] = keyed.mock.requests
+    assert [(k, v) for k, v in received.headers if GATEWAY_KEY.search(v)] == []
+    # No real provider key was brought: the provider's own is used.
+    expected = ("x-api-key", CENTRAL_KEY) if "anthropic" in path else None
+    if expected is not None:
+        assert received.header(expected[0]) == expected[1]
+    else:
+        assert received.header("authorization") == f"Bearer {OPENAI_KEY}"
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["direct", "behind-a-trusted-proxy"])
+async def test_forwarding_headers_follow_one_policy_on_both_route_kinds(
+    start_gateway: Any, trusted: bool
+) -> None:
+    """A client cannot choose the address or host the provider sees: X-Forwarded-For is
+    the peer's address (extended, from a trusted proxy), Forwarded, X-Forwarded-Host and
+    Expect never go upstream, and bridged and passthrough routes behave alike."""
+    changes = {"trusted_proxies": ("127.0.0.1",)} if trusted else {}
+    gateway: Gateway = await start_gateway(server_changes=changes)
+    spoofed = {
+        "x-forwarded-for": "203.0.113.9",
+        "x-forwarded-host": "evil.example",
+        "x-forwarded-proto": "https",
+        "forwarded": "for=203.0.113.9;host=evil.example",
+    }
+    async with httpx2.AsyncClient() as client:
+        bridged = await client.post(
+            f"{gateway.url}/anthropic/v1/messages", json=ANTHROPIC_BODY, headers=spoofed
+        )
+        passthrough = await client.get(f"{gateway.url}/anthropic/v1/models", headers=spoofed)
+    assert (bridged.status_code, passthrough.status_code) == (200, 200)
+    assert len(gateway.mock.requests) == 2
+    for received in gateway.mock.requests:
+        names = [name for name, _ in received.headers]
+        assert received.header("x-forwarded-for") == (
+            "203.0.113.9, 127.0.0.1" if trusted else "127.0.0.1"
+        )
+        assert received.header("x-forwarded-proto") == ("https" if trusted else "http")
+        assert names.count("x-forwarded-for") == 1
+        assert "x-forwarded-host" not in names
+        assert "forwarded" not in names
+        assert "expect" not in names
+
+
+async def test_expect_is_answered_by_the_gateway_and_not_forwarded(gateway: Gateway) -> None:
+    port = int(gateway.url.rsplit(":", 1)[1])
+    body = json.dumps(ANTHROPIC_BODY).encode()
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(
+            b"POST /anthropic/v1/messages HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+            b"content-type: application/json\r\nconnection: close\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    assert b"HTTP/1.1 200" in answer
+    assert gateway.mock.requests[-1].header("expect") is None
+
+
+# -- authentication failures are rate limited ----------------------------------------------
+
+
+def test_failure_limiter_refills_and_forgets() -> None:
+    now = [0.0]
+    limiter = FailureLimiter(10.0, 3, clock=lambda: now[0], max_addresses=100)
+    assert limiter.retry_after("a") == 0.0
+    for _ in range(3):
+        limiter.failed("a")
+    assert limiter.retry_after("a") == pytest.approx(0.1)
+    assert limiter.retry_after("b") == 0.0  # per address
+    now[0] += 0.05
+    assert limiter.retry_after("a") == pytest.approx(0.05)
+    now[0] += 0.05
+    assert limiter.retry_after("a") == 0.0  # one token back
+    limiter.failed("a")
+    assert limiter.retry_after("a") == pytest.approx(0.1)
+    now[0] += 10
+    assert limiter.retry_after("a") == 0.0
+    assert len(limiter) == 0  # a refilled bucket is dropped once looked at
+    for n in range(1000):
+        limiter.failed(f"10.0.{n // 256}.{n % 256}")
+    assert len(limiter) == 100  # bounded: the least recently failed are forgotten
+    off = FailureLimiter(0.0, 1, clock=lambda: now[0])
+    for _ in range(50):
+        off.failed("a")
+    assert (off.retry_after("a"), len(off)) == (0.0, 0)
+
+
+async def test_auth_failures_get_429_with_retry_after_until_the_bucket_refills(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """``auth.failure_burst`` failures per address, then 429 before the key is looked at
+    (even a valid one); ``auth.failure_rate`` tokens per second come back."""
+    config = Config(
+        auth=AuthConfig(mode="keys", failure_rate=10.0, failure_burst=20),
+        providers=(
+            ProviderConfig(
+                name="anthropic", type="anthropic", base_url=DEAD, key="k", max_retries=0
+            ),
+        ),
+    )
+    store = MemoryStore()
+    secret, _ = store.create_key("alice", {})
+    body = json.dumps(ANTHROPIC_BODY).encode()
+
+    def request(address: str, key: str) -> Request:
+        headers = [("x-api-key", key)]
+        return Request(
+            "POST", "/anthropic/v1/messages", headers=headers, body=body, client_address=address
+        )
+
+    async with open_bridge(config, store=store) as bridge:
+        statuses = [
+            (await bridge.handle(request("192.0.2.1", f"wrong-{n}"))).status for n in range(20)
+        ]
+        assert statuses == [401] * 20
+        refused = await bridge.handle(request("192.0.2.1", "wrong"))
+        assert refused.status == 429
+        assert refused.header("retry-after") == "1"
+        assert json.loads(refused.body)["error"]["type"] == "rate_limit_error"
+        assert (await bridge.handle(request("192.0.2.1", secret))).status == 429
+        assert (await bridge.handle(request("192.0.2.2", "wrong"))).status == 401
+        mock_clock.jump(0.1)  # one token back
+        assert (await bridge.handle(request("192.0.2.1", "wrong"))).status == 401
+        assert (await bridge.handle(request("192.0.2.1", "wrong"))).status == 429
+        mock_clock.jump(2.0)
+        assert (await bridge.handle(request("192.0.2.1", secret))).status == 502  # dead upstream
+    assert bridge.auth_failures["192.0.2.1"] == 21
+
+
+async def test_a_key_guessing_client_gets_429_over_http(start_gateway: Any) -> None:
+    gateway: Gateway = await start_gateway(
+        auth=AuthConfig(mode="keys", failure_rate=0.001, failure_burst=5)
+    )
+    statuses = []
+    retry_after = set()
+    async with httpx2.AsyncClient() as client:
+        for n in range(30):
+            response = await client.post(
+                f"{gateway.url}/anthropic/v1/messages",
+                json=ANTHROPIC_BODY,
+                headers={"x-api-key": f"bk-guess{n:04d}-" + "a" * 43},
+            )
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                retry_after.add(int(response.headers["retry-after"]))
+                assert response.json()["error"]["type"] == "rate_limit_error"
+    assert statuses == [401] * 5 + [429] * 25
+    assert min(retry_after, default=0) >= 1
+    assert gateway.bridge.auth_failures["127.0.0.1"] == 5  # the 429s looked nothing up
+    assert gateway.mock.requests == []

@@ -4,10 +4,16 @@ An :class:`Engine` holds what lives as long as the gateway: the configuration,
 one upstream connection pool per provider, and the recorder. It serves any number
 of requests concurrently; each request is owned by the task that calls
 :meth:`Engine.handle`, from its first byte to its last.
+
+A request is decided on in two steps: :meth:`Engine.admit` looks only at its head
+(route, method, the address's authentication failures, credentials), so the HTTP
+layer can refuse a request before reading a byte of its body; :meth:`Engine.handle`
+then serves it, admitting it first itself when given no admission (embedding).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -15,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +29,7 @@ from typing import Protocol
 import trio
 
 from bridge.apidump import APIDump
-from bridge.auth import Actor, Identity, identify, identity_headers
+from bridge.auth import Actor, FailureLimiter, Identity, identify, identity_headers
 from bridge.breaker import Breakers, CircuitBreaker, StateChange
 from bridge.config import Config, mask_url
 from bridge.core.exchange import Request, ResponseSink
@@ -35,12 +42,13 @@ from bridge.errors import (
     GatewayUnavailable,
     MethodNotAllowed,
     NotFound,
+    TooManyFailures,
     Unauthorized,
 )
 from bridge.keys import KEY_TOUCH_INTERVAL, KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.metrics import Metrics
-from bridge.providers import Credential, Provider, Route, RouteKind, passthrough_credential
+from bridge.providers import Credential, Provider, Route, RouteKind
 from bridge.recording.deferred import DeferredStore
 from bridge.recording.journal import Journal
 from bridge.recording.recorder import Recorder, open_recorder
@@ -50,10 +58,18 @@ from bridge.resilience import KeyPool
 from bridge.tracing import SPAN_PASSTHROUGH, Tracer
 from bridge.upstream import UpstreamClient
 
-__all__ = ["Engine", "open_engine"]
+__all__ = ["Admission", "Engine", "open_engine"]
 
 
 logger = logging.getLogger("bridge.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What :meth:`Engine.admit` decided from a request's head."""
+
+    route: Route
+    identity: Identity
 
 
 class Engine:
@@ -102,18 +118,35 @@ class Engine:
         self._idle.set()
         self.auth_failures: Counter[str] = Counter()
         """Refused credentials per client address (for metrics and abuse detection)."""
+        self.failure_limiter = FailureLimiter(
+            config.auth.failure_rate, config.auth.failure_burst, clock=trio.current_time
+        )
+        """Answers 429 to an address that failed authentication too often."""
+        self._trusted = tuple(ipaddress.ip_network(n) for n in config.server.trusted_proxies)
         self._touched: dict[str, float] = {}
         self._sleep: Callable[[float], Awaitable[None]] = trio.sleep
         """How upstream retries wait; tests replace it to observe the delays."""
 
     async def _identify(self, request: Request) -> Identity:
-        """Who sent ``request``: its own actor (embedding), or by the auth mode."""
+        """Who sent ``request``: its own actor (embedding), or by the auth mode.
+
+        An address out of authentication failures gets :class:`TooManyFailures` before
+        its credentials are looked at, whatever they are.
+        """
         if request.actor is not None:
             return Identity(request.actor)
+        address = request.client_address or "unknown"
+        if wait := self.failure_limiter.retry_after(address):
+            raise TooManyFailures(
+                "too many failed authentications from your address: check the gateway key"
+                " you send, and retry after the time in Retry-After",
+                max(1, math.ceil(wait)),
+            )
         try:
             return await identify(self.config.auth, request.headers, self._find_actor)
         except Unauthorized as exc:
-            self.auth_failures[request.client_address or "unknown"] += 1
+            self.auth_failures[address] += 1
+            self.failure_limiter.failed(address)
             self.metrics.auth_failure("missing" if str(exc).startswith("missing") else "invalid")
             raise
 
@@ -151,6 +184,16 @@ class Engine:
                 )
             return provider.centralized(provider.config.key)
         return provider.credential(list(request.headers))
+
+    def _trusted_peer(self, address: str) -> bool:
+        """Whether ``address`` is in ``server.trusted_proxies``."""
+        if not self._trusted or not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
 
     def _breaker_changed(self, change: StateChange) -> None:
         _log_state_change(change)
@@ -246,27 +289,45 @@ class Engine:
             return None, None
         return provider, provider.route(path)
 
-    async def handle(self, request: Request, sink: ResponseSink) -> None:
-        """Serve one request to completion.
+    async def admit(self, request: Request) -> Admission:
+        """Decide on ``request`` from its head alone; its body is not looked at.
+
+        Raises, in this order: :class:`NotFound` for no route, :class:`MethodNotAllowed`
+        for anything but POST on a bridged route (it would be sent upstream as a billed
+        POST), :class:`TooManyFailures` for an address out of authentication failures,
+        :class:`Unauthorized` for missing or bad credentials, and
+        :class:`GatewayUnavailable` when keys cannot be checked.
+        """
+        _, route = self.route(request.path)
+        if route is None:
+            raise NotFound(f"route not supported: {request.method} {request.path}")
+        if route.kind is RouteKind.BRIDGED:
+            route.check_method(request.method, request.path, writes=False)
+        return Admission(route, await self._identify(request))
+
+    async def handle(
+        self, request: Request, sink: ResponseSink, admission: Admission | None = None
+    ) -> None:
+        """Serve one request to completion; ``admission`` is :meth:`admit`'s, if taken.
 
         Client mistakes get a 4xx in the provider's error shape; nothing raises out
         of here for a client's fault. Cancellation propagates (the caller owns it).
         """
-        provider, route = self.route(request.path)
+        provider, _ = self.route(request.path)
         dialect = self._error_dialect(provider)
         self.inflight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
         try:
-            if route is None:
-                raise NotFound(f"route not supported: {request.method} {request.path}")
-            identity = await self._identify(request)
+            if admission is None:
+                admission = await self.admit(request)
+            route, identity = admission.route, admission.identity
             actor = identity.actor
             strip = (*self._strip, *identity.strip)
+            trusted_peer = self._trusted_peer(request.client_address)
             if route.kind is RouteKind.PASSTHROUGH:
-                await self._passthrough(route, request, sink, actor, strip, dialect)
+                await self._passthrough(route, request, sink, identity, strip, dialect)
                 return
-            route.check_method(request.method, request.path, writes=False)
             assert route.dialect is not None
             bridged = DIALECTS[route.dialect]
             parsed = bridged.parse_request(request.body)
@@ -282,6 +343,7 @@ class Engine:
                 upstream=self._upstreams[route.provider.name],
                 recorder=self.recorder,
                 strip_headers=strip,
+                trusted_peer=trusted_peer,
                 hub=self.hub,
                 tools=tools,
                 max_iterations=self.config.mcp.max_iterations,
@@ -308,17 +370,24 @@ class Engine:
         route: Route,
         request: Request,
         sink: ResponseSink,
-        actor: Actor,
+        identity: Identity,
         strip: tuple[str, ...],
         dialect: ErrorShape,
     ) -> None:
         """Relay one passthrough request, or refuse its method (405); record it either way.
 
-        Writes are allowed when the user's own key goes upstream (the objects are theirs)
-        or the provider has ``passthrough_writes``.
+        The credential is chosen as for a bridged route; a request that needs none (a
+        Copilot discovery document) goes without. Writes are allowed when the user's own
+        key goes upstream (the objects are theirs) or the provider has
+        ``passthrough_writes``.
         """
         provider = route.provider
-        credential = passthrough_credential(provider, list(request.headers), strip=strip)
+        try:
+            credential: Credential | None = self._credential(route, request, identity)
+        except Unauthorized:
+            credential = None
+        if credential is not None and not credential.header[1]:
+            credential = None  # no key configured: nothing goes upstream
         own_key = credential is not None and credential.kind is CredentialKind.BYOK
         watched = _StatusSink(sink)
         started_at, started = utcnow(), time.perf_counter()
@@ -327,6 +396,14 @@ class Engine:
             route.check_method(request.method, request.path, writes=writes)
             self.metrics.passthrough(
                 provider=provider.name, route=route.template, method=request.method
+            )
+            headers = provider.upstream_headers(
+                list(request.headers),
+                credential,
+                strip=strip,
+                client_address=request.client_address,
+                scheme=request.scheme,
+                trusted_peer=self._trusted_peer(request.client_address),
             )
             span = {
                 "passthrough_url": route.suffix,
@@ -339,14 +416,14 @@ class Engine:
                     request,
                     watched,
                     self._upstreams[provider.name],
+                    headers=headers,
                     error_body=dialect.error_body,
-                    strip=strip,
                 )
         except MethodNotAllowed as exc:
             await _respond(watched, dialect, exc)
         finally:
             call = PassthroughCall(
-                initiator_id=actor.id,
+                initiator_id=identity.actor.id,
                 provider=provider.type,
                 provider_name=provider.name,
                 method=request.method,
@@ -372,13 +449,12 @@ class Engine:
 
 
 async def _respond(sink: ResponseSink, dialect: ErrorShape, exc: BridgeError) -> None:
-    """Answer with ``exc`` in the provider's error shape (and ``Allow`` for a 405)."""
+    """Answer with ``exc`` in the provider's error shape, with the headers its status
+    needs (``Allow`` for a 405, ``Retry-After``)."""
     status = exc.status_hint
     body = dialect.error_body(status, str(exc))
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    if isinstance(exc, MethodNotAllowed):
-        headers.append(("allow", ", ".join(exc.allowed)))
-    await sink.start(status, headers)
+    await sink.start(status, [*headers, *exc.headers])
     await sink.end(body)
 
 

@@ -112,6 +112,8 @@ class Interception:
     upstream: UpstreamClient
     recorder: Recorder
     strip_headers: tuple[str, ...] = ()
+    trusted_peer: bool = False
+    """The client's address is in ``server.trusted_proxies``: its X-Forwarded-For holds."""
     hub: ToolHub | None = None
     tools: tuple[Tool, ...] = ()
     """The injected tools offered to the model, sorted by id."""
@@ -469,7 +471,13 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
         ticket = _admit(ix)
         credential = provider.centralized(key.secret) if key is not None else ix.credential
         headers = provider.upstream_headers(
-            list(ix.request.headers), credential, strip=ix.strip_headers, actor=ix.actor
+            list(ix.request.headers),
+            credential,
+            strip=ix.strip_headers,
+            actor=ix.actor,
+            client_address=ix.request.client_address,
+            scheme=ix.request.scheme,
+            trusted_peer=ix.trusted_peer,
         )
         dump_base = _dump_request(ix, url, headers, body)
         try:

@@ -16,7 +16,7 @@ import trio
 
 from bridge.core.exchange import Request, ResponseSink
 from bridge.errors import ClientError, UpstreamError
-from bridge.providers import Route, forwardable_response_headers, passthrough_headers
+from bridge.providers import Headers, Route, forwardable_response_headers
 from bridge.upstream import UpstreamClient, UpstreamTimeout
 
 __all__ = ["passthrough"]
@@ -28,23 +28,18 @@ async def passthrough(
     sink: ResponseSink,
     upstream: UpstreamClient,
     *,
+    headers: Headers,
     error_body: Callable[[int, str], bytes],
-    strip: tuple[str, ...] = (),
 ) -> None:
-    """Relay one request and its response; ``error_body`` shapes errors for the provider.
+    """Relay one request and its response, sending ``headers`` upstream (built by
+    :meth:`~bridge.providers.Provider.upstream_headers`); ``error_body`` shapes errors
+    for the provider.
 
     Failures before the response started are answered here (a 502 for an upstream
     that cannot be reached, a 4xx for a request that cannot be sent); after it, the
     body is left unended (the sink's owner cuts the client's connection). Nothing
     leaves this function as an exception group.
     """
-    headers = passthrough_headers(
-        route.provider,
-        list(request.headers),
-        client_address=request.client_address,
-        scheme=request.scheme,
-        strip=strip,
-    )
     started = False
     async with trio.open_nursery() as nursery:
 

@@ -444,7 +444,7 @@ def _session_from_metadata(metadata: Any) -> str | None:
         return None
     try:
         decoded = json.loads(user_id)
-    except ValueError:
+    except (ValueError, RecursionError):  # any client string: it may nest 10,000 levels
         decoded = None
     if isinstance(decoded, dict):
         session = decoded.get("session_id")

@@ -14,14 +14,16 @@ Rules:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from bridge.errors import BadRequest
 from bridge.sse import Event
 
 __all__ = [
+    "MAX_NESTING",
     "Dialect",
     "Exchange",
     "InjectedTool",
@@ -234,15 +236,114 @@ def dumps(document: Any) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+MAX_NESTING: Final = 128
+"""How deeply arrays and objects may nest in a client body.
+
+No API request comes near it (tool schemas nest a dozen levels), and it stays far below
+the depth at which Python's JSON decoder, and every later walk of the document (encoding
+it again, the recorder), would run out of stack and fail with a 500.
+"""
+
+_WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
+_DECODER: Final = json.JSONDecoder()
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """A client body as a JSON object; :class:`~bridge.errors.BadRequest` otherwise."""
+    """A client body as a JSON object; :class:`~bridge.errors.BadRequest` otherwise.
+
+    Also refused, with a 400 and never a 500:
+
+    * nesting deeper than :data:`MAX_NESTING`. Deeper than Python's recursion limit
+      (about 1,000 levels) the decoder itself gives up; below that, the document is
+      walked once, without recursion (a walk costs less than decoding, and less than a
+      scan of the bytes for a body of long prompts).
+    * a top-level key given twice. Decoders disagree on which of two ``model`` or
+      ``stream`` values counts (the gateway would record the last while a provider
+      might read the first), so such a body is refused rather than forwarded with a
+      meaning the gateway cannot vouch for. Only the top level is read key by key;
+      the values are decoded by the C decoder, so this costs nothing measurable.
+    """
+    too_deep = BadRequest(
+        f"request body nests arrays or objects more than {MAX_NESTING} levels deep;"
+        " no API request needs that many"
+    )
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = _top_level_object(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except (ValueError, UnicodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise too_deep from None
     if not isinstance(document, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(document).__name__}")
+    if _nests_deeper(document, MAX_NESTING):
+        raise too_deep
     return document
+
+
+def _nests_deeper(document: Any, limit: int) -> bool:
+    """Whether lists and dicts in ``document`` nest more than ``limit`` levels deep."""
+    stack = [(document, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if type(node) is dict:
+            node = node.values()
+        elif type(node) is not list:
+            continue
+        if depth > limit:
+            return True
+        for child in node:
+            if type(child) is dict or type(child) is list:
+                push((child, depth + 1))
+    return False
+
+
+def _top_level_object(text: str) -> Any:
+    """The JSON value of ``text``, its top-level object read pair by pair (duplicates
+    are a :class:`~bridge.errors.BadRequest` naming the key); anything else as a whole."""
+    index = _skip_whitespace(text, 0)
+    if not text.startswith("{", index):
+        return json.loads(text)
+    document: dict[str, Any] = {}
+    index = _skip_whitespace(text, index + 1)
+    if text.startswith("}", index):
+        return _after(text, document, index + 1)
+    while True:
+        if not text.startswith('"', index):
+            raise json.JSONDecodeError(
+                "Expecting property name enclosed in double quotes", text, index
+            )
+        key, index = _DECODER.raw_decode(text, index)
+        index = _skip_whitespace(text, index)
+        if not text.startswith(":", index):
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, index)
+        index = _skip_whitespace(text, index + 1)
+        value, index = _DECODER.raw_decode(text, index)
+        if key in document:
+            raise BadRequest(
+                f"request body has the key {key!r} more than once; send each top-level key once"
+            )
+        document[key] = value
+        index = _skip_whitespace(text, index)
+        if text.startswith("}", index):
+            return _after(text, document, index + 1)
+        if not text.startswith(",", index):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
+        index = _skip_whitespace(text, index + 1)
+
+
+def _after(text: str, document: dict[str, Any], end: int) -> dict[str, Any]:
+    """``document``, once nothing but whitespace follows it at ``end``."""
+    if _skip_whitespace(text, end) != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return document
+
+
+def _skip_whitespace(text: str, index: int) -> int:
+    """The index of the first character at or after ``index`` that is not JSON whitespace."""
+    match = _WHITESPACE.match(text, index)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
 
 
 def required_model(document: dict[str, Any]) -> str:

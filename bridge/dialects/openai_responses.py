@@ -255,7 +255,7 @@ def _arguments(text: Any) -> Any:
         return "" if text is None else text
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 

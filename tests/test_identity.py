@@ -308,3 +308,37 @@ async def test_a_key_that_cannot_be_checked_is_a_503_not_a_500_or_a_401(keyed: G
     assert response.json()["type"] == "error"
     assert "retry shortly" in response.json()["error"]["message"]
     assert keyed.mock.requests == []
+
+
+async def test_a_gateway_key_request_without_a_provider_key_gets_401_naming_the_setting(
+    start_gateway: Any,
+) -> None:
+    gateway: Gateway = await start_gateway(
+        auth=AuthConfig(mode="keys"), provider_changes={"key": ""}
+    )
+    key = create_key(gateway, "erin")
+    client = anthropic.AsyncAnthropic(
+        base_url=f"{gateway.url}/anthropic", api_key=key, max_retries=0
+    )
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        await client.messages.create(**ANTHROPIC_BODY)  # type: ignore[arg-type]
+    assert caught.value.status_code == 401
+    assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    assert "providers.anthropic.key" in caught.value.message
+    assert "ANTHROPIC_API_KEY" in caught.value.message
+    chat = openai.AsyncOpenAI(base_url=f"{gateway.url}/openai/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        await chat.chat.completions.create(
+            model="gpt-5", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "providers.openai.key" in refused.value.message
+    assert gateway.mock.requests == []
+    own = "sk-ant-erins-own-key-123456789"
+    byok = anthropic.AsyncAnthropic(
+        base_url=f"{gateway.url}/anthropic",
+        api_key=own,
+        default_headers={BRIDGE_KEY_HEADER: key},
+        max_retries=0,
+    )
+    await byok.messages.create(**ANTHROPIC_BODY)  # type: ignore[arg-type]
+    assert gateway.mock.requests[-1].header("authorization") == f"Bearer {own}"  # this SDK's way

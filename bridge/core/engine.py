@@ -36,7 +36,7 @@ from bridge.providers import Credential, Provider, Route, RouteKind
 from bridge.recording.deferred import DeferredStore
 from bridge.recording.journal import Journal
 from bridge.recording.recorder import Recorder, open_recorder
-from bridge.recording.records import new_id, utcnow
+from bridge.recording.records import CredentialKind, new_id, utcnow
 from bridge.recording.store import Store, StoreError, open_store
 from bridge.resilience import KeyPool
 from bridge.tracing import SPAN_PASSTHROUGH, Tracer
@@ -136,13 +136,24 @@ class Engine:
         API-key headers held its gateway key."""
         provider = route.provider
         if identity.central:
-            if provider.type == "copilot":
+            if not provider.central_key:
                 raise Unauthorized(
-                    "Copilot needs your own GitHub token in 'Authorization: Bearer': send the"
-                    " gateway key in X-Bridge-Key"
+                    f"{provider.name} needs your own token in 'Authorization: Bearer' (for"
+                    " Copilot, your GitHub token): send the gateway key in X-Bridge-Key"
                 )
-            return provider.centralized(provider.config.key)
-        return provider.credential(list(request.headers))
+            credential = provider.centralized(provider.config.key)
+        else:
+            credential = provider.credential(list(request.headers))
+        if credential.kind is CredentialKind.CENTRALIZED and not provider.config.all_keys:
+            # Sent upstream without a key, the request would come back with the provider's
+            # "x-api-key header is required", which the client (it sent its gateway key)
+            # cannot make sense of.
+            raise Unauthorized(
+                f"the gateway has no {provider.name} key to send upstream: its operator must"
+                f" set {provider.config.key_settings}; or bring your own provider key, with"
+                f" the gateway key in X-Bridge-Key"
+            )
+        return credential
 
     def _breaker_changed(self, change: StateChange) -> None:
         _log_state_change(change)

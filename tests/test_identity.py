@@ -332,6 +332,9 @@ async def test_a_gateway_key_request_without_a_provider_key_gets_401_naming_the_
             model="gpt-5", messages=[{"role": "user", "content": "hi"}]
         )
     assert "providers.openai.key" in refused.value.message
+    with pytest.raises(anthropic.AuthenticationError) as listing:
+        await client.models.list()  # a passthrough route
+    assert "providers.anthropic.key" in listing.value.message
     assert gateway.mock.requests == []
     own = "sk-ant-erins-own-key-123456789"
     byok = anthropic.AsyncAnthropic(

@@ -29,6 +29,7 @@ from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
 from bridge.errors import ClientError, GatewayUnavailable, NotFound, Unauthorized
+from bridge.headers import header_value
 from bridge.keys import KEY_TOUCH_INTERVAL, KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.metrics import Metrics
@@ -144,15 +145,8 @@ class Engine:
             credential = provider.centralized(provider.config.key)
         else:
             credential = provider.credential(list(request.headers))
-        if credential.kind is CredentialKind.CENTRALIZED and not provider.config.all_keys:
-            # Sent upstream without a key, the request would come back with the provider's
-            # "x-api-key header is required", which the client (it sent its gateway key)
-            # cannot make sense of.
-            raise Unauthorized(
-                f"the gateway has no {provider.name} key to send upstream: its operator must"
-                f" set {provider.config.key_settings}; or bring your own provider key, with"
-                f" the gateway key in X-Bridge-Key"
-            )
+        if credential.kind is CredentialKind.CENTRALIZED:
+            _require_central_key(provider)
         return credential
 
     def _breaker_changed(self, change: StateChange) -> None:
@@ -240,6 +234,8 @@ class Engine:
             actor = identity.actor
             strip = (*self._strip, *identity.strip)
             if route.kind is RouteKind.PASSTHROUGH:
+                if identity.central or not _client_key(request):
+                    _require_central_key(route.provider)
                 self.metrics.passthrough(
                     provider=route.provider.name, route=route.suffix, method=request.method
                 )
@@ -303,6 +299,27 @@ class Engine:
         if provider is None:
             return _GENERIC
         return DIALECTS[provider.error_dialect]
+
+
+def _client_key(request: Request) -> str:
+    """The provider key the client sent itself (BYOK), if any."""
+    return header_value(request.headers, "x-api-key") or header_value(
+        request.headers, "authorization"
+    )
+
+
+def _require_central_key(provider: Provider) -> None:
+    """Refuse a request that would need the provider's own key when it has none.
+
+    Sent upstream without a key, it would come back with the provider's "x-api-key header
+    is required", which a client that sent its gateway key cannot make sense of.
+    """
+    if provider.central_key and not provider.config.all_keys:
+        raise Unauthorized(
+            f"the gateway has no {provider.name} key to send upstream: its operator must"
+            f" set {provider.config.key_settings}; or bring your own provider key, with"
+            " the gateway key in X-Bridge-Key"
+        )
 
 
 async def _respond(sink: ResponseSink, status: int, body: bytes) -> None:

@@ -18,12 +18,19 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 
 import trio
 
-from bridge.config import Config, ConfigError, load_config, mask_url, render_config
+from bridge.config import (
+    Config,
+    ConfigError,
+    apply_flags,
+    load_config,
+    mask_url,
+    missing_key_warnings,
+    render_config,
+)
 from bridge.keys import KEY_TOUCH_INTERVAL, GatewayKey, KeyStore, resolve_key
 from bridge.logs import configure_logging
 from bridge.recording.store import GROUP_BY, StoreError, check_group_by, open_store
@@ -121,7 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "check-config":
-            print(render_config(_load(args)), end="")
+            config = _load(args)
+            for warning in missing_key_warnings(config):
+                print(f"bridge: warning: {warning}", file=sys.stderr)
+            print(render_config(config), end="")
             return 0
         if args.command == "usage":
             return _usage(args)
@@ -147,17 +157,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from bridge.server import hypercorn_config, listen, run_workers
 
-    config = _load(args)
-    server = replace(
-        config.server,
-        host=args.host if args.host is not None else config.server.host,
-        port=args.port if args.port is not None else config.server.port,
-        workers=args.workers if args.workers is not None else config.server.workers,
+    flags = {
+        "server.host": ("--host", args.host),
+        "server.port": ("--port", args.port),
+        "server.workers": ("--workers", args.workers),
+        "observability.log_level": ("--log-level", args.log_level and args.log_level.upper()),
+    }
+    config = apply_flags(
+        _load(args), {key: flag for key, flag in flags.items() if flag[1] is not None}
     )
-    observability = config.observability
-    if args.log_level is not None:
-        observability = replace(observability, log_level=args.log_level.upper())
-    config = replace(config, server=server, observability=observability)
+    # Once, here, and not in each worker: a provider that will refuse every request made
+    # with a gateway key is worth a line before anyone sends one.
+    configure_logging(config.observability)
+    for warning in missing_key_warnings(config):
+        logging.getLogger("bridge").warning("%s", warning)
     if config.server.workers > 1:
         # Tried once here, so that a taken port is one line, not one per worker.
         for sock in listen(hypercorn_config(config), config).insecure_sockets:

@@ -4,11 +4,14 @@ Loose input goes in (TOML values, environment strings, plain mappings); frozen, 
 records come out. The rules:
 
 1. **Strict.** Unknown sections, keys and ``BRIDGE_SERVER_*`` / ``BRIDGE_AUTH_*`` /
-   ``BRIDGE_RECORDING_*`` / ``BRIDGE_MCP_*`` variables are errors that suggest the nearest
-   known name: a typo must never be silently ignored. Other ``BRIDGE_*`` variables
-   (``BRIDGE_CONFIG``, ``BRIDGE_DUMP_DIR``...) belong to other modules and are ignored here.
-2. **Precedence.** Environment beats file, file beats defaults. An empty environment
-   variable counts as unset (shells and compose files produce them by accident).
+   ``BRIDGE_RECORDING_*`` / ``BRIDGE_MCP_*`` / ``BRIDGE_OBSERVABILITY_*`` variables are
+   errors that suggest the nearest known name: a typo must never be silently ignored.
+   Other ``BRIDGE_*`` variables (``BRIDGE_CONFIG``, ``BRIDGE_DUMP_DIR``...) belong to other
+   modules and are ignored here.
+2. **Precedence.** Environment beats file, file beats defaults, for ``BRIDGE_*`` and the
+   SDKs' ``ANTHROPIC_API_KEY``-style variables alike; :attr:`Config.sources` records which
+   won. An empty environment variable counts as unset (shells and compose files produce
+   them by accident).
 3. **One set of validators.** Each record validates and normalises its fields in
    ``__post_init__``, so a record built directly in code (embedding) is checked exactly like
    one loaded from a file. The loader runs the same validators first, only so that the
@@ -61,12 +64,14 @@ __all__ = [
     "ProviderType",
     "RecordingConfig",
     "ServerConfig",
+    "apply_flags",
     "config_from_mapping",
     "default_config_path",
     "load_config",
     "mask_secret",
     "mask_url",
     "mask_urls_in",
+    "missing_key_warnings",
     "render_config",
 ]
 
@@ -105,6 +110,10 @@ class ProviderType:
     unset ``max_retries`` from ``max_retries_env``, as the official SDKs do; other providers
     of that type must be configured explicitly, so that one environment variable never
     silently feeds two upstreams.
+
+    ``central_key`` says whether the gateway is expected to hold a key for the provider
+    (``key``/``keys``): without one, requests made with a gateway key are refused and
+    start-up warns. Copilot's users each bring their own token instead.
     """
 
     name: str
@@ -112,6 +121,7 @@ class ProviderType:
     key_env: str
     base_url_env: str
     max_retries_env: str
+    central_key: bool = True
 
 
 # Known provider types. A new type is a row here, a route table in providers.py and dialects.
@@ -138,12 +148,13 @@ PROVIDER_TYPES: Final[Mapping[str, ProviderType]] = types.MappingProxyType(
             key_env="",
             base_url_env="COPILOT_BASE_URL",
             max_retries_env="COPILOT_MAX_RETRIES",
+            central_key=False,
         ),
     }
 )
 
 DEFAULT_PROVIDERS: Final = ("anthropic", "openai", "copilot")
-"""The providers configured when the file has no ``[providers]`` section."""
+"""The providers a file gets besides its own, unless it says ``providers.defaults = false``."""
 
 
 # --- Showing values without leaking secrets --------------------------------------------------
@@ -486,11 +497,12 @@ def _check_secret_list(label: str, value: object) -> tuple[str, ...]:
 
 
 def _check_statuses(label: str, value: object) -> tuple[int, ...]:
-    rule = "a list of HTTP status codes from 100 to 599"
+    """Error statuses only: a breaker counting 200 as a failure would open on success."""
+    rule = "a list of HTTP error statuses from 400 to 599"
     if isinstance(value, str) or not isinstance(value, Sequence):
         _fail(label, rule, _show(value))
     for item in value:
-        if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
+        if isinstance(item, bool) or not isinstance(item, int) or not 400 <= item <= 599:
             _fail(label, rule, _show(list(value)))
     return tuple(value)
 
@@ -753,8 +765,10 @@ class BreakerConfig:
 class ProviderConfig:
     """One upstream (``[providers.<name>]``); its name is also its route prefix.
 
-    An empty ``base_url`` means the type's default. Direct construction never reads the
-    environment: ``ANTHROPIC_API_KEY`` and friends are applied by the loader only.
+    An empty ``base_url`` means the type's default, for a provider named like its type
+    only: any other (``local-llm``, ``copilot-business``) must say where it lives, never
+    silently reach the public API. Direct construction never reads the environment:
+    ``ANTHROPIC_API_KEY`` and friends are applied by the loader only.
     ``key`` and ``keys`` are the centralized keys, used round-robin (:attr:`all_keys`);
     requests that bring their own key (BYOK) never use them.
     """
@@ -784,8 +798,19 @@ class ProviderConfig:
         _check_provider_name(self.name)
         prefix = f"providers.{self.name}"
         if self.type in PROVIDER_TYPES and self.base_url == "":
+            if self.name != self.type:
+                _require_base_url(f"{prefix}.base_url", self.type)
             object.__setattr__(self, "base_url", PROVIDER_TYPES[self.type].default_base_url)
         _check_fields(self, prefix, _PROVIDER_RULES)
+
+    @property
+    def key_settings(self) -> str:
+        """Where this provider's central key is set, as an operator would look for it."""
+        provider_type = PROVIDER_TYPES[self.type]
+        setting = f"providers.{self.name}.key"
+        if self.name == provider_type.name and provider_type.key_env:
+            return f"{setting} or {provider_type.key_env}"
+        return setting
 
     @property
     def route_prefix(self) -> str:
@@ -803,6 +828,14 @@ class ProviderConfig:
         A repeated key would otherwise take two turns of the round robin and rest twice.
         """
         return tuple(dict.fromkeys(secret for secret in (self.key, *self.keys) if secret))
+
+
+def _require_base_url(label: str, type_name: str) -> NoReturn:
+    raise ConfigError(
+        f"{label} is required: only the provider named {type_name!r} defaults to"
+        f" {PROVIDER_TYPES[type_name].default_base_url}; set the URL of this one's API,"
+        ' e.g. base_url = "http://127.0.0.1:11434/v1/"'
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -893,8 +926,10 @@ class ObservabilityConfig:
 class Config:
     """The whole configuration. Build it with :func:`load_config`, or directly in code.
 
-    ``providers`` defaults to none here; the loader's default (one ``anthropic``
-    provider) applies only to configuration files.
+    ``providers`` defaults to none here; the loader's default providers
+    (:data:`DEFAULT_PROVIDERS`) apply only to configuration files. ``sources`` says where
+    each value that is not a default came from, by dotted key (``server.port`` ->
+    ``BRIDGE_SERVER_PORT``); the loader fills it and :func:`render_config` shows it.
     """
 
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -903,6 +938,7 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     mcp: MCPConfig = field(default_factory=MCPConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "providers", tuple(self.providers))
@@ -1001,9 +1037,10 @@ def config_from_mapping(
 ) -> Config:
     """Build a :class:`Config` from parsed TOML (or any mapping) and an environment.
 
-    ``source`` names the file in error messages.
+    ``source`` names the file in error messages and in :attr:`Config.sources`.
     """
     where = f" in {source}" if source else ""
+    read = _Reader(where, source or "the file")
     _reject_unknown_sections(data, where)
     overrides = _environment_overrides(environ)
     records: dict[str, Any] = {}
@@ -1011,15 +1048,40 @@ def config_from_mapping(
         table = dict(_table(data.get(section, {}), section, where))
         extra = {}
         if section == "mcp":
-            extra["servers"] = _load_mcp_servers(table.pop("servers", {}), where)
-        _reject_unknown_keys(table, section, rules, where)
-        values = {key: rules[key].check(f"{section}.{key}{where}", v) for key, v in table.items()}
+            extra["servers"] = _load_mcp_servers(table.pop("servers", {}), read)
+        values = read(table, section, rules)
         for (var_section, key), (var, text) in overrides.items():
             if var_section == section:
-                values[key] = rules[key].check(var, rules[key].from_text(text))
+                values[key] = read.variable(var, text, f"{section}.{key}", rules[key])
         records[section] = record_type(**values, **extra)
-    providers = _load_providers(data.get("providers"), environ, where)
-    return Config(**records, providers=providers)
+    providers = _load_providers(data.get("providers"), environ, read)
+    return Config(**records, providers=providers, sources=read.sources)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """Validates tables and variables for the loader, noting where each value came from."""
+
+    where: str  # " in bridge.toml", for messages
+    origin: str  # "bridge.toml", for Config.sources
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __call__(
+        self, table: Mapping[str, Any], prefix: str, rules: Mapping[str, _Rule]
+    ) -> dict[str, Any]:
+        """The file's ``table`` at ``prefix``, each value checked by its rule."""
+        _reject_unknown_keys(table, prefix, rules, self.where)
+        values = {}
+        for key, value in table.items():
+            values[key] = rules[key].check(f"{prefix}.{key}{self.where}", value)
+            self.sources[f"{prefix}.{key}"] = self.origin
+        return values
+
+    def variable(self, var: str, text: str, dotted: str, rule: _Rule) -> Any:
+        """Environment variable ``var`` as the value of setting ``dotted``."""
+        value = rule.check(var, rule.from_text(text))
+        self.sources[dotted] = var
+        return value
 
 
 def _table(value: object, label: str, where: str) -> Mapping[str, Any]:
@@ -1083,72 +1145,116 @@ def _env_var(dotted_key: str) -> str:
     return "BRIDGE_" + dotted_key.replace(".", "_").upper()
 
 
+# Keys of [providers] itself; every other key there is a provider's table.
+_PROVIDERS_RULES: Final[Mapping[str, _Rule]] = {"defaults": _boolean()}
+
+
 def _load_providers(
-    raw: object, environ: Mapping[str, str], where: str
+    raw: object, environ: Mapping[str, str], read: _Reader
 ) -> tuple[ProviderConfig, ...]:
-    if raw is None:  # no [providers] at all: the default set
-        raw = {name: {} for name in DEFAULT_PROVIDERS}
-    providers = []
-    for name, entry in _table(raw, "providers", where).items():
-        _check_provider_name(name, where)
-        prefix = f"providers.{name}"
-        table = dict(_table(entry, prefix, where))
-        if table.get("base_url") == "":  # explicitly empty: the same as absent
-            del table["base_url"]
-        breaker = table.pop("circuit_breaker", None)
-        _reject_unknown_keys(table, prefix, _PROVIDER_RULES, where)
-        values = {
-            key: _PROVIDER_RULES[key].check(f"{prefix}.{key}{where}", value)
-            for key, value in table.items()
-        }
-        if breaker is not None:
-            values["circuit_breaker"] = _load_breaker(breaker, f"{prefix}.circuit_breaker", where)
-        values.setdefault("type", name if name in PROVIDER_TYPES else None)
-        if values["type"] is None:
-            raise ConfigError(
-                f"{prefix}{where} needs a type, because {name!r} is not a provider type;"
-                f" add type = {next(iter(PROVIDER_TYPES))!r}"
-            )
-        provider_type = PROVIDER_TYPES[values["type"]]
-        if name == provider_type.name:  # the SDKs' variables feed the provider named like them
-            base_url = environ.get(provider_type.base_url_env, "")
-            if base_url and not values.get("base_url"):
-                values["base_url"] = _check_base_url(provider_type.base_url_env, base_url)
-            if not values.get("key") and provider_type.key_env:
-                values["key"] = environ.get(provider_type.key_env, "")
-            retries = environ.get(provider_type.max_retries_env, "")
-            if retries and "max_retries" not in values:
-                rule = _PROVIDER_RULES["max_retries"]
-                values["max_retries"] = rule.check(
-                    provider_type.max_retries_env, rule.from_text(retries)
+    """The default providers then the file's (one named like a default replaces it), or
+    only the file's with ``providers.defaults = false``."""
+    table = dict(_table({} if raw is None else raw, "providers", read.where))
+    settings = {name: table.pop(name) for name in list(table) if name in _PROVIDERS_RULES}
+    for name, entry in table.items():
+        hint = _hint(name, {key: f"providers.{key}" for key in _PROVIDERS_RULES})
+        if not isinstance(entry, Mapping) and hint:  # a misspelt setting, not a provider
+            raise ConfigError(f"unknown key 'providers.{name}'{read.where}{hint}")
+    settings = read(settings, "providers", _PROVIDERS_RULES)
+    entries: dict[str, object] = {}
+    if settings.get("defaults", True):
+        entries.update((name, {}) for name in DEFAULT_PROVIDERS)
+    entries.update(table)
+    return tuple(_load_provider(name, entry, environ, read) for name, entry in entries.items())
+
+
+def _load_provider(
+    name: str, entry: object, environ: Mapping[str, str], read: _Reader
+) -> ProviderConfig:
+    _check_provider_name(name, read.where)
+    prefix = f"providers.{name}"
+    table = dict(_table(entry, prefix, read.where))
+    if table.get("base_url") == "":  # explicitly empty: the same as absent
+        del table["base_url"]
+    breaker = table.pop("circuit_breaker", None)
+    values = read(table, prefix, _PROVIDER_RULES)
+    if breaker is not None:
+        values["circuit_breaker"] = _load_breaker(breaker, f"{prefix}.circuit_breaker", read)
+    values.setdefault("type", name if name in PROVIDER_TYPES else None)
+    if values["type"] is None:
+        raise ConfigError(
+            f"{prefix}{read.where} needs a type, because {name!r} is not a provider type;"
+            f" add type = {next(iter(PROVIDER_TYPES))!r}"
+        )
+    provider_type = PROVIDER_TYPES[values["type"]]
+    if name == provider_type.name:
+        # The SDKs' variables feed the provider named like them, and beat the file as
+        # every environment variable does.
+        for key, var in (
+            ("base_url", provider_type.base_url_env),
+            ("key", provider_type.key_env),
+            ("max_retries", provider_type.max_retries_env),
+        ):
+            if var and environ.get(var, ""):
+                values[key] = read.variable(
+                    var, environ[var], f"{prefix}.{key}", _PROVIDER_RULES[key]
                 )
-        providers.append(ProviderConfig(name=name, **values))
-    return tuple(providers)
+    elif "base_url" not in values:
+        _require_base_url(f"{prefix}.base_url{read.where}", provider_type.name)
+    return ProviderConfig(name=name, **values)
 
 
-def _load_breaker(raw: object, prefix: str, where: str) -> BreakerConfig:
-    table = _table(raw, prefix, where)
-    _reject_unknown_keys(table, prefix, _BREAKER_RULES, where)
-    values = {
-        key: _BREAKER_RULES[key].check(f"{prefix}.{key}{where}", value)
-        for key, value in table.items()
-    }
-    return BreakerConfig(**values)
+def _load_breaker(raw: object, prefix: str, read: _Reader) -> BreakerConfig:
+    return BreakerConfig(**read(_table(raw, prefix, read.where), prefix, _BREAKER_RULES))
 
 
-def _load_mcp_servers(raw: object, where: str) -> tuple[MCPServerConfig, ...]:
+def _load_mcp_servers(raw: object, read: _Reader) -> tuple[MCPServerConfig, ...]:
     servers = []
-    for name, entry in _table(raw, "mcp.servers", where).items():
-        _check_mcp_server_name(name, where)
+    for name, entry in _table(raw, "mcp.servers", read.where).items():
+        _check_mcp_server_name(name, read.where)
         prefix = f"mcp.servers.{name}"
-        table = _table(entry, prefix, where)
-        _reject_unknown_keys(table, prefix, _MCP_SERVER_RULES, where)
-        values = {
-            key: _MCP_SERVER_RULES[key].check(f"{prefix}.{key}{where}", value)
-            for key, value in table.items()
-        }
+        values = read(_table(entry, prefix, read.where), prefix, _MCP_SERVER_RULES)
         servers.append(MCPServerConfig(name=name, **values))
     return tuple(servers)
+
+
+def apply_flags(config: Config, flags: Mapping[str, tuple[str, object]]) -> Config:
+    """``config`` with command-line flags applied: ``{"server.port": ("--port", 9000)}``.
+
+    Each value is checked by its setting's rule but named as the user typed it: a bad
+    ``--port`` is reported as ``--port``, not as a ``server.port`` nobody wrote.
+    """
+    sources = dict(config.sources)
+    changes: dict[str, dict[str, Any]] = {}
+    for dotted, (flag, value) in flags.items():
+        section, key = dotted.split(".")
+        changes.setdefault(section, {})[key] = _SECTIONS[section][1][key].check(flag, value)
+        sources[dotted] = flag
+    records = {
+        section: dataclasses.replace(getattr(config, section), **values)
+        for section, values in changes.items()
+    }
+    return dataclasses.replace(config, **records, sources=sources)
+
+
+def missing_key_warnings(config: Config) -> list[str]:
+    """One line per provider with no central key although its users bring none.
+
+    Such a provider answers every request made with a gateway key with a 401; shown at
+    start-up and by ``bridgectl check-config`` so that it is not first met by a user.
+    """
+    return [
+        f"providers.{provider.name} has no key: requests made with a gateway key will be"
+        f" refused (401) until {provider.key_settings} is set; requests that bring their"
+        " own provider key still work"
+        + ("" if provider.name == provider.type else _PLACEHOLDER_HINT)
+        for provider in config.providers
+        if PROVIDER_TYPES[provider.type].central_key and not provider.all_keys
+    ]
+
+
+# A local server (Ollama, llama.cpp) often takes no key, but the gateway cannot tell.
+_PLACEHOLDER_HINT: Final = " (an upstream that takes no key: set any placeholder, e.g. 'none')"
 
 
 # --- Rendering -------------------------------------------------------------------------------
@@ -1157,39 +1263,65 @@ def _load_mcp_servers(raw: object, where: str) -> tuple[MCPServerConfig, ...]:
 def render_config(config: Config) -> str:
     """The effective configuration as TOML, secrets masked (for ``bridgectl check-config``).
 
-    The output parses back with ``tomllib``; loaded again it gives the same configuration,
-    except that masked secrets stay masked.
+    Each value not at its default says where it came from in a trailing comment
+    (``# from ANTHROPIC_BASE_URL``, ``# from bridge.toml``, ``# from --port``). The output
+    parses back with ``tomllib``; loaded again it gives the same configuration, except
+    that masked secrets stay masked.
     """
+    sources = config.sources
     lines = ["# Effective bridge configuration; secrets are masked."]
     for section in _SECTIONS:
         if section != "mcp":
-            lines += ["", f"[{section}]", *_render_fields(getattr(config, section))]
-    if not config.providers:
-        lines += ["", "[providers]  # none configured"]
+            lines += [
+                "",
+                f"[{section}]",
+                *_render_fields(getattr(config, section), section, sources),
+            ]
+    # Every provider is listed below, so the defaults are "on" exactly when all are there.
+    names = {provider.name for provider in config.providers}
+    defaults = _toml_value(names.issuperset(DEFAULT_PROVIDERS))
+    lines += [
+        "",
+        "[providers]",
+        f"defaults = {defaults}{_comment(sources.get('providers.defaults'))}",
+    ]
     for provider in config.providers:
-        fields = _render_fields(provider, skip={"name", "circuit_breaker"})
-        lines += ["", f"[providers.{provider.name}]", *fields]
+        prefix = f"providers.{provider.name}"
+        fields = _render_fields(provider, prefix, sources, skip={"name", "circuit_breaker"})
+        lines += ["", f"[{prefix}]", *fields]
         if provider.circuit_breaker is not None:
-            breaker = _render_fields(provider.circuit_breaker)
-            lines += ["", f"[providers.{provider.name}.circuit_breaker]", *breaker]
-    lines += ["", "[mcp]", *_render_fields(config.mcp, skip={"servers"})]
+            breaker = _render_fields(provider.circuit_breaker, f"{prefix}.circuit_breaker", sources)
+            lines += ["", f"[{prefix}.circuit_breaker]", *breaker]
+    lines += ["", "[mcp]", *_render_fields(config.mcp, "mcp", sources, skip={"servers"})]
     for server in config.mcp.servers:
         unused = {"command", "args", "env"} if server.url else {"url", "headers"}
-        fields = _render_fields(server, skip={"name", *unused})
-        lines += ["", f"[mcp.servers.{server.name}]", *fields]
+        prefix = f"mcp.servers.{server.name}"
+        fields = _render_fields(server, prefix, sources, skip={"name", *unused})
+        lines += ["", f"[{prefix}]", *fields]
     return "\n".join(lines) + "\n"
 
 
-def _render_fields(record: Any, skip: frozenset[str] | set[str] = frozenset()) -> list[str]:
+def _render_fields(
+    record: Any,
+    prefix: str,
+    sources: Mapping[str, str],
+    skip: frozenset[str] | set[str] = frozenset(),
+) -> list[str]:
     lines = []
     for f in dataclasses.fields(record):
         if f.name in skip:
             continue
         value = getattr(record, f.name)
         shown = _masked(f.name, value)
-        comment = "  # masked" if shown != value else ""
-        lines.append(f"{f.name} = {_toml_value(shown)}{comment}")
+        source = sources.get(f"{prefix}.{f.name}")
+        lines.append(f"{f.name} = {_toml_value(shown)}{_comment(source, masked=shown != value)}")
     return lines
+
+
+def _comment(source: str | None, *, masked: bool = False) -> str:
+    """``  # masked, from BRIDGE_SERVER_PORT``; nothing for an unmasked default."""
+    notes = (["masked"] if masked else []) + ([f"from {source}"] if source else [])
+    return "  # " + ", ".join(notes) if notes else ""
 
 
 def _toml_value(value: object) -> str:

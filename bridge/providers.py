@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from bridge.auth import Actor
-from bridge.config import ProviderConfig, mask_secret
+from bridge.config import PROVIDER_TYPES, ProviderConfig, mask_secret
 from bridge.errors import MethodNotAllowed, Unauthorized
 from bridge.headers import bearer_token, connection_tokens, header_value
 from bridge.keys import contains_gateway_key
@@ -252,6 +252,11 @@ class Provider:
         return self.config.route_prefix
 
     @property
+    def central_key(self) -> bool:
+        """Whether the gateway holds this provider's key, or each user brings their own."""
+        return PROVIDER_TYPES[self.type].central_key
+
+    @property
     def error_dialect(self) -> str:
         """The dialect whose error shape this provider's non-bridged answers use."""
         return _ROUTES[self.type].errors
@@ -292,7 +297,7 @@ class Provider:
                 return Credential(CredentialKind.BYOK, ("x-api-key", api_key), mask_secret(api_key))
         if token:
             return byok_bearer
-        if self.type == "copilot":
+        if not self.central_key:
             raise Unauthorized(
                 "Copilot requests need the user's GitHub Copilot token in 'Authorization: Bearer'"
             )

@@ -272,7 +272,9 @@ def test_serve_without_its_database_nor_a_journal_exits_2_saying_what_to_do(
         timeout=60,
     )
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("bridge: cannot connect to the PostgreSQL database")
+    # Logged warnings about the configuration (no provider key) may come first.
+    error = "".join(line for line in done.stderr.splitlines(True) if not line.startswith("time="))
+    assert error.startswith("bridge: cannot connect to the PostgreSQL database")
     assert "set recording.journal_dir" in done.stderr
     assert "Traceback" not in done.stderr
     assert DB_PASSWORD not in done.stdout + done.stderr
@@ -299,7 +301,12 @@ def test_an_address_that_cannot_be_listened_on_is_one_line_and_exit_2(
         result = subprocess.run(
             [sys.executable, "-m", "bridge", "serve", "--port", str(port), *where],
             cwd=tmp_path,
-            env={**os.environ, "BRIDGE_AUTH_MODE": "none"},
+            env={
+                **os.environ,
+                "BRIDGE_AUTH_MODE": "none",
+                "ANTHROPIC_API_KEY": "sk-ant-test-key-0123456789",
+                "OPENAI_API_KEY": "sk-test-key-0123456789",
+            },
             capture_output=True,
             text=True,
             timeout=60,
@@ -309,3 +316,67 @@ def test_an_address_that_cannot_be_listened_on_is_one_line_and_exit_2(
     assert line.startswith("bridge: cannot listen on ")
     assert reason in line
     assert "--port" in line
+
+
+def test_check_config_warns_about_a_provider_without_a_key_and_shows_the_defaults(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text("[providers.local-llm]\ntype = 'openai'\nbase_url = 'http://127.0.0.1:9/v1'\n")
+    assert main(["check-config", "--config", str(path)]) == 0
+    captured = capsys.readouterr()
+    for name in ("anthropic", "openai", "copilot", "local-llm"):
+        assert f"[providers.{name}]" in captured.out
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 3  # anthropic, openai, local-llm; not copilot
+    assert any("ANTHROPIC_API_KEY" in line for line in warnings)
+    assert all(line.startswith("bridge: warning: providers.") for line in warnings)
+
+
+def _serve_without_serving(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Make `bridgectl serve` stop after start-up: the configs it would serve are kept."""
+    served: list[object] = []
+    monkeypatch.setattr("bridge.cli.serve_worker", served.append)
+    monkeypatch.setattr("bridge.cli.configure_logging", lambda _config: None)
+    return served
+
+
+def test_serve_warns_about_a_provider_without_a_key(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-central-key-0123456789")
+    served = _serve_without_serving(monkeypatch)
+    with caplog.at_level("WARNING"):
+        assert main(["serve"]) == 0
+    assert len(served) == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1
+    assert "providers.anthropic.key" in warned[0]
+    assert "ANTHROPIC_API_KEY" in warned[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "80000"], "bridge: --port must be an integer from 0 to 65535, got 80000\n"),
+        (["--workers", "0"], "bridge: --workers must be an integer from 1 to 64, got 0\n"),
+        (["--host", "a b"], "bridge: --host must be a host name or IP address, got 'a b'\n"),
+        (
+            ["--log-level", "loud"],
+            "bridge: --log-level must be 'DEBUG', 'INFO', 'WARNING' or 'ERROR', got 'LOUD'\n",
+        ),
+    ],
+)
+def test_an_invalid_flag_is_named_as_typed(
+    flags: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    served = _serve_without_serving(monkeypatch)
+    assert main(["serve", *flags]) == 2
+    assert capsys.readouterr().err.endswith(message)
+    assert served == []

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.config import (
+    PROVIDER_TYPES,
     SECONDS,
     AuthConfig,
     BreakerConfig,
@@ -34,6 +35,7 @@ from bridge.config import (
     mask_secret,
     mask_url,
     mask_urls_in,
+    missing_key_warnings,
     render_config,
 )
 
@@ -111,6 +113,9 @@ def test_file_values_are_read(tmp_path: Path) -> None:
         database = "memory://"
         queue_size = 10
         batch_size = 2
+
+        [providers]
+        defaults = false
 
         [providers.anthropic-work]
         type = "anthropic"
@@ -411,18 +416,18 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"providers": {"anthropic": {"circuit_breaker": {"failure_statuses": [503, 600]}}}},
-        "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP status"
-        " codes from 100 to 599, got [503, 600]",
+        "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP error"
+        " statuses from 400 to 599, got [503, 600]",
     ),
     (
         {"providers": {"anthropic": {"circuit_breaker": {"failure_statuses": 503}}}},
-        "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP status"
-        " codes from 100 to 599, got 503",
+        "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP error"
+        " statuses from 400 to 599, got 503",
     ),
     (
         {"providers": {"anthropic": {"circuit_breaker": {"failure_statuses": [True]}}}},
-        "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP status"
-        " codes from 100 to 599, got [True]",
+        "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP error"
+        " statuses from 400 to 599, got [True]",
     ),
     (
         {"providers": {"openai": {"passthrough_writes": "yes"}}},
@@ -625,39 +630,38 @@ def test_anthropic_key_and_base_url_come_from_the_sdk_variables() -> None:
     assert copilot.key == ""
 
 
-def test_file_key_and_base_url_beat_the_sdk_variables() -> None:
-    data = {"providers": {"anthropic": {"key": "file-key", "base_url": "http://file/"}}}
-    environ = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": "http://env/"}
-    (provider,) = config_from_mapping(data, environ).providers
-    assert (provider.key, provider.base_url) == ("file-key", "http://file/")
-
-
 def test_empty_file_values_fall_back_to_the_sdk_variables() -> None:
     data = {"providers": {"anthropic": {"key": "", "base_url": ""}}}
     environ = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": "http://env/"}
-    (provider,) = config_from_mapping(data, environ).providers
+    provider = config_from_mapping(data, environ).provider("anthropic")
     assert (provider.key, provider.base_url) == (SECRET, "http://env/")
 
 
 def test_sdk_variables_feed_only_the_provider_named_like_its_type() -> None:
-    data = {"providers": {"anthropic-work": {"type": "anthropic"}}}
+    data = {"providers": {"anthropic-work": {"type": "anthropic", "base_url": "http://work/"}}}
     environ = {"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": "http://env/"}
-    (provider,) = config_from_mapping(data, environ).providers
-    assert (provider.key, provider.base_url) == ("", "https://api.anthropic.com/")
+    provider = config_from_mapping(data, environ).provider("anthropic-work")
+    assert (provider.key, provider.base_url) == ("", "http://work/")
 
 
 def test_provider_type_defaults_to_its_name() -> None:
-    (provider,) = config_from_mapping({"providers": {"anthropic": {}}}, {}).providers
+    provider = config_from_mapping({"providers": {"anthropic": {}}}, {}).provider("anthropic")
     assert provider.type == "anthropic"
     assert provider.route_prefix == "/anthropic"
 
 
-def test_an_empty_providers_table_means_no_providers() -> None:
-    assert config_from_mapping({"providers": {}}, {}).providers == ()
+def test_defaults_false_and_no_provider_means_no_providers() -> None:
+    assert config_from_mapping({"providers": {"defaults": False}}, {}).providers == ()
 
 
 def test_providers_keep_the_file_order() -> None:
-    data = {"providers": {"b": {"type": "anthropic"}, "a": {"type": "anthropic"}}}
+    data = {
+        "providers": {
+            "defaults": False,
+            "b": {"type": "anthropic", "base_url": "http://b/"},
+            "a": {"type": "anthropic", "base_url": "http://a/"},
+        }
+    }
     assert [p.name for p in config_from_mapping(data, {}).providers] == ["b", "a"]
 
 
@@ -692,7 +696,7 @@ def test_resilience_settings_are_read_from_the_file(tmp_path: Path) -> None:
         [providers.openai]
         """,
     )
-    anthropic, openai = load_config(path, environ={}).providers
+    anthropic, openai, _ = load_config(path, environ={}).providers
     assert anthropic == ProviderConfig(
         name="anthropic",
         type="anthropic",
@@ -724,16 +728,17 @@ def test_passthrough_writes_are_off_unless_a_provider_turns_them_on(tmp_path: Pa
         [providers.anthropic]
         """,
     )
-    openai, anthropic = load_config(path, environ={}).providers
+    config = load_config(path, environ={})
+    openai, anthropic = config.provider("openai"), config.provider("anthropic")
     assert (openai.passthrough_writes, anthropic.passthrough_writes) == (True, False)
-    rendered = render_config(load_config(path, environ={}))
-    assert "passthrough_writes = true" in rendered.splitlines()
-    assert config_from_mapping(tomllib.loads(rendered), {}).providers == (openai, anthropic)
+    rendered = render_config(config)
+    assert any(line.startswith("passthrough_writes = true") for line in rendered.splitlines())
+    assert config_from_mapping(tomllib.loads(rendered), {}).providers == config.providers
 
 
 def test_an_empty_breaker_table_enables_the_reference_defaults() -> None:
     data: dict[str, Any] = {"providers": {"anthropic": {"circuit_breaker": {}}}}
-    (provider,) = config_from_mapping(data, {}).providers
+    provider = config_from_mapping(data, {}).provider("anthropic")
     assert provider.circuit_breaker == BreakerConfig(
         failure_threshold=5,
         interval=10.0,
@@ -744,9 +749,9 @@ def test_an_empty_breaker_table_enables_the_reference_defaults() -> None:
 
 
 def test_all_keys_drops_empty_and_repeated_keys() -> None:
-    provider = ProviderConfig(name="a", type="anthropic", key="", keys=("k1", "", "k2", "k1"))
+    provider = ProviderConfig(name="anthropic", type="anthropic", keys=("k1", "", "k2", "k1"))
     assert provider.all_keys == ("k1", "k2")
-    assert ProviderConfig(name="a", type="anthropic").all_keys == ()
+    assert ProviderConfig(name="anthropic", type="anthropic").all_keys == ()
 
 
 @pytest.mark.parametrize(
@@ -764,16 +769,10 @@ def test_max_retries_comes_from_the_sdk_variable(variable: str, provider: str) -
     }
 
 
-def test_file_max_retries_beats_the_sdk_variable() -> None:
-    data = {"providers": {"anthropic": {"max_retries": 1}}}
-    (provider,) = config_from_mapping(data, {"ANTHROPIC_MAX_RETRIES": "7"}).providers
-    assert provider.max_retries == 1
-
-
 def test_max_retries_variable_feeds_only_the_provider_named_like_its_type() -> None:
-    data = {"providers": {"anthropic-work": {"type": "anthropic"}}}
-    (provider,) = config_from_mapping(data, {"ANTHROPIC_MAX_RETRIES": "7"}).providers
-    assert provider.max_retries == 2
+    data = {"providers": {"anthropic-work": {"type": "anthropic", "base_url": "http://work/"}}}
+    config = config_from_mapping(data, {"ANTHROPIC_MAX_RETRIES": "7"})
+    assert config.provider("anthropic-work").max_retries == 2
 
 
 @pytest.mark.parametrize(("value", "shown"), [("many", "'many'"), ("11", "11"), ("1.5", "'1.5'")])
@@ -793,7 +792,9 @@ def test_direct_construction_for_embedding() -> None:
     config = Config(providers=(provider,))
     assert config.providers[0].base_url == "http://127.0.0.1:9/"
     assert config.server == ServerConfig()
-    assert ProviderConfig(name="a", type="anthropic").base_url == "https://api.anthropic.com/"
+    assert ProviderConfig(name="anthropic", type="anthropic").base_url == (
+        "https://api.anthropic.com/"
+    )
 
 
 def test_direct_construction_is_validated_like_the_file() -> None:
@@ -816,15 +817,17 @@ def test_direct_construction_validates_resilience_settings() -> None:
         BreakerConfig(timeout=0)
     with pytest.raises(
         ConfigError,
-        match=exactly("providers.a.max_retries must be an integer from 0 to 10, got 20"),
+        match=exactly("providers.anthropic.max_retries must be an integer from 0 to 10, got 20"),
     ):
-        ProviderConfig(name="a", type="anthropic", max_retries=20)
+        ProviderConfig(name="anthropic", type="anthropic", max_retries=20)
     with pytest.raises(
         ConfigError,
-        match=exactly("providers.a.circuit_breaker must be a BreakerConfig or None, got {}"),
+        match=exactly(
+            "providers.anthropic.circuit_breaker must be a BreakerConfig or None, got {}"
+        ),
     ):
-        ProviderConfig(name="a", type="anthropic", circuit_breaker={})  # type: ignore[arg-type]
-    provider = ProviderConfig(name="a", type="anthropic", keys=["k"])  # type: ignore[arg-type]
+        ProviderConfig(name="anthropic", type="anthropic", circuit_breaker={})  # type: ignore[arg-type]
+    provider = ProviderConfig(name="anthropic", type="anthropic", keys=["k"])  # type: ignore[arg-type]
     assert provider.keys == ("k",)
     assert BreakerConfig(failure_statuses=[429]).failure_statuses == (429,)  # type: ignore[arg-type]
 
@@ -973,7 +976,7 @@ def test_extra_keys_are_masked_in_repr_and_render() -> None:
     assert SECRET not in text
     assert other not in text
     assert "keys=('sk-a...9876',)" in text
-    assert 'keys = ["sk-a...9876"]  # masked' in render_config(config).splitlines()
+    assert 'keys = ["sk-a...9876"]  # masked, from the file' in render_config(config).splitlines()
 
 
 def test_a_misplaced_extra_key_is_not_echoed_in_the_message() -> None:
@@ -999,7 +1002,7 @@ def test_render_config_is_valid_toml_without_secrets() -> None:
     text = render_config(config)
     assert SECRET not in text
     assert "hunter2" not in text
-    assert 'key = "sk-a...0123"  # masked' in text.splitlines()
+    assert 'key = "sk-a...0123"  # masked, from ANTHROPIC_API_KEY' in text.splitlines()
     parsed = tomllib.loads(text)
     assert parsed["providers"]["anthropic"]["key"] == mask_secret(SECRET)
     assert parsed["recording"]["database"] == "postgresql://bob:***@db:5432/bridge"
@@ -1010,7 +1013,10 @@ def test_render_config_loads_back_to_the_same_config() -> None:
         {
             "server": {"port": 0, "grace_period": 1},
             "auth": {"mode": "header"},
-            "providers": {"anthropic": {}, "anthropic-eu": {"type": "anthropic"}},
+            "providers": {
+                "anthropic": {},
+                "anthropic-eu": {"type": "anthropic", "base_url": "https://eu.example/"},
+            },
         },
         {},
     )
@@ -1036,7 +1042,10 @@ def test_render_config_loads_back_the_same_resilience_settings() -> None:
     )
     text = render_config(config)
     assert "[providers.anthropic.circuit_breaker]" in text.splitlines()
-    assert {"response_timeout = 120.0", "stream_idle_timeout = 45.5"} <= set(text.splitlines())
+    assert {
+        "response_timeout = 120.0  # from the file",
+        "stream_idle_timeout = 45.5  # from the file",
+    } <= set(text.splitlines())
     assert "[providers.copilot.circuit_breaker]" not in text
     assert config_from_mapping(tomllib.loads(text), {}) == config
 
@@ -1192,7 +1201,9 @@ def test_mcp_header_and_env_values_are_masked() -> None:
     assert SECRET not in repr(config)
     text = render_config(config)
     assert SECRET not in text
-    assert 'headers = { "Authorization" = "sk-a...0123" }  # masked' in text.splitlines()
+    assert 'headers = { "Authorization" = "sk-a...0123" }  # masked, from the file' in (
+        text.splitlines()
+    )
     parsed = tomllib.loads(text)["mcp"]
     assert parsed["servers"]["local"]["env"] == {"TOKEN": mask_secret(SECRET)}
     assert parsed["servers"]["remote"]["url"] == "https://h/mcp"
@@ -1248,3 +1259,143 @@ def test_metrics_key_is_masked_in_render_and_repr() -> None:
     text = render_config(config) + repr(config)
     assert "scrape-secret-0123456789" not in text
     assert 'metrics_key = "scra...6789"  # masked' in render_config(config)
+
+
+# --- The first hour (issue 15): keys, default providers, base URLs, precedence ---------------
+
+
+def test_a_provider_without_a_central_key_is_warned_about() -> None:
+    warnings = missing_key_warnings(config_from_mapping({}, {"ANTHROPIC_API_KEY": SECRET}))
+    assert len(warnings) == 1  # openai; copilot's users bring their own token
+    assert "providers.openai.key" in warnings[0]
+    assert "OPENAI_API_KEY" in warnings[0]
+    assert missing_key_warnings(config_from_mapping({"providers": {"defaults": False}}, {})) == []
+    data = {"providers": {"local-llm": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}}}
+    (warning,) = missing_key_warnings(
+        config_from_mapping(data, {"ANTHROPIC_API_KEY": SECRET, "OPENAI_API_KEY": SECRET})
+    )
+    assert "providers.local-llm.key" in warning
+    assert "placeholder" in warning  # a local server may take no key at all
+    assert "OPENAI_API_KEY" not in warning  # the variable feeds only the provider 'openai'
+
+
+def test_whether_users_bring_their_own_key_is_a_trait_of_the_provider_type() -> None:
+    assert {name: t.central_key for name, t in PROVIDER_TYPES.items()} == {
+        "anthropic": True,
+        "openai": True,
+        "copilot": False,
+    }
+
+
+def test_adding_a_provider_keeps_the_defaults() -> None:
+    data = {"providers": {"local-llm": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}}}
+    config = config_from_mapping(data, {})
+    assert [p.name for p in config.providers] == ["anthropic", "openai", "copilot", "local-llm"]
+    assert config.provider("anthropic").base_url == "https://api.anthropic.com/"
+
+
+def test_a_file_provider_named_like_a_default_replaces_it_in_place() -> None:
+    data = {
+        "providers": {
+            "local-llm": {"type": "openai", "base_url": "http://x/v1"},
+            "openai": {"max_retries": 0},
+        }
+    }
+    config = config_from_mapping(data, {})
+    assert [p.name for p in config.providers] == ["anthropic", "openai", "copilot", "local-llm"]
+    assert config.provider("openai").max_retries == 0
+
+
+def test_providers_defaults_false_keeps_only_the_files_providers() -> None:
+    data = {
+        "providers": {
+            "defaults": False,
+            "anthropic-eu": {"type": "anthropic", "base_url": "http://eu/"},
+        }
+    }
+    assert [p.name for p in config_from_mapping(data, {}).providers] == ["anthropic-eu"]
+    assert config_from_mapping({"providers": {"defaults": True}}, {}).providers == (
+        config_from_mapping({}, {}).providers
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"providers": {"defaults": "no"}},
+            "providers.defaults in bridge.toml must be true or false, got 'no'",
+        ),
+        (
+            {"providers": {"default": False}},
+            "unknown key 'providers.default' in bridge.toml; did you mean 'providers.defaults'?",
+        ),
+    ],
+)
+def test_providers_defaults_is_validated(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=exactly(message)):
+        config_from_mapping(data, {}, source="bridge.toml")
+
+
+@pytest.mark.parametrize("base_url", [None, ""])
+def test_a_provider_not_named_like_its_type_needs_a_base_url(base_url: str | None) -> None:
+    entry = {"type": "openai"} if base_url is None else {"type": "openai", "base_url": base_url}
+    with pytest.raises(ConfigError, match=r"^providers\.local-llm\.base_url in bridge\.toml is"):
+        config_from_mapping({"providers": {"local-llm": entry}}, {}, source="bridge.toml")
+    with pytest.raises(ConfigError, match=r"^providers\.local-llm\.base_url is required"):
+        ProviderConfig(name="local-llm", type="openai", base_url=base_url or "")
+
+
+def test_sdk_variables_beat_the_file() -> None:
+    data = {
+        "providers": {
+            "anthropic": {"key": "file-key", "base_url": "http://file/", "max_retries": 1}
+        }
+    }
+    environ = {
+        "ANTHROPIC_API_KEY": SECRET,
+        "ANTHROPIC_BASE_URL": "http://env/",
+        "ANTHROPIC_MAX_RETRIES": "7",
+    }
+    provider = config_from_mapping(data, environ).provider("anthropic")
+    assert (provider.key, provider.base_url, provider.max_retries) == (SECRET, "http://env/", 7)
+
+
+def test_render_config_says_where_each_value_came_from() -> None:
+    data = {
+        "server": {"port": 9000, "host": "0.0.0.0"},
+        "providers": {"anthropic": {"base_url": "http://file/", "max_retries": 1}},
+    }
+    environ = {"ANTHROPIC_BASE_URL": "http://env/", "BRIDGE_SERVER_PORT": "9001"}
+    config = config_from_mapping(data, environ, source="bridge.toml")
+    lines = render_config(config).splitlines()
+    assert 'base_url = "http://env/"  # from ANTHROPIC_BASE_URL' in lines
+    assert "port = 9001  # from BRIDGE_SERVER_PORT" in lines
+    assert 'host = "0.0.0.0"  # from bridge.toml' in lines
+    assert "max_retries = 1  # from bridge.toml" in lines
+    assert "backlog = 1024" in lines  # a default is unmarked
+    assert config_from_mapping(tomllib.loads("\n".join(lines)), {}) == config
+
+
+def test_render_config_shows_the_default_providers_next_to_the_files() -> None:
+    data = {"providers": {"local-llm": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}}}
+    config = config_from_mapping(data, {})
+    text = render_config(config)
+    for name in ("anthropic", "openai", "copilot", "local-llm"):
+        assert f"[providers.{name}]" in text
+    assert config_from_mapping(tomllib.loads(text), {}) == config
+    alone = config_from_mapping({"providers": {"defaults": False, **data["providers"]}}, {})
+    assert config_from_mapping(tomllib.loads(render_config(alone)), {}) == alone
+
+
+@pytest.mark.parametrize("statuses", [[200], [399, 503], [304]])
+def test_breaker_failure_statuses_must_be_error_statuses(statuses: list[int]) -> None:
+    data = {"providers": {"anthropic": {"circuit_breaker": {"failure_statuses": statuses}}}}
+    with pytest.raises(
+        ConfigError,
+        match=exactly(
+            "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP error"
+            f" statuses from 400 to 599, got {statuses}"
+        ),
+    ):
+        config_from_mapping(data, {})

@@ -539,3 +539,40 @@ async def test_a_key_guessing_client_gets_429_over_http(start_gateway: Any) -> N
     assert min(retry_after, default=0) >= 1
     assert gateway.bridge.auth_failures["127.0.0.1"] == 5  # the 429s looked nothing up
     assert gateway.mock.requests == []
+
+
+async def test_a_gateway_key_request_without_a_provider_key_gets_401_naming_the_setting(
+    start_gateway: Any,
+) -> None:
+    gateway: Gateway = await start_gateway(
+        auth=AuthConfig(mode="keys"), provider_changes={"key": ""}
+    )
+    key = create_key(gateway, "erin")
+    client = anthropic.AsyncAnthropic(
+        base_url=f"{gateway.url}/anthropic", api_key=key, max_retries=0
+    )
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        await client.messages.create(**ANTHROPIC_BODY)  # type: ignore[arg-type]
+    assert caught.value.status_code == 401
+    assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    assert "providers.anthropic.key" in caught.value.message
+    assert "ANTHROPIC_API_KEY" in caught.value.message
+    chat = openai.AsyncOpenAI(base_url=f"{gateway.url}/openai/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        await chat.chat.completions.create(
+            model="gpt-5", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "providers.openai.key" in refused.value.message
+    with pytest.raises(anthropic.AuthenticationError) as listing:
+        await client.models.list()  # a passthrough route
+    assert "providers.anthropic.key" in listing.value.message
+    assert gateway.mock.requests == []
+    own = "sk-ant-erins-own-key-123456789"
+    byok = anthropic.AsyncAnthropic(
+        base_url=f"{gateway.url}/anthropic",
+        api_key=own,
+        default_headers={BRIDGE_KEY_HEADER: key},
+        max_retries=0,
+    )
+    await byok.messages.create(**ANTHROPIC_BODY)  # type: ignore[arg-type]
+    assert gateway.mock.requests[-1].header("authorization") == f"Bearer {own}"  # this SDK's way

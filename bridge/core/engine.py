@@ -40,7 +40,6 @@ from bridge.errors import (
     BridgeError,
     ClientError,
     GatewayUnavailable,
-    MethodNotAllowed,
     NotFound,
     TooManyFailures,
     Unauthorized,
@@ -177,13 +176,17 @@ class Engine:
         API-key headers held its gateway key."""
         provider = route.provider
         if identity.central:
-            if provider.type == "copilot":
+            if not provider.central_key:
                 raise Unauthorized(
-                    "Copilot needs your own GitHub token in 'Authorization: Bearer': send the"
-                    " gateway key in X-Bridge-Key"
+                    f"{provider.name} needs your own token in 'Authorization: Bearer' (for"
+                    " Copilot, your GitHub token): send the gateway key in X-Bridge-Key"
                 )
-            return provider.centralized(provider.config.key)
-        return provider.credential(list(request.headers))
+            credential = provider.centralized(provider.config.key)
+        else:
+            credential = provider.credential(list(request.headers))
+        if credential.kind is CredentialKind.CENTRALIZED:
+            _require_central_key(provider)
+        return credential
 
     def _trusted_peer(self, address: str) -> bool:
         """Whether ``address`` is in ``server.trusted_proxies``."""
@@ -382,16 +385,18 @@ class Engine:
         ``passthrough_writes``.
         """
         provider = route.provider
-        try:
-            credential: Credential | None = self._credential(route, request, identity)
-        except Unauthorized:
-            credential = None
-        if credential is not None and not credential.header[1]:
-            credential = None  # no key configured: nothing goes upstream
-        own_key = credential is not None and credential.kind is CredentialKind.BYOK
+        credential: Credential | None = None
         watched = _StatusSink(sink)
         started_at, started = utcnow(), time.perf_counter()
         try:
+            try:
+                credential = self._credential(route, request, identity)
+            except Unauthorized:
+                if provider.central_key:
+                    raise  # the gateway has no key of this provider to send
+                # A provider whose users bring their own token: without one, nothing goes
+                # upstream (Copilot's discovery documents need none).
+            own_key = credential is not None and credential.kind is CredentialKind.BYOK
             writes = own_key or provider.config.passthrough_writes
             route.check_method(request.method, request.path, writes=writes)
             self.metrics.passthrough(
@@ -419,7 +424,7 @@ class Engine:
                     headers=headers,
                     error_body=dialect.error_body,
                 )
-        except MethodNotAllowed as exc:
+        except ClientError as exc:
             await _respond(watched, dialect, exc)
         finally:
             call = PassthroughCall(
@@ -446,6 +451,20 @@ class Engine:
         if provider is None:
             return _GENERIC
         return DIALECTS[provider.error_dialect]
+
+
+def _require_central_key(provider: Provider) -> None:
+    """Refuse a request that would need the provider's own key when it has none.
+
+    Sent upstream without a key, it would come back with the provider's "x-api-key header
+    is required", which a client that sent its gateway key cannot make sense of.
+    """
+    if provider.central_key and not provider.config.all_keys:
+        raise Unauthorized(
+            f"the gateway has no {provider.name} key to send upstream: its operator must"
+            f" set {provider.config.key_settings}; or bring your own provider key, with"
+            " the gateway key in X-Bridge-Key"
+        )
 
 
 async def _respond(sink: ResponseSink, dialect: ErrorShape, exc: BridgeError) -> None:

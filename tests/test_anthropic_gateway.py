@@ -20,8 +20,16 @@ import trio
 from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
 from tests.conftest import is_inner_loop
 
-from .conftest import CENTRAL_KEY, Gateway
+from .conftest import (
+    CENTRAL_KEY,
+    OWN_UPSTREAM,
+    REFUSED_BEFORE_UPSTREAM,
+    UPSTREAM_STACKS,
+    Gateway,
+    assert_provider_headers_relayed,
+)
 
+pytestmark = pytest.mark.upstream_stacks(*UPSTREAM_STACKS)
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 MESSAGE_SCENARIOS = [
     name
@@ -94,6 +102,34 @@ async def test_scenario_is_relayed_and_recorded_exactly(
 
     prompt = only(gateway.store.prompts(interception["id"]))
     assert prompt["provider_response_id"] == usage["provider_response_id"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
+async def test_the_sdk_gets_the_providers_headers_and_the_gateways_framing(
+    gateway: Gateway, stream: bool
+) -> None:
+    """Anthropic's captured header set (capitalised framing, rate limits, request-id) reaches
+    the SDK once each, without the upstream's Content-Length, which no longer fits: the
+    gateway rewrote the message id."""
+    name = "anthropic_captured_headers"
+    client = gateway.anthropic()
+    body = dict(SCENARIOS[name].request or {})
+    headers = {"x-mock-scenario": name}
+    upstream = SCENARIOS[name].upstream
+    sent = (upstream.streaming if stream else upstream.blocking)[0]
+    if stream:
+        async with client.messages.with_streaming_response.create(
+            **body, stream=True, extra_headers=headers
+        ) as response:
+            content = await response.read()
+    else:
+        response = await client.messages.with_raw_response.create(**body, extra_headers=headers)
+        content = response.http_response.content
+        assert (await response.parse()).id != sent.body["id"]  # rewritten, so the length changed
+    assert response.status_code == 200
+    assert response.headers["request-id"] == dict(sent.headers)["request-id"]
+    assert response.headers["anthropic-ratelimit-tokens-remaining"] == "96000"
+    assert_provider_headers_relayed(response.headers.raw, sent.headers, body=content, stream=stream)
 
 
 async def test_request_bytes_headers_and_query_are_forwarded_unchanged(gateway: Gateway) -> None:
@@ -239,6 +275,7 @@ async def test_passthrough_injects_the_central_key_only_when_the_client_has_none
     assert received.header("user-agent") == "bridge"
 
 
+@REFUSED_BEFORE_UPSTREAM
 @pytest.mark.parametrize(
     "path",
     [
@@ -258,6 +295,7 @@ async def test_passthrough_cannot_escape_its_prefix(gateway: Gateway, path: str)
     assert gateway.mock.requests == []
 
 
+@REFUSED_BEFORE_UPSTREAM
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -283,6 +321,7 @@ async def test_bad_bodies_get_400_in_anthropic_shape(
     assert gateway.mock.requests == []
 
 
+@REFUSED_BEFORE_UPSTREAM
 async def test_unknown_routes_get_404(gateway: Gateway) -> None:
     async with httpx2.AsyncClient() as client:
         inside = await client.post(f"{gateway.url}/anthropic/v1/complete", content=b"{}")
@@ -294,6 +333,7 @@ async def test_unknown_routes_get_404(gateway: Gateway) -> None:
     assert gateway.mock.requests == []
 
 
+@REFUSED_BEFORE_UPSTREAM
 async def test_oversized_body_gets_413_and_the_connection_closes(start_gateway: Any) -> None:
     gateway: Gateway = await start_gateway(server_changes={"max_body_bytes": 2048})
     async with httpx2.AsyncClient() as client:
@@ -307,6 +347,7 @@ async def test_oversized_body_gets_413_and_the_connection_closes(start_gateway: 
     assert gateway.mock.requests == []
 
 
+@OWN_UPSTREAM
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
 async def test_unreachable_upstream_is_502_in_anthropic_shape(
     start_gateway: Any, stream: bool
@@ -322,6 +363,7 @@ async def test_unreachable_upstream_is_502_in_anthropic_shape(
     assert interception["outcome"] == "failed"
 
 
+@REFUSED_BEFORE_UPSTREAM
 async def test_health_and_readiness(gateway: Gateway) -> None:
     async with httpx2.AsyncClient() as client:
         health = await client.get(f"{gateway.url}/healthz")
@@ -360,6 +402,7 @@ async def _resetting_upstream(stream: trio.SocketStream, *, events_before_reset:
     await stream.aclose()  # RST: the upstream dies mid-stream
 
 
+@OWN_UPSTREAM
 async def test_upstream_reset_mid_stream_is_an_error_event_and_fails(
     start_gateway: Any, nursery: trio.Nursery
 ) -> None:
@@ -415,6 +458,7 @@ async def _dated_upstream(stream: trio.SocketStream) -> None:
     await stream.aclose()
 
 
+@OWN_UPSTREAM
 async def test_the_client_gets_one_date_and_no_server_software(
     start_gateway: Any, nursery: trio.Nursery
 ) -> None:
@@ -440,6 +484,7 @@ async def _silent_upstream(stream: trio.SocketStream) -> None:
         pass
 
 
+@OWN_UPSTREAM
 async def test_a_stalled_passthrough_upstream_is_a_504_naming_the_setting(
     start_gateway: Any, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

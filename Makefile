@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 run: install
-	$(BIN)/bridge serve
+	$(BIN)/bridgectl serve
 
 test: install lint
 	$(BIN)/python -m pytest -q

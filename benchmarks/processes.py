@@ -67,7 +67,7 @@ class Served:
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """A running ``bridge serve`` and the SQLite file it records into."""
+    """A running ``bridgectl serve`` and the SQLite file it records into."""
 
     port: int
     pid: int
@@ -166,7 +166,7 @@ def gateway_process(
     extra_config: str = "",
     directory: Path | None = None,
 ) -> Iterator[Gateway]:
-    """``bridge serve`` (one worker) in front of the mock, recording to SQLite.
+    """``bridgectl serve`` (one worker) in front of the mock, recording to SQLite.
 
     The database and config go to ``directory`` when given, so the caller can read the
     database after the gateway stopped; else to a temporary directory removed at the end.

@@ -184,7 +184,7 @@ def _control_app(engine: Engine) -> QuartTrio:
 
     @app.get("/api/v1/usage")
     async def usage() -> Response:
-        """The usage report of ``bridge usage``, as JSON; ``since`` and ``by`` as there."""
+        """The usage report of ``bridgectl usage``, as JSON; ``since`` and ``by`` as there."""
         admin_key = engine.config.auth.admin_key
         if not admin_key:
             message = "the usage API is off: set auth.admin_key to enable it"

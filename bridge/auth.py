@@ -3,7 +3,7 @@
 Modes:
 
 * ``keys`` (the default): every request carries a gateway key issued by
-  ``bridge keys create``. Where clients put API keys (``x-api-key`` or
+  ``bridgectl keys create``. Where clients put API keys (``x-api-key`` or
   ``Authorization: Bearer``, which is what Claude Code, Codex and the SDKs send), it
   is stripped and the provider's own key is injected. A client that brings its own
   provider key (BYOK) sends the gateway key in ``X-Bridge-Key`` instead, and its
@@ -95,7 +95,7 @@ async def identify(
         raise Unauthorized(
             "missing gateway key: send it as x-api-key or 'Authorization: Bearer', or in "
             "X-Bridge-Key when you bring your own provider key (create one with "
-            "`bridge keys create --user NAME`)"
+            "`bridgectl keys create --user NAME`)"
         )
     actor = await lookup(secret) if lookup is not None else None
     if actor is None:

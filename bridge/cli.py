@@ -1,9 +1,12 @@
-"""The ``bridge`` command line.
+"""The ``bridgectl`` command line (also ``python -m bridge``).
 
-``bridge serve``, ``bridge check-config``, ``bridge usage``, ``bridge keys`` and
-``bridge mock-upstream``. Configuration errors print one clear line and exit 2;
+Not ``bridge``: iproute2 installs a ``bridge`` command on most Linux machines, and it
+would answer ``bridgectl keys create`` with ``Object "keys" is unknown``.
+
+``bridgectl serve``, ``bridgectl check-config``, ``bridgectl usage``, ``bridgectl keys`` and
+``bridgectl mock-upstream``. Configuration errors print one clear line and exit 2;
 nothing prints a traceback for a user's mistake. A gateway key is printed once, by
-``bridge keys create``, and never again: ``bridge keys list`` shows prefixes only.
+``bridgectl keys create``, and never again: ``bridgectl keys list`` shows prefixes only.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bridge", description="An AI gateway on Trio.")
+    parser = argparse.ArgumentParser(prog="bridgectl", description="An AI gateway on Trio.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
@@ -76,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--format", choices=("table", "json"), default="table")
     listing.add_argument("--config", help="path to bridge.toml")
     revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("id", help="the key's id, as `bridge keys list` shows it")
+    revoke.add_argument("id", help="the key's id, as `bridgectl keys list` shows it")
     revoke.add_argument("--config", help="path to bridge.toml")
 
     mock = commands.add_parser("mock-upstream", help="a deterministic fake provider for demos")
@@ -113,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
-        # The reader went away (`bridge keys list | head`): not an error worth a traceback.
+        # The reader went away (`bridgectl keys list | head`): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 2
@@ -266,7 +269,7 @@ def format_keys(keys: Sequence[GatewayKey], fmt: str) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
     ]
     if not keys:
-        lines.append("(no gateway keys; create one with `bridge keys create --user NAME`)")
+        lines.append("(no gateway keys; create one with `bridgectl keys create --user NAME`)")
     return "\n".join(lines)
 
 
@@ -307,7 +310,7 @@ def _revoke(store: KeyStore, key_id: str) -> int:
     known = next((key for key in store.list_keys() if key.id == key_id), None)
     if known is None:
         print(
-            f"bridge: no gateway key has id {key_id!r}; `bridge keys list` shows the ids",
+            f"bridge: no gateway key has id {key_id!r}; `bridgectl keys list` shows the ids",
             file=sys.stderr,
         )
         return 1

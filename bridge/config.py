@@ -78,7 +78,7 @@ DEFAULT_CONFIG_FILE: Final = "bridge.toml"
 # Authentication modes and what they mean (the http layer implements them).
 AUTH_MODES: Final[Mapping[str, str]] = types.MappingProxyType(
     {
-        "keys": "every request carries a gateway key issued by `bridge keys create`",
+        "keys": "every request carries a gateway key issued by `bridgectl keys create`",
         "header": "a trusted fronting proxy names the actor in auth.header",
         "none": "every request is made by the actor 'anonymous'",
     }
@@ -1046,7 +1046,7 @@ def _load_mcp_servers(raw: object, where: str) -> tuple[MCPServerConfig, ...]:
 
 
 def render_config(config: Config) -> str:
-    """The effective configuration as TOML, secrets masked (for ``bridge check-config``).
+    """The effective configuration as TOML, secrets masked (for ``bridgectl check-config``).
 
     The output parses back with ``tomllib``; loaded again it gives the same configuration,
     except that masked secrets stay masked.

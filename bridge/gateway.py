@@ -23,6 +23,7 @@ from bridge.breaker import Breakers
 from bridge.config import Config
 from bridge.core.engine import Engine, open_engine
 from bridge.core.exchange import Request
+from bridge.errors import UpstreamUnavailable
 from bridge.metrics import Metrics
 from bridge.recording.recorder import Recorder
 from bridge.recording.store import Store
@@ -53,10 +54,19 @@ class StreamedResponse:
     headers: list[tuple[str, str]]
     _chunks: trio.MemoryReceiveChannel[bytes] = field(repr=False)
 
+    _ended: trio.Event = field(default_factory=trio.Event, repr=False)
+
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body, one piece per relayed frame, until it ends."""
+        """The body, one piece per relayed frame, until it ends.
+
+        Raises :class:`~bridge.errors.UpstreamUnavailable` after the last piece if the
+        body was cut short (its upstream failed mid-way), as a server would close the
+        connection: a cut body must never pass for a whole one.
+        """
         async for chunk in self._chunks:
             yield chunk
+        if not self._ended.is_set():
+            raise UpstreamUnavailable("the response body was cut short: the upstream failed")
 
 
 class _BufferSink:
@@ -64,6 +74,7 @@ class _BufferSink:
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.parts: list[bytes] = []
+        self.ended = False
 
     async def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
         self.status, self.headers = status, list(headers)
@@ -74,6 +85,7 @@ class _BufferSink:
     async def end(self, last: bytes = b"") -> None:
         if last:
             self.parts.append(last)
+        self.ended = True
 
     async def wait_disconnected(self) -> None:
         await trio.sleep(math.inf)
@@ -83,6 +95,7 @@ class _ChannelSink:
     def __init__(self) -> None:
         self.started = trio.Event()
         self.gone = trio.Event()
+        self.ended = trio.Event()
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](0)
@@ -97,6 +110,7 @@ class _ChannelSink:
     async def end(self, last: bytes = b"") -> None:
         if last:
             await self.send_channel.send(last)
+        self.ended.set()
         await self.send_channel.aclose()
 
     async def wait_disconnected(self) -> None:
@@ -157,9 +171,15 @@ class Bridge:
         return self._asgi_app
 
     async def handle(self, request: Request) -> Response:
-        """Serve ``request`` and return the whole response once it is complete."""
+        """Serve ``request`` and return the whole response once it is complete.
+
+        Raises :class:`~bridge.errors.UpstreamUnavailable` if the body was cut short
+        (its upstream failed after the response started).
+        """
         sink = _BufferSink()
         await self._engine.handle(request, sink)
+        if sink.status and not sink.ended:
+            raise UpstreamUnavailable("the response body was cut short: the upstream failed")
         return Response(sink.status, sink.headers, b"".join(sink.parts))
 
     @asynccontextmanager
@@ -183,7 +203,7 @@ class Bridge:
             nursery.start_soon(serve)
             await sink.started.wait()
             try:
-                yield StreamedResponse(sink.status, sink.headers, sink.receive_channel)
+                yield StreamedResponse(sink.status, sink.headers, sink.receive_channel, sink.ended)
             finally:
                 sink.gone.set()
                 sink.receive_channel.close()

@@ -1,18 +1,60 @@
-"""Reading HTTP header lists (pairs with lower-case names, in the order received)."""
+"""Reading HTTP header lists: pairs of ``(name, value)``, in the order received.
+
+Header names are case-insensitive (RFC 9110 section 5.1), and servers written
+elsewhere capitalise them (Go's net/http, nginx, Python's ``http.server``). The
+gateway lower-cases names once, where headers enter it (:func:`normalize`: the
+upstream client's responses, :class:`bridge.core.exchange.Request`); the lookups
+here still accept any case, so a list built by hand cannot slip past them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-__all__ = ["bearer_token", "header_value"]
+__all__ = ["HOP_BY_HOP", "bearer_token", "connection_tokens", "header_value", "normalize"]
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+"""Headers that describe one connection, not the message (RFC 9110 section 7.6.1)."""
+
+
+def normalize(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs with lower-case names, order and values kept."""
+    return [(name.lower(), value) for name, value in headers]
 
 
 def header_value(headers: Sequence[tuple[str, str]], name: str) -> str:
-    """The first value of header ``name`` (lower-case), or ``""``."""
+    """The first value of header ``name`` (any case), or ``""``."""
+    name = name.lower()
     for key, value in headers:
-        if key == name:
+        if key == name or key.lower() == name:
             return value
     return ""
+
+
+def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The hop-by-hop names of a message: the fixed set and those its ``Connection``
+    header lists (RFC 9110 section 7.6.1: a sender names its own hop-by-hop fields there,
+    and a proxy must drop them), all lower-case."""
+    named = {
+        token.strip().lower()
+        for key, value in headers
+        if key.lower() == "connection"
+        for token in value.split(",")
+    }
+    named.discard("")
+    return HOP_BY_HOP | named if named else HOP_BY_HOP
 
 
 def bearer_token(value: str) -> str:

@@ -17,16 +17,25 @@
    connection closed (part of the data may have gone out, so it cannot carry more); the
    application then sees ``http.disconnect``.
 
-Both found by ``tests/test_faults.py`` (its descriptor and task counts, and the slow
-reader with a small receive buffer).
+3. **A response the application leaves unfinished.** When the application returns (or
+   fails) after starting a response but before its last body message, hypercorn's h11
+   protocol neither ends the body nor closes the connection: the client waits for the
+   rest for ever. The gateway leaves a body unfinished on purpose when its upstream
+   dies mid-way (a passthrough relays bytes it cannot complete or correct), so the
+   client must see it cut: the fix closes the connection.
+
+The first two found by ``tests/test_faults.py`` (its descriptor and task counts, and the
+slow reader with a small receive buffer), the third by ``tests/test_wire_upstream.py``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+import h11
 import trio
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
 __all__ = ["WRITE_TIMEOUT_ATTRIBUTE", "apply"]
@@ -67,6 +76,15 @@ def apply() -> None:
             await self._close()
             await self.protocol.handle(Closed())
 
+    maybe_recycle = H11Protocol._maybe_recycle
+
+    async def _maybe_recycle(self: Any) -> None:
+        unfinished = self.connection.our_state is h11.SEND_BODY
+        await maybe_recycle(self)
+        if unfinished:  # the application ended in the middle of the body
+            await self.send(Closed())
+
+    H11Protocol._maybe_recycle = _maybe_recycle  # type: ignore[method-assign]
     TCPServer._read_data = _read_data  # type: ignore[method-assign]
     TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]
     setattr(TCPServer, _PATCHED, True)

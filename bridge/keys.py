@@ -1,13 +1,13 @@
 """Gateway keys: their format, how they are hashed and verified, and what stores them.
 
-The gateway issues every user a key of its own (``bridge keys create``). A client presents it
+The gateway issues every user a key of its own (``bridgectl keys create``). A client presents it
 where clients put API keys (``x-api-key`` or ``Authorization: Bearer``).
 
 Rules:
 
 * A key is ``bk-`` + 8 visible characters + ``-`` + 43 secret characters, all URL-safe
   base64 (``bk-3fZx9Qp2-...``). The first 11 characters are its **prefix**: stored in clear,
-  shown by ``bridge keys list``, and used to find the key's row. The 43 characters after the
+  shown by ``bridgectl keys list``, and used to find the key's row. The 43 characters after the
   prefix carry 256 bits of entropy on their own, so knowing the prefix does not help a guess.
 * A store keeps only the prefix and :func:`hash_key` of the whole key, never the key itself:
   :meth:`KeyStore.create_key` returns the key once and it cannot be recovered afterwards.
@@ -69,7 +69,7 @@ class GatewayKey:
     """What a store knows about one gateway key: everything but the key and its hash."""
 
     id: str
-    """A uuid4, as text: what ``bridge keys revoke`` takes."""
+    """A uuid4, as text: what ``bridgectl keys revoke`` takes."""
     user: str
     """The user the key identifies; recorded as the initiator of every request made with it."""
     prefix: str

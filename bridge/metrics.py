@@ -242,6 +242,11 @@ class Metrics:
             ("server", "name", "outcome"),
             MCP_CALL_BUCKETS,
         )
+        self.provider_key_refusals_total = counter(
+            "provider_key_refusals_total",
+            "Upstream 401/403 answers to the gateway's own (centralized) provider keys.",
+            ("provider", "status"),
+        )
         self.auth_failures_total = counter(
             "auth_failures_total",
             "Requests refused because the gateway key was missing or invalid.",
@@ -404,6 +409,10 @@ class Metrics:
         self._child(
             self.circuit_breaker_rejects_total, provider=provider, endpoint=endpoint, model=model
         ).inc()
+
+    def provider_key_refused(self, *, provider: str, status: int) -> None:
+        """The upstream refused one of the provider's centralized keys (401 or 403)."""
+        self._child(self.provider_key_refusals_total, provider=provider, status=str(status)).inc()
 
     # -- recorder and auth ------------------------------------------------------------
 

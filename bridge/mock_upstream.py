@@ -109,7 +109,7 @@ GARBAGE: Final[bytes] = (
 """What ``garbage-sse`` sends in the middle of a stream: broken JSON, broken UTF-8, noise."""
 
 MAIN_HISTORY: Final[int] = 100
-"""Requests a long-running mock (``bridge mock-upstream``) keeps for inspection."""
+"""Requests a long-running mock (``bridgectl mock-upstream``) keeps for inspection."""
 
 RECEIVE_SIZE: Final[int] = 65536
 """Bytes asked of the socket per read."""
@@ -753,7 +753,7 @@ class MockUpstream:
         self.default_responses_scenario = default_responses_scenario or "openai_responses_text"
         self.history = history
         """How many of the latest requests and disconnects are kept (None: all, for tests).
-        A long-running mock (benchmarks, ``bridge mock-upstream``) keeps a few only, or
+        A long-running mock (benchmarks, ``bridgectl mock-upstream``) keeps a few only, or
         the bodies it was sent (150 KB each in the latency benchmark) pile up in memory."""
         self.requests: list[ReceivedRequest] = []
         self.disconnects: list[float] = []

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 from bridge.auth import Actor
 from bridge.config import ProviderConfig, mask_secret
 from bridge.errors import Unauthorized
-from bridge.headers import bearer_token, header_value
+from bridge.headers import bearer_token, connection_tokens, header_value
 from bridge.recording.records import CredentialKind
 
 __all__ = [
@@ -40,20 +40,6 @@ __all__ = [
 Headers = list[tuple[str, str]]
 """Header pairs with lower-case names, in the order received."""
 
-# Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 # Headers the HTTP client sets itself for the upstream hop.
 _TRANSPORT = frozenset({"host", "content-length", "accept-encoding"})
 # Credentials the client presented to us; the provider key is injected instead.
@@ -61,7 +47,7 @@ _CLIENT_AUTH = frozenset({"authorization", "x-api-key"})
 # Response headers that must not be copied from the upstream to the client.
 # The HTTP server sends its own Date (a response carries one); Server would only tell
 # clients which software the provider runs.
-_RESPONSE_DROP = _HOP_BY_HOP | frozenset({"content-length", "content-encoding", "date", "server"})
+_RESPONSE_DROP = frozenset({"content-length", "content-encoding", "date", "server"})
 
 
 class RouteKind(enum.Enum):
@@ -236,7 +222,8 @@ class Provider:
         unchanged. Then the chosen credential, and with ``send_actor_headers`` the
         actor's id and metadata (reference 1.6).
         """
-        drop = _HOP_BY_HOP | _TRANSPORT | _CLIENT_AUTH | {name.lower() for name in strip}
+        drop = connection_tokens(headers) | _TRANSPORT | _CLIENT_AUTH
+        drop |= {name.lower() for name in strip}
         out = [
             (name, value)
             for name, value in headers
@@ -266,10 +253,14 @@ def _is_safe(suffix: str) -> bool:
 def forwardable_response_headers(headers: Iterable[tuple[str, str]]) -> Headers:
     """Upstream response headers worth relaying to the client.
 
-    Everything but hop-by-hop and framing headers: clients act on ``retry-after``,
-    ``request-id`` and the rate-limit headers, so they must reach them.
+    Everything but hop-by-hop headers (those its ``Connection`` names included) and
+    framing ones: clients act on ``retry-after``, ``request-id`` and the rate-limit
+    headers, so they must reach them. Names come out lower-case, whatever case the
+    upstream wrote them in.
     """
-    return [(k, v) for k, v in headers if k not in _RESPONSE_DROP]
+    pairs = [(k.lower(), v) for k, v in headers]
+    drop = connection_tokens(pairs) | _RESPONSE_DROP
+    return [(k, v) for k, v in pairs if k not in drop]
 
 
 def passthrough_headers(
@@ -285,7 +276,8 @@ def passthrough_headers(
     The client's headers minus hop-by-hop and transport ones, with ``X-Forwarded-*``
     added, and the provider key injected only when the client brought none.
     """
-    drop = _HOP_BY_HOP | _TRANSPORT | {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+    drop = connection_tokens(headers) | _TRANSPORT
+    drop |= {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
     headers = [(k, v) for k, v in headers if not k.startswith(_ACTOR_HEADER)]
     drop |= {name.lower() for name in strip}
     out = [(name, value) for name, value in headers if name not in drop]

@@ -1,6 +1,6 @@
 """Usage reports: the period they cover and how they are rendered.
 
-Shared by ``bridge usage`` and ``GET /api/v1/usage``, so both read the same
+Shared by ``bridgectl usage`` and ``GET /api/v1/usage``, so both read the same
 ``--since`` values and report the same columns.
 """
 

@@ -8,11 +8,15 @@ blocking and streaming calls alike; the core's loop only sends, sleeps and retur
    otherwise with ``x-should-retry: true|false``. The delay honours ``retry-after-ms``, then
    ``retry-after`` (seconds or an HTTP date) when it lies within 0..60 s; otherwise it is
    0.5 s * 2**attempt capped at 8 s, minus up to 25 % random jitter.
-2. **Key failover** (reference 14, design 4). A centralized key answered with 429 rests until
-   the upstream's Retry-After; one answered with 401/403 leaves the rotation for the
-   provider's ``key_cooldown``. Either way the request moves to another key at once, without
-   spending a retry. Requests that bring their own key (BYOK) never fail over and never touch
-   the pool: their key is not ours to rest.
+2. **Key failover.** A centralized key answered with 429 rests until the upstream's
+   Retry-After; one answered with 401 leaves the rotation for the provider's
+   ``key_cooldown``. Either way the request moves to another usable key at once, without
+   spending a retry. A 403 moves the request too but never rests the key: it refuses one
+   model or one request, not the key. A cooldown only ever *moves* traffic: with no other
+   usable key the upstream's own answer is relayed, and when every key is cooling down
+   after a 401 the one that failed longest ago is still used (one user's odd request must
+   not take a one-key provider down for everyone). Requests that bring their own key
+   (BYOK) never fail over and never touch the pool: their key is not ours to rest.
 3. **Bounded.** A request fails over at most once per key (``tried`` grows by one each time)
    and retries at most ``max_retries`` times, so the loop always ends.
 4. **Pure.** No sockets, no sleeping, no reading the clock behind the caller's back: the pool
@@ -172,11 +176,12 @@ _State = Literal["ok", "resting", "disabled"]
 class KeyPool:
     """The centralized keys of one provider, used round-robin; a key that fails rests.
 
-    A 429 rests a key until the upstream's Retry-After (``resting``); a 401/403 takes it out
-    of the rotation for ``cooldown`` seconds (``disabled``), long enough not to hammer the
+    A 429 rests a key until the upstream's Retry-After (``resting``); a 401 takes it out of
+    the rotation for ``cooldown`` seconds (``disabled``), long enough not to hammer the
     upstream with a revoked key, short enough that a rotated key comes back by itself. A
-    success puts a key back at once: the upstream has just accepted it. Rests never shorten
-    each other: the later end wins.
+    disabled key is still chosen when no key is usable (see :meth:`choose`). A success puts
+    a key back at once: the upstream has just accepted it. Rests never shorten each other:
+    the later end wins.
     """
 
     def __init__(
@@ -201,6 +206,8 @@ class KeyPool:
         self._until = [0.0] * len(self._keys)  # clock time a key is usable again
         self._state: list[_State] = ["ok"] * len(self._keys)  # why it rests, until _until
         self._next = 0
+        self.rejections = 0
+        """401s seen with this pool's keys since start (shown by ``/readyz``)."""
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -212,8 +219,11 @@ class KeyPool:
     def choose(self, exclude: Collection[int] = ()) -> Key:
         """The next usable key in round-robin order, skipping the indices in ``exclude``.
 
-        Raises :class:`NoKeyAvailable` with the wait until the soonest key not in
-        ``exclude`` is back (the soonest of all if every key is excluded).
+        With none usable, a key cooling down after a 401 (not in ``exclude``) is still
+        better than refusing: the one disabled longest ago. Only when every candidate
+        rests after a 429 (the upstream said when to come back) does this raise
+        :class:`NoKeyAvailable`, with the wait until the soonest key not in ``exclude``
+        is back (the soonest of all if every key is excluded).
         """
         now = self._clock()
         count = len(self._keys)
@@ -222,6 +232,9 @@ class KeyPool:
             if index not in exclude and self._until[index] <= now:
                 self._next = index + 1
                 return self._keys[index]
+        disabled = [i for i in range(count) if i not in exclude and self._state[i] == "disabled"]
+        if disabled:
+            return self._keys[min(disabled, key=lambda i: self._until[i])]
         candidates = [i for i in range(count) if i not in exclude] or range(count)
         soonest = min(self._until[i] for i in candidates)
         raise NoKeyAvailable(max(soonest - now, 0.0))
@@ -236,15 +249,17 @@ class KeyPool:
         self._rest(key, "resting", DEFAULT_RATE_LIMIT_REST if rest is None else rest)
 
     def rejected(self, key: Key) -> None:
-        """The upstream answered 401/403 with ``key``: out of the rotation for the cooldown.
+        """The upstream answered 401 with ``key``: out of the rotation for the cooldown,
+        while another key is usable (:meth:`choose` still falls back to it).
 
-        Logged as a warning, because a person must act: the key is revoked, expired or lacks
-        a permission. The log names the key by its masked hint only.
+        Logged as an error, because a person must act: the key is revoked or expired.
+        The log names the key by its masked hint only.
         """
         self._rest(key, "disabled", self._cooldown)
-        logger.warning(
-            "provider %r key %s was rejected by the upstream (401/403);"
-            " out of rotation for %g s: check or replace it",
+        self.rejections += 1
+        logger.error(
+            "provider %r key %s was rejected by the upstream (401): out of rotation for"
+            " %g s while another key is usable; check or replace it",
             self._name,
             key.hint,
             self._cooldown,
@@ -321,8 +336,10 @@ def next_step(
     outcome                                 step
     ======================================  =================================================
     429/401/403, centralized key, another   ``failover`` to that key, after 0 s, same
-    key not in ``tried`` is usable          ``attempt``: a failover spends no retry
-    401/403, centralized key                ``give_up``: no key left to try
+    key not in ``tried`` can be chosen      ``attempt``: a failover spends no retry (429
+                                            rests the key, 401 disables it, 403 neither)
+    401/403, centralized key                ``give_up``: no key left to try; the upstream's
+                                            answer is relayed, the key stays in use
     :func:`should_retry` and                ``retry`` with the same key after
     ``attempt < max_retries``               :func:`retry_delay`, ``attempt + 1``
     :func:`should_retry`                    ``give_up``: retries spent
@@ -341,7 +358,7 @@ def next_step(
         elif status in _KEY_FAILURES:
             if status == 429:
                 pool.rate_limited(key, parse_retry_after(headers, now=now))
-            else:
+            elif status == 401:
                 pool.rejected(key)
             tried.add(key.index)
             try:

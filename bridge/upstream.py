@@ -42,6 +42,7 @@ import httpx2
 import trio
 
 from bridge.errors import BadRequest, UpstreamProtocolError, UpstreamUnavailable
+from bridge.headers import header_value
 
 __all__ = ["UpstreamClient", "UpstreamResponse", "UpstreamTimeout"]
 
@@ -79,6 +80,7 @@ class UpstreamResponse:
 
     status: int
     headers: list[tuple[str, str]]
+    """Header pairs with lower-case names, in the order received."""
     _response: httpcore2.Response
     _release: Callable[[], None] = field(repr=False)
     """Gives the connection back to the pool (or drops it); called once, on close."""
@@ -146,8 +148,7 @@ class UpstreamResponse:
 
     def header(self, name: str) -> str:
         """The first value of header ``name`` (any case), or ``""``."""
-        name = name.lower()
-        return next((v for k, v in self.headers if k.lower() == name), "")
+        return header_value(self.headers, name)
 
     async def aclose(self) -> None:
         """Close the response (and its connection, if the body was not read to the end).
@@ -279,7 +280,9 @@ class UpstreamClient:
         held = connection
         return UpstreamResponse(
             response.status,
-            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],
+            # Names are case-insensitive (RFC 9110); Go, nginx and http.server capitalise
+            # them. Lower-cased here, once, every lookup after this compares exactly.
+            [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers],
             response,
             lambda: self._give_back(target.origin, held),
             waited=headers_in,

@@ -216,7 +216,7 @@ async def run_gateway(
     tracer: Tracer | None = None,
     task_status: trio.TaskStatus[tuple[Bridge, str]],
 ) -> None:
-    """Serve ``config`` on loopback like ``bridge serve`` does, reporting (bridge, url)."""
+    """Serve ``config`` on loopback like ``bridgectl serve`` does, reporting (bridge, url)."""
     async with open_bridge(config, tracer=tracer) as bridge, trio.open_nursery() as nursery:
         binds = await nursery.start(
             partial(hypercorn_serve, bridge.asgi_app, hypercorn_config(config))  # type: ignore[arg-type]

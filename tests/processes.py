@@ -53,7 +53,7 @@ def _process(args: list[str], port: int, env: dict[str, str] | None = None) -> I
 
 @contextmanager
 def mock_process() -> Iterator[int]:
-    """``bridge mock-upstream`` on a free port; yields the port."""
+    """``bridgectl mock-upstream`` on a free port; yields the port."""
     port = free_port()
     with _process([sys.executable, "-m", "bridge", "mock-upstream", "--port", str(port)], port):
         yield port
@@ -61,7 +61,7 @@ def mock_process() -> Iterator[int]:
 
 @contextmanager
 def gateway_process(upstream_port: int, *, database: str | None = None) -> Iterator[int]:
-    """``bridge serve`` in front of the mock; yields the port.
+    """``bridgectl serve`` in front of the mock; yields the port.
 
     SQLite in a temporary directory unless ``database`` names a store.
     """

@@ -246,7 +246,7 @@ async def run_rig(
     busy_timeout: float = 5.0,
     task_status: trio.TaskStatus[Rig],
 ) -> None:
-    """Serve ``config`` like ``bridge serve`` does, over a counting store."""
+    """Serve ``config`` like ``bridgectl serve`` does, over a counting store."""
     path = config.recording.database.removeprefix("sqlite:///")
     store = CountingStore(SQLiteStore(path, busy_timeout=busy_timeout))
     async with (
@@ -395,6 +395,10 @@ RAW_GARBAGE = ("responses", "garbage-sse", True)
 accounting (see fixtures/openai/openai_responses_malformed_line.json): garbage in one is
 passed on and the stream completes."""
 
+RAW_GARBAGE_BODY = ("responses", "garbage-sse", False)
+"""A blocking Responses body is the upstream's bytes too: garbage in it is relayed with the
+upstream's 200, and the interception is recorded failed (the body is not JSON)."""
+
 
 def last_frame(text: str) -> str:
     frames = [f for f in text.split("\n\n") if f.strip() and f.strip() != "data: [DONE]"]
@@ -412,6 +416,8 @@ async def test_upstream_faults_end_cleanly_and_record_what_was_sent(
         before = set(rig.store.started)
         if (api, fault, stream) == RAW_GARBAGE:
             stream_status, outcome = 200, "completed"
+        if (api, fault, stream) == RAW_GARBAGE_BODY:
+            blocking_status = 200
         if fault.startswith("stall"):
             await stall_then_leave(rig, api, stream=stream, fault=fault)
         else:
@@ -420,6 +426,8 @@ async def test_upstream_faults_end_cleanly_and_record_what_was_sent(
             assert response.status_code == (stream_status if stream else blocking_status), fault
             if (api, fault, stream) == RAW_GARBAGE:
                 assert GARBAGE.decode(errors="replace") in response.text  # relayed as sent
+            elif (api, fault, stream) == RAW_GARBAGE_BODY:
+                assert "garbage" in response.text  # relayed as sent
             elif response.status_code == 200:  # the stream had started: an error event ends it
                 assert "error" in last_frame(response.text), (fault, response.text[-300:])
             else:

@@ -425,7 +425,7 @@ def test_cli_revoking_an_unknown_id_exits_1_and_says_so(
     assert main(["keys", "revoke", "no-such-id"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("bridge: no gateway key has id 'no-such-id'")
-    assert "bridge keys list" in err
+    assert "bridgectl keys list" in err
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 Skipped unless ``BRIDGE_REAL_CLIENTS=1`` and the ``claude`` and ``codex`` commands are on
 PATH (``make e2e`` installs them from npm). Each CLI runs with its documented
-configuration and a gateway key of its own user; ``bridge usage`` must then attribute
+configuration and a gateway key of its own user; ``bridgectl usage`` must then attribute
 its traffic to that user and client.
 """
 

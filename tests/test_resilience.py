@@ -223,13 +223,36 @@ def test_every_key_resting_raises_with_the_soonest_return() -> None:
     pool, clock = make_pool()
     keys = [pool.choose() for _ in range(3)]
     pool.rate_limited(keys[0], 20.0)
-    pool.rejected(keys[1])  # 60 s
+    pool.rate_limited(keys[1], 60.0)
     pool.rate_limited(keys[2], 7.5)
     with pytest.raises(NoKeyAvailable, match=r"^every provider key is resting; .* 7\.5 s$") as e:
         pool.choose()
     assert e.value.retry_after == 7.5
     clock.now += 7.5
     assert pool.choose() == keys[2]
+
+
+def test_a_key_disabled_by_a_401_is_still_chosen_when_no_key_is_usable() -> None:
+    """A cooldown only moves traffic to another usable key; it never refuses it."""
+    pool, clock = make_pool()
+    keys = [pool.choose() for _ in range(3)]
+    pool.rate_limited(keys[0], 20.0)
+    pool.rejected(keys[1])  # 60 s
+    clock.now += 1
+    pool.rejected(keys[2])  # 60 s, a second later
+    assert pool.choose() == keys[1]  # disabled longest ago
+    assert pool.choose(exclude={1}) == keys[2]
+    with pytest.raises(NoKeyAvailable):
+        pool.choose(exclude={1, 2})  # only the rate-limited one is left
+
+
+def test_one_key_disabled_by_a_401_stays_in_use() -> None:
+    pool, _ = make_pool(count=1)
+    key = pool.choose()
+    tried: set[int] = set()
+    assert step_after(401, pool=pool, key=key, tried=tried).action == "give_up"
+    assert pool.status()[0]["state"] == "disabled"
+    assert pool.choose() == key  # the next request still goes to the upstream
 
 
 def test_rejection_is_logged_with_the_masked_hint_only(caplog: pytest.LogCaptureFixture) -> None:
@@ -239,7 +262,7 @@ def test_rejection_is_logged_with_the_masked_hint_only(caplog: pytest.LogCapture
         pool.rejected(key)
     (record,) = caplog.records
     assert record.name == "bridge.keys"
-    assert record.levelno == logging.WARNING
+    assert record.levelno == logging.ERROR  # a person must act
     assert key.hint in record.getMessage()
     assert "'anthropic'" in record.getMessage()
     assert SECRETS[0] not in caplog.text
@@ -318,7 +341,9 @@ def test_key_failures_fail_over_at_once_without_spending_a_retry(status: int) ->
     step = step_after(status, attempt=1, pool=pool, key=key, tried=tried)
     assert step == Step("failover", Key(1, SECRETS[1], mask_secret(SECRETS[1])), 1, 0.0)
     assert tried == {0}
-    assert pool.status()[0]["state"] == ("resting" if status == 429 else "disabled")
+    # A 403 refuses one model or request, not the key: it never rests it.
+    expected = {429: "resting", 401: "disabled", 403: "ok"}[status]
+    assert pool.status()[0]["state"] == expected
 
 
 def test_a_429_rests_the_key_for_the_upstreams_retry_after() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ssl
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -24,65 +23,15 @@ from cryptography.x509.oid import NameOID
 from bridge.errors import UpstreamUnavailable
 from bridge.upstream import UpstreamClient
 
-Handler = Callable[[trio.abc.Stream], Awaitable[None]]
-
-
-class Server:
-    """A tiny HTTP/1.1 server that answers each request with ``answer`` and counts
-    connections, so tests can see what the pool did on the wire."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.connections = 0
-        self.open = 0
-        self.requests: list[bytes] = []
-        self.close_after_answer = False
-
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        self.connections += 1
-        self.open += 1
-        buffer = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line.split(b":", 1)[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                while len(buffer) < length:
-                    buffer += await stream.receive_some(65536)
-                self.requests.append(head + b"\r\n\r\n" + buffer[:length])
-                buffer = buffer[length:]
-                await stream.send_all(self.answer)
-                if self.close_after_answer:
-                    return
-        except trio.BrokenResourceError:
-            return
-        finally:
-            self.open -= 1
-            await stream.aclose()
+from .wire import WireServer, serve
 
 
 def answer(body: bytes, *, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%b\r\n%b" % (len(body), extra, body)
 
 
-async def serve(nursery: trio.Nursery, server: Server) -> int:
-    listeners = await nursery.start(trio.serve_tcp, server.handle, 0)
-    return int(listeners[0].socket.getsockname()[1])
-
-
 async def test_connections_are_reused_and_requests_carry_host_and_length() -> None:
-    server = Server(answer(b"ok"))
+    server = WireServer(answer(b"ok"))
     async with trio.open_nursery() as nursery:
         port = await serve(nursery, server)
         client = UpstreamClient()
@@ -100,7 +49,7 @@ async def test_connections_are_reused_and_requests_carry_host_and_length() -> No
 
 
 async def test_a_half_read_response_closes_its_connection() -> None:
-    server = Server(answer(b"x" * 1_000_000))
+    server = WireServer(answer(b"x" * 1_000_000))
     async with trio.open_nursery() as nursery:
         port = await serve(nursery, server)
         client = UpstreamClient()
@@ -119,7 +68,7 @@ async def test_a_half_read_response_closes_its_connection() -> None:
 
 
 async def test_an_idle_connection_the_server_closed_is_not_used_again() -> None:
-    server = Server(answer(b"ok"))
+    server = WireServer(answer(b"ok"))
     server.close_after_answer = True
     async with trio.open_nursery() as nursery:
         port = await serve(nursery, server)
@@ -179,7 +128,7 @@ async def test_tls_verifies_the_certificate_and_says_why_it_refused(tmp_path: Pa
     cert, key = _certificate(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
-    server = Server(answer(b"secure"))
+    server = WireServer(answer(b"secure"))
 
     async def handle(stream: trio.abc.Stream) -> None:
         with contextlib.suppress(trio.BrokenResourceError):  # a refused handshake

@@ -191,6 +191,16 @@ class Engine:
         }
         configured = [p.name for p in self.config.providers]
         checks["providers"] = {"ok": bool(configured), "detail": ", ".join(configured) or "none"}
+        if self.pools:
+            # A key the upstream refused stays in use when it is the last one, so this
+            # never makes the gateway unready; it tells an operator which key to replace.
+            checks["keys"] = {
+                "ok": True,
+                "providers": {
+                    name: {"rejected_401": pool.rejections, "keys": pool.status()}
+                    for name, pool in self.pools.items()
+                },
+            }
         if self.hub is not None:
             # A down MCP server does not make the gateway unready: its tools are just absent.
             checks["mcp"] = {"ok": True, "servers": self.hub.status()}

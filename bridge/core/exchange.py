@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.auth import Actor
+from bridge.headers import normalize
 
 __all__ = ["Request", "ResponseSink"]
 
@@ -27,12 +28,18 @@ class Request:
     path: str
     query: str = ""
     headers: Sequence[tuple[str, str]] = ()
-    """Header pairs with lower-case names, in the order received."""
+    """Header pairs, in the order received; names are lower-cased on construction."""
     body: bytes = b""
     actor: Actor | None = None
     """Who asked; ``None`` means: authenticate by the configured auth mode."""
     client_address: str = ""
     scheme: str = "http"
+
+    def __post_init__(self) -> None:
+        # Where a request's headers enter the core: an embedding program may write
+        # ``Content-Type``; everything downstream compares lower-case names.
+        if any(name != name.lower() for name, _ in self.headers):
+            object.__setattr__(self, "headers", normalize(self.headers))
 
 
 class ResponseSink(Protocol):

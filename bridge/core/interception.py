@@ -227,23 +227,49 @@ async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: flo
             with ix.tracer.span(SPAN_PROCESS_REQUEST):
                 await _run(ix, relay)
             nursery.cancel_scope.cancel()
+        final: Outcome
+        reason: str | None
         if ix.client_gone and not _answer_delivered(ix, relay):
-            outcome, error = Outcome.CLIENT_DISCONNECTED, "the client disconnected"
+            final, reason = Outcome.CLIENT_DISCONNECTED, "the client disconnected"
         elif ix.rejected:
-            outcome, error = Outcome.REJECTED, ix.failure
+            final, reason = Outcome.REJECTED, ix.failure
         elif ix.failure is not None:
-            outcome, error = Outcome.FAILED, ix.failure
+            final, reason = Outcome.FAILED, ix.failure
         else:
-            outcome, error = Outcome.COMPLETED, None
+            final, reason = Outcome.COMPLETED, None
+        if not ix.client_gone:
+            final, reason = await _deliver(ix, relay, final, reason)
+        outcome, error = final, reason
     finally:
         ix.outcome = outcome
         with trio.move_on_after(RECORD_DEADLINE, shield=True):
             with ix.tracer.span(SPAN_RECORD_INTERCEPTION_ENDED):
                 await ix.recorder.record(InterceptionEnded(ix.id, outcome, error))
-    if not ix.client_gone:
-        # The client sees the end of the body only once the records are queued.
-        await relay.close()
     return outcome
+
+
+async def _deliver(
+    ix: Interception, relay: Relay, outcome: Outcome, error: str | None
+) -> tuple[Outcome, str | None]:
+    """Send the rest of the response (a blocking answer, or a stream's end); return the
+    outcome to record, which is what the client got.
+
+    The ended record is written after this, so that it can say so: an answer the
+    connection refused (a header the HTTP server will not send) makes the interception
+    ``failed`` with the reason, a client that stopped reading ``client_disconnected``.
+    Every other record of the interception was queued before the client saw its end.
+    """
+    try:
+        await relay.close()
+    except Exception as exc:
+        logger.error(
+            "interception %s: the answer could not be delivered to the client", ix.id, exc_info=exc
+        )
+        reason = f"the answer could not be delivered to the client: {type(exc).__name__}: {exc}"
+        return Outcome.FAILED, reason
+    if relay.stalled and outcome is Outcome.COMPLETED:
+        return Outcome.CLIENT_DISCONNECTED, "the client stopped reading before the end"
+    return outcome, error
 
 
 def _answer_delivered(ix: Interception, relay: Relay) -> bool:
@@ -347,7 +373,11 @@ async def _loop(ix: Interception, relay: Relay) -> None:
         result, client_body, buffered = step
         pending = [call for call in result.tool_calls if call.name in injected]
         if result.error is not None:
-            ix.failure = f"upstream error in stream: {result.error}"
+            if client_body is None:
+                ix.failure = f"upstream error in stream: {result.error}"
+            else:  # a blocking body the dialect relays as received, though unreadable
+                ix.failure = result.error
+                await relay.respond(*client_body)
             await relay.send_frames(buffered)
             break
         if not result.complete:
@@ -393,14 +423,15 @@ async def _call_upstream(
                 await _relay_upstream_error(ix, relay, response)
                 return None
             passed = forwardable_response_headers(response.headers)
-            passed = [(k, v) for k, v in passed if k != "content-type"]
             if ix.parsed.stream and response.content_type == "text/event-stream":
                 relay.set_stream_headers(passed)
                 sink = buffered.append if buffer else None
                 await _relay_stream(response, turn, relay, raw=ix.dialect.relay_raw, hold=sink)
             else:
                 client = turn.feed_body(await response.read())
-                client_body = (response.status, [_JSON, *passed], client)
+                if not ix.dialect.relay_raw:  # the body was rewritten as JSON
+                    passed = [_JSON, *((k, v) for k, v in passed if k != "content-type")]
+                client_body = (response.status, passed, client)
     finally:
         result = turn.result()
         with trio.move_on_after(RECORD_DEADLINE, shield=True):
@@ -480,6 +511,8 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
             ix.metrics.upstream_ttfb(
                 provider=provider.name, model=ix.parsed.model, seconds=response.waited
             )
+            if key is not None and response.status in (401, 403):
+                ix.metrics.provider_key_refused(provider=provider.name, status=response.status)
         step = next_step(
             response.status,
             dict(response.headers),

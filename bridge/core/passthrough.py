@@ -34,8 +34,9 @@ async def passthrough(
     """Relay one request and its response; ``error_body`` shapes errors for the provider.
 
     Failures before the response started are answered here (a 502 for an upstream
-    that cannot be reached, a 4xx for a request that cannot be sent); nothing leaves
-    this function as an exception group.
+    that cannot be reached, a 4xx for a request that cannot be sent); after it, the
+    body is left unended (the sink's owner cuts the client's connection). Nothing
+    leaves this function as an exception group.
     """
     headers = passthrough_headers(
         route.provider,
@@ -72,7 +73,10 @@ async def passthrough(
                 await sink.end()
         except (UpstreamError, ClientError) as exc:
             if started:
-                return  # the client sees the body end early: the upstream failed mid-way
+                # The upstream failed mid-way. The body is left unfinished, never ended
+                # as if whole: the server closes the connection, so the client sees it cut.
+                nursery.cancel_scope.cancel()
+                return
             unreachable = isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamTimeout)
             message = "the upstream is unreachable" if unreachable else str(exc)
             body = error_body(exc.status_hint, message)

@@ -52,8 +52,13 @@ class Relay:
         self._sending = False  # a frame is being handed to the sink
 
     def set_stream_headers(self, headers: Sequence[tuple[str, str]]) -> None:
-        """Add upstream headers (request id, rate limits) to a stream not yet started."""
-        self._stream_headers = [*SSE_HEADERS, *headers]
+        """Add upstream headers (request id, rate limits) to a stream not yet started.
+
+        The stream's own headers win: an upstream ``content-type`` or ``cache-control``
+        is dropped rather than sent twice.
+        """
+        own = {name for name, _ in SSE_HEADERS}
+        self._stream_headers = [*SSE_HEADERS, *((k, v) for k, v in headers if k not in own)]
 
     async def send_frame(self, frame: bytes) -> None:
         """Send one SSE frame, starting the 200 stream first if needed."""

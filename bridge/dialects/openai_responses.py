@@ -28,7 +28,7 @@ from bridge.dialects.base import (
     tool_parameters,
 )
 from bridge.dialects.openai_common import error_body, upstream_error
-from bridge.errors import BadRequest, NotSupported, UpstreamProtocolError
+from bridge.errors import BadRequest, NotSupported
 from bridge.sse import Event, encode
 
 __all__ = ["OpenAIResponses", "response_summary"]
@@ -172,14 +172,22 @@ class _Turn:
         return
 
     def feed_body(self, body: bytes) -> bytes:
+        """The body as received, always (the API's promise: the upstream's bytes).
+
+        One that is not a JSON object is still relayed unchanged; it becomes the
+        turn's :attr:`~bridge.dialects.base.TurnResult.error`, so the interception
+        is recorded as failed with the reason.
+        """
         try:
             document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise UpstreamProtocolError("upstream sent a response body that is not JSON") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            document = None
         if isinstance(document, dict):
             self._response = document
             self._response_id = str(document.get("id") or "")
             self._complete = True
+        else:
+            self._error = "upstream sent a response body that is not JSON (relayed as received)"
         return body
 
     def result(self) -> TurnResult:

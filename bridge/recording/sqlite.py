@@ -8,7 +8,7 @@ Rules:
 * One connection per store, opened with ``check_same_thread=False``: writes come from
   trio worker threads, serialized by the recorder; a lock also serializes the readers
   (``usage``, the test readers) and ``check``, which may run on other threads.
-* WAL journal, ``synchronous=NORMAL`` and a busy timeout: readers (``bridge usage``) never
+* WAL journal, ``synchronous=NORMAL`` and a busy timeout: readers (``bridgectl usage``) never
   block the gateway's writes, a commit costs no fsync, and a second process waits for
   the write lock instead of failing at once.
 * The schema is versioned: ``schema_migrations`` lists the applied versions, and

@@ -433,6 +433,50 @@ async def test_upstream_reset_mid_stream_is_an_error_event_and_fails(
     assert usage["input"] == 11  # what was known when the upstream died
 
 
+async def _error_then_silent_upstream(stream: trio.SocketStream) -> None:
+    """Streams some text and an ``overloaded_error`` event, then does not end the body
+    until the gateway hangs up: the end of an upstream stream may come after a client
+    has read its last event and left (an HTTP/1.0 upstream closes a moment later)."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += await stream.receive_some(65536)
+    scenario = SCENARIOS["anthropic_overloaded_midstream"].upstream.streaming[0]
+    assert scenario.wire_chunks[-1].startswith(b"event: error")
+    body = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in scenario.wire_chunks)
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    await stream.send_all(head + body)
+    await _silent_upstream(stream)
+
+
+@OWN_UPSTREAM
+async def test_a_client_that_left_after_the_error_event_got_a_failed_answer(
+    start_gateway: Any, nursery: trio.Nursery
+) -> None:
+    """The record says what the client got: the provider's error, not a disconnect."""
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, _error_then_silent_upstream, 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    gateway: Gateway = await start_gateway(upstream_url=f"http://127.0.0.1:{port}/")
+    body = {**(SCENARIOS["anthropic_overloaded_midstream"].request or {}), "stream": True}
+    received = b""
+    with trio.fail_after(10):
+        async with (
+            httpx2.AsyncClient() as client,
+            client.stream("POST", f"{gateway.url}/anthropic/v1/messages", json=body) as response,
+        ):
+            async for chunk in response.aiter_bytes():
+                received += chunk
+                if b"event: error" in received and received.endswith(b"\n\n"):
+                    break  # the client has the error event and hangs up, as SDKs do
+        await gateway.flush()
+    [row] = gateway.store.interceptions()
+    assert row["outcome"] == "failed", row["error"]
+    assert "overloaded" in row["error"].lower()
+
+
 async def _dated_upstream(stream: trio.SocketStream) -> None:
     """Answers one blocking request the way real providers do: with date and server."""
     request = b""

@@ -33,6 +33,10 @@ Rules and invariants:
   streaming responses) are answered with a 400 in the route's error shape (Anthropic's or
   OpenAI's) whose message names the fix. 400 rather than 500 because SDK clients retry 5xx
   with back-off.
+* The choice of an answer (:meth:`MockUpstream.route`) and the recording
+  (:meth:`MockUpstream.record_request`, :meth:`MockUpstream.record_stream_end`) are
+  separate from the h11 transport, so another HTTP stack can serve the same scenarios
+  into the same recorded state (the tests' ``tests/foreign_upstream.py``).
 * Anthropic requests without ``x-api-key`` and without ``authorization``, and OpenAI
   requests without ``authorization: Bearer <key>``, get 401, so tests can check that the
   gateway injects the provider key.

@@ -84,11 +84,11 @@ REFUSED_BEFORE_UPSTREAM = h11_mock_only("the gateway answers itself; no upstream
 OWN_UPSTREAM = h11_mock_only("the test serves an upstream of its own, or none")
 
 
-# Upstream response headers a gateway answers with its own, never the provider's: framing,
-# connection, Date, Server (dropped), and the type of the body it sends.
+# Upstream response headers a gateway answers with its own, never the provider's: framing
+# and connection ones, Date, Server (dropped), and the type of the body it sends.
 GATEWAY_OWN_HEADERS = frozenset(
-    {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
-    | {"content-type", "trailer"}
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "trailer"}
+    | {"date", "server", "content-type"}
 )
 
 

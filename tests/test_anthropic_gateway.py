@@ -262,6 +262,21 @@ async def test_models_list_and_count_tokens_pass_through(gateway: Gateway) -> No
     assert gateway.store.interceptions() == []  # passthrough is not recorded
 
 
+async def test_passthrough_gives_the_sdk_one_of_each_header_and_no_server(
+    gateway: Gateway,
+) -> None:
+    """A passthrough answer keeps the provider's headers, but the framing, Date and Server
+    of whatever HTTP stack the upstream runs are not relayed beside the gateway's."""
+    response = await gateway.anthropic().models.with_raw_response.list()
+    assert response.status_code == 200
+    names = [name.decode("latin-1").lower() for name, _ in response.headers.raw]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+    assert "server" not in names
+    assert names.count("date") == 1
+    assert response.headers["request-id"] == "req_011CTzyF6hJ8kL0zX2cV4bN6"
+    assert "trailer" not in names
+
+
 async def test_passthrough_injects_the_central_key_only_when_the_client_has_none(
     gateway: Gateway,
 ) -> None:

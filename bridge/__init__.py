@@ -9,6 +9,8 @@ and may change.
 from __future__ import annotations
 
 import contextlib
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from bridge.auth import ANONYMOUS, Actor
 from bridge.config import (
@@ -33,7 +35,6 @@ from bridge.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
-from bridge.gateway import Bridge, Response, StreamedResponse, open_bridge
 from bridge.recording.memory import MemoryStore
 from bridge.recording.records import (
     CredentialKind,
@@ -45,7 +46,22 @@ from bridge.recording.records import (
     TokenUsage,
     ToolUsage,
 )
-from bridge.server import serve
+
+if TYPE_CHECKING:
+    from bridge.gateway import Bridge, Response, StreamedResponse, open_bridge
+    from bridge.server import serve
+
+# The running parts (the engine, its HTTP face, the server) are imported on first use:
+# the command line (``bridgectl keys``, ``bridgectl usage``, ``--help``) needs only the
+# configuration and the stores, and loading the gateway, Quart, hypercorn and the MCP
+# library took it from a tenth of a second to over two.
+_LAZY: dict[str, str] = {
+    "Bridge": "bridge.gateway",
+    "Response": "bridge.gateway",
+    "StreamedResponse": "bridge.gateway",
+    "open_bridge": "bridge.gateway",
+    "serve": "bridge.server",
+}
 
 __all__ = [
     "ANONYMOUS",
@@ -86,10 +102,30 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-# Tracebacks and reprs say ``bridge.Config``, not where it happens to live.
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) or callable(_obj):
+
+def _present(obj: Any) -> None:
+    """Tracebacks and reprs say ``bridge.Config``, not where it happens to live."""
+    if isinstance(obj, type) or callable(obj):
         with contextlib.suppress(AttributeError, TypeError):
-            _obj.__module__ = "bridge"
-del _name, _obj
+            obj.__module__ = "bridge"
+
+
+def __getattr__(name: str) -> Any:
+    """The names of :data:`_LAZY`, imported when first asked for."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    obj = getattr(importlib.import_module(module), name)
+    _present(obj)
+    globals()[name] = obj
+    return obj
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+for _name in __all__:
+    if _name not in _LAZY:
+        _present(globals()[_name])
+del _name

@@ -5,9 +5,11 @@ Off unless ``observability.dump_dir`` is set (reference-behaviour.md section 10)
 1. **Layout.** A bridged call is dumped under
    ``<dir>/<provider>/<model, "/" -> "-">/<unix-ms>-<interception id>`` and a passthrough call
    under ``<dir>/<provider>/passthrough/<unix-ms>-<path, "/" -> "-">-<4 hex>``; the files are
-   that base plus ``.req.txt``, ``.resp.txt`` or ``.req_error.txt``. A name that would leave
-   its directory (``""``, ``"."``, ``".."``) becomes ``"_"`` and NUL becomes ``"_"``: the
-   model name comes from the client and must not choose where the gateway writes.
+   that base plus ``.req.txt``, ``.resp.txt`` or ``.req_error.txt``. The model name and the
+   path come from the client and must not choose where the gateway writes: each becomes one
+   path component of at most 100 characters from ``A-Z a-z 0-9 . _ -`` (anything else,
+   CR/LF and NUL included, is ``_``; a leading ``.`` is ``_``, so never ``.``/``..`` nor a
+   hidden file; empty is ``_``).
 2. **HTTP/1 format.** A request is ``METHOD URI HTTP/1.1``, its headers sorted by name
    (case-insensitively, stable), a blank line and the body; CRLF line ends, as on the wire.
    A JSON body is re-indented by two spaces with its tokens, key order and duplicate keys
@@ -20,7 +22,8 @@ Off unless ``observability.dump_dir`` is set (reference-behaviour.md section 10)
    anything in the request URI that looks like a key (``?key=...``). Bodies are dumped as sent.
 4. **Never fatal.** A failure to write is logged on ``bridge.apidump`` with the path and the
    error, and the call returns normally: debugging output must not fail a user's request.
-5. **Permissions.** Directories the dump creates are 0755 and files 0644, whatever the umask.
+5. **Permissions.** Directories the dump creates are 0700 and files 0600, whatever the
+   umask: dumps hold prompts and answers, only the gateway's own user may read them.
 
 Every method that writes (:meth:`APIDump.write_request`, :meth:`APIDump.open_response`,
 :meth:`APIDump.write_error`, :meth:`ResponseDump.write`) **blocks** on the file system: each
@@ -35,6 +38,7 @@ import http
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -76,15 +80,20 @@ REDACTED_RESPONSE_HEADERS: Final = frozenset(
 _SECRET_HEADER_SUFFIXES: Final = ("-key", "-token", "-secret")
 _SCHEME_HEADERS: Final = frozenset({"authorization", "proxy-authorization"})
 
-_DIR_MODE: Final = 0o755
-_FILE_MODE: Final = 0o644
+_DIR_MODE: Final = 0o700
+_FILE_MODE: Final = 0o600
 _CRLF: Final = b"\r\n"
+_UNSAFE_CHARACTERS: Final = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_NAME: Final = 100  # file systems allow 255 bytes a component; leave room for the rest
 
 
 def _safe_name(name: str) -> str:
-    """``name`` as one path component: ``/`` -> ``-``, and never ``.``/``..``/empty/NUL."""
-    name = name.replace("/", "-").replace("\\", "-").replace("\x00", "_")
-    return "_" if name in ("", ".", "..") else name
+    """``name`` as one short path component (rule 1): ``/`` -> ``-``, other characters
+    outside ``A-Za-z0-9._-`` -> ``_``, at most 100 characters, never ``.``/``..``/empty."""
+    name = _UNSAFE_CHARACTERS.sub("_", name.replace("/", "-").replace("\\", "-"))[:_MAX_NAME]
+    if name.startswith("."):
+        name = "_" + name[1:]
+    return name or "_"
 
 
 def _mask_header(name: str, value: str, redacted: frozenset[str]) -> str:
@@ -160,7 +169,7 @@ def _pretty_body(body: bytes) -> bytes | None:
 
 
 def _make_dirs(directory: Path) -> None:
-    """Create ``directory`` and missing parents, each 0755 regardless of the umask."""
+    """Create ``directory`` and missing parents, each 0700 regardless of the umask."""
     missing: list[Path] = []
     current = directory
     while not current.exists():
@@ -177,7 +186,7 @@ def _make_dirs(directory: Path) -> None:
 
 
 def _write_file(path: Path, data: bytes, *, append: bool = False) -> bool:
-    """One open, write and close of ``path`` (mode 0644); log and return False on failure."""
+    """One open, write and close of ``path`` (mode 0600); log and return False on failure."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
     try:
         _make_dirs(path.parent)
@@ -259,7 +268,7 @@ class APIDump:
 
         The random suffix tells apart passthrough calls to one path in one millisecond.
         """
-        name = _safe_name(f"{self._unix_ms()}-{path}-{secrets.token_hex(2)}")
+        name = f"{self._unix_ms()}-{_safe_name(path)}-{secrets.token_hex(2)}"
         return self.directory / _safe_name(provider) / "passthrough" / name
 
     def write_request(

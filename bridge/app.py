@@ -30,7 +30,8 @@ from bridge.core.exchange import Request
 from bridge.errors import PayloadTooLarge
 from bridge.headers import bearer_token
 from bridge.metrics import render
-from bridge.reports import parse_since, usage_records
+from bridge.providers import suggest_route
+from bridge.reports import format_usage, parse_since, usage_records
 
 __all__ = ["ASGIApp", "make_asgi_app"]
 
@@ -178,13 +179,22 @@ def _control_app(engine: Engine) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        """Ready or not by status code; the checks too, unless they need the metrics key
+        (they name MCP servers, the journal backlog, the providers)."""
         checks = await engine.readiness()
-        ready = all(check["ok"] for check in checks.values())
-        return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+        required = [c["ok"] for c in checks.values() if c.get("required", True)]
+        optional = [c["ok"] for c in checks.values() if not c.get("required", True)]
+        ready = all(required)
+        status = 200 if ready else 503
+        if not _may_observe(engine):
+            return _json({"ready": ready}, status)
+        state = "ok" if ready and all(optional) else "degraded" if ready else "unready"
+        return _json({"ready": ready, "status": state, "checks": checks}, status)
 
     @app.get("/api/v1/usage")
     async def usage() -> Response:
-        """The usage report of ``bridgectl usage``, as JSON; ``since`` and ``by`` as there."""
+        """The usage report of ``bridgectl usage``: ``since`` and ``by`` as there,
+        ``format`` json (the default) or csv (a download)."""
         admin_key = engine.config.auth.admin_key
         if not admin_key:
             message = "the usage API is off: set auth.admin_key to enable it"
@@ -194,12 +204,26 @@ def _control_app(engine: Engine) -> QuartTrio:
             message = "the usage API needs 'Authorization: Bearer <auth.admin_key>'"
             return _json({"error": {"type": "authentication_error", "message": message}}, 401)
         by = tuple(dict.fromkeys(request.args.getlist("by") or ["user"]))
+        fmt = request.args.get("format", "json")
         try:
+            if unknown := sorted(set(request.args) - _USAGE_PARAMETERS):
+                raise ValueError(
+                    f"unknown parameter {unknown[0]!r}; the usage API takes"
+                    f" {', '.join(sorted(_USAGE_PARAMETERS))}"
+                )
+            if fmt not in ("json", "csv"):
+                raise ValueError(f"format must be json or csv, got {fmt[:40]!r}")
             since_text = request.args.get("since")
-            since = parse_since(since_text) if since_text else None
+            since = parse_since(since_text, name="since") if since_text else None
             rows = await trio.to_thread.run_sync(lambda: engine.store.usage(since=since, by=by))
         except (ConfigError, ValueError) as exc:
             return _json({"error": {"type": "invalid_request_error", "message": str(exc)}}, 400)
+        if fmt == "csv":
+            return Response(
+                format_usage(rows, by, "csv") + "\n",
+                content_type="text/csv; charset=utf-8",
+                headers={"content-disposition": 'attachment; filename="usage.csv"'},
+            )
         return _json(
             {
                 "since": since.isoformat() if since else None,
@@ -210,6 +234,11 @@ def _control_app(engine: Engine) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if not _may_observe(engine):
+            key = "metrics_key" if engine.config.observability.metrics_key else "admin_key"
+            section = "observability" if key == "metrics_key" else "auth"
+            message = f"/metrics needs 'Authorization: Bearer <{section}.{key}>'"
+            return _json({"error": {"type": "authentication_error", "message": message}}, 401)
         engine.metrics.recorder_observed(engine.recorder.stats)
         body, content_type = await trio.to_thread.run_sync(render, engine.metrics)
         return Response(body, content_type=content_type)
@@ -217,6 +246,10 @@ def _control_app(engine: Engine) -> QuartTrio:
     @app.errorhandler(404)
     async def not_found(_: Exception) -> Response:
         message = f"route not supported: {request.method} {request.path}"
+        if meant := suggest_route(engine.providers.values(), request.path):
+            provider, path = meant
+            base = f"{request.scheme}://{request.host}{provider.prefix}"
+            message += f"; did you mean {path}? (the base URL is {base})"
         return _json({"error": {"type": "not_found", "message": message}}, 404)
 
     @app.errorhandler(405)
@@ -231,6 +264,19 @@ def _control_app(engine: Engine) -> QuartTrio:
         return response
 
     return app
+
+
+def _may_observe(engine: Engine) -> bool:
+    """Whether this request may read ``/metrics`` and the ``/readyz`` checks: always,
+    unless ``observability.metrics_auth`` asks for the metrics key (user ids, models and
+    clients are in the labels)."""
+    if not engine.config.observability.metrics_auth:
+        return True
+    presented = bearer_token(request.headers.get("authorization", ""))
+    return hmac.compare_digest(presented.encode(), engine.config.metrics_key.encode())
+
+
+_USAGE_PARAMETERS = frozenset({"since", "by", "format"})
 
 
 def _json(document: Any, status: int = 200) -> Response:

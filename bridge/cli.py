@@ -24,9 +24,9 @@ from functools import partial
 import trio
 
 from bridge.config import Config, ConfigError, load_config, mask_url, render_config
-from bridge.keys import GatewayKey, KeyStore
+from bridge.keys import KEY_TOUCH_INTERVAL, GatewayKey, KeyStore, resolve_key
 from bridge.logs import configure_logging
-from bridge.recording.store import GROUP_BY, StoreError, open_store
+from bridge.recording.store import GROUP_BY, StoreError, check_group_by, open_store
 from bridge.reports import format_usage, parse_since
 from bridge.tracing import configure_tracing
 
@@ -57,8 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument(
         "--by",
         action="append",
-        choices=GROUP_BY,
-        help="group by this column (repeat to combine; default: user)",
+        type=_group_name,
+        metavar="{" + ",".join(GROUP_BY) + ",meta:KEY}",
+        help="group by this column, or by a key's metadata as meta:team"
+        " (repeat to combine; default: user)",
     )
     usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
@@ -79,13 +81,33 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--format", choices=("table", "json"), default="table")
     listing.add_argument("--config", help="path to bridge.toml")
     revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("id", help="the key's id, as `bridgectl keys list` shows it")
+    revoke.add_argument(
+        "id",
+        help="the key's id or its prefix (bk-...), as `bridgectl keys list` shows them;"
+        " a unique start of either is enough",
+    )
     revoke.add_argument("--config", help="path to bridge.toml")
 
-    mock = commands.add_parser("mock-upstream", help="a deterministic fake provider for demos")
-    mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=9090)
+    mock = commands.add_parser(
+        "mock-upstream",
+        help="a deterministic fake provider for demos",
+        description="A fake Anthropic and OpenAI upstream replaying the scenarios in"
+        " fixtures/: point ANTHROPIC_BASE_URL at http://HOST:PORT/ and OPENAI_BASE_URL at"
+        " http://HOST:PORT/v1/ (an x-mock-scenario header picks another scenario).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    mock.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    mock.add_argument("--port", type=int, default=9090, help="port to listen on")
     return parser
+
+
+def _group_name(text: str) -> str:
+    """A ``--by`` value: one of :data:`GROUP_BY`, or ``meta:KEY``."""
+    try:
+        (name,) = check_group_by((text,))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -137,6 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
         observability = replace(observability, log_level=args.log_level.upper())
     config = replace(config, server=server, observability=observability)
     if config.server.workers > 1:
+        configure_logging(config.observability)  # the supervisor logs workers it replaces
         return run_workers(config, serve_worker_process)
     serve_worker(config)
     return 0
@@ -297,24 +320,28 @@ def _keys(args: argparse.Namespace) -> int:
             return 0
         if args.keys_command == "list":
             print(format_keys(store.list_keys(), args.format))
+            if args.format == "table":
+                print(
+                    f"(last_used is noted at most once every {KEY_TOUCH_INTERVAL:g} s per"
+                    " gateway worker)",
+                    file=sys.stderr,
+                )
             return 0
         return _revoke(store, args.id)
     finally:
         store.close()
 
 
-def _revoke(store: KeyStore, key_id: str) -> int:
-    if store.revoke_key(key_id):
-        print(f"Revoked key {key_id}.")
-        return 0
-    known = next((key for key in store.list_keys() if key.id == key_id), None)
-    if known is None:
-        print(
-            f"bridge: no gateway key has id {key_id!r}; `bridgectl keys list` shows the ids",
-            file=sys.stderr,
-        )
+def _revoke(store: KeyStore, reference: str) -> int:
+    try:
+        key = resolve_key(store.list_keys(), reference)
+    except LookupError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
         return 1
-    print(f"Key {key_id} was already revoked at {_when(known.revoked_at)}.")
+    if store.revoke_key(key.id):
+        print(f"Revoked key {key.id} ({key.prefix}) of user {key.user!r}.")
+        return 0
+    print(f"Key {key.id} ({key.prefix}) was already revoked at {_when(key.revoked_at)}.")
     return 0
 
 

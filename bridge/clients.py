@@ -6,6 +6,7 @@ and a few client-specific headers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -28,6 +29,10 @@ _USER_AGENT_PREFIXES: Final = (
     ("opencode/", "OpenCode"),
 )
 _ORIGINATORS: Final = {"kilo-code": "Kilo Code", "roo-code": "Roo Code"}
+# The official SDKs (Stainless-generated) send ``Anthropic/Python 2.14.0``,
+# ``OpenAI/JS 4.104.0``...: a program using one is recorded as ``anthropic-python``.
+# Last in line, because tools built on an SDK (Cursor...) say who they are elsewhere.
+_SDK_USER_AGENT: Final = re.compile(r"(anthropic|openai)/([a-z]+)\b")
 
 # The header carrying each client's session id.
 _SESSION_HEADERS: Final = {
@@ -53,6 +58,8 @@ def guess_client(headers: Sequence[tuple[str, str]]) -> str:
         return _ORIGINATORS[originator]
     if header_value(headers, "x-cursor-client-version"):
         return "Cursor"
+    if sdk := _SDK_USER_AGENT.match(user_agent):
+        return f"{sdk[1]}-{sdk[2]}"
     return "Unknown"
 
 

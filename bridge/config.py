@@ -17,8 +17,9 @@ records come out. The rules:
 4. **Messages teach the fix.** A :class:`ConfigError` names the key, the value it got and
    what is allowed.
 5. **Secrets never show.** Provider keys and the values of MCP server ``headers`` and
-   ``env`` are masked with :func:`mask_secret` and a password in a URL is shown as ``***``,
-   in error messages, in ``repr`` and in :func:`render_config`.
+   ``env`` are masked with :func:`mask_secret`, and the credentials in a URL (a password,
+   a ``?token=``...) are shown as ``***`` by :func:`mask_url`, in error messages, in
+   ``repr`` and in :func:`render_config`.
 6. **No hidden input.** Only :func:`load_config` reads a file, and the environment is always
    an explicit mapping; direct construction never reads ``os.environ``.
 """
@@ -36,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "ACTOR_REFERENCE",
@@ -64,6 +65,7 @@ __all__ = [
     "load_config",
     "mask_secret",
     "mask_url",
+    "mask_urls_in",
     "render_config",
 ]
 
@@ -165,24 +167,55 @@ def mask_secret(secret: str) -> str:
 # "user:password@" at the start of a URL's authority. Greedy up to the last "@", so a
 # password with an unencoded "/", "?" or "@" is masked whole (masking too much is harmless).
 _USERINFO_PASSWORD: Final = re.compile(r"^([^:/?#@]*):.*@")
-# A password given as a query parameter (libpq accepts ?password=...).
-_QUERY_PASSWORD: Final = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
+# One name=value pair of a query string or fragment.
+_QUERY_PAIR: Final = re.compile(r"([^&;=#?]*)=([^&;#]*)")
+# A query parameter whose name says it carries a credential: libpq's ?password=, and the
+# token=, api_key=, access_token=, sig=, X-Amz-Signature=, code=... of MCP and signed URLs.
+# A substring match, so that any spelling is caught (masking too much is harmless).
+_SECRET_PARAMETER: Final = re.compile(
+    r"token|key|secret|pass|pwd|auth|sig|code|credential|session|jwt|cookie", re.IGNORECASE
+)
+# A URL inside free text (a log line, an exception message): scheme://, then up to a space,
+# a quote or a bracket that would end it in prose or in a repr, without the punctuation
+# that ends a sentence or a parenthesis.
+_URL_IN_TEXT: Final = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*[^\s'\"<>`).,;:]")
 
 
 def mask_url(url: str) -> str:
-    """*url* with any password replaced by ``***``, safe to put in a message or a log.
+    """*url* with its credentials replaced by ``***``, safe to show, log, record or export.
 
-    Both places a database URL can hold one are masked: ``user:password@`` (taken to end
-    at the *last* ``@``, so a malformed URL may be over-masked but never leaks a password
-    that contains ``@`` or ``/``) and libpq's ``?password=`` query parameter.
+    The one function for every URL the gateway shows (the database, provider base URLs, MCP
+    server URLs, in check-config, ``/readyz``, logs, metric labels and records). Masked are
+    the password of ``user:password@`` (taken to end at the *last* ``@``, so a malformed URL
+    may be over-masked but never leaks a password that contains ``@`` or ``/``) and the
+    value of every query or fragment parameter whose name looks like a credential
+    (``password``, ``token``, ``api_key``, ``access_token``, ``sig``, ``code``...).
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    rest = _USERINFO_PASSWORD.sub(r"\1:***@", rest, count=1)
     before, question, query = rest.partition("?")
-    query = _QUERY_PASSWORD.sub(r"\1***", query)
-    return f"{scheme}{sep}{before}{question}{query}"
+    if not question:
+        before, question, query = rest.partition("#")
+    query = _QUERY_PAIR.sub(_mask_parameter, query)
+    # The query first: a "@" inside a masked query value must not look like userinfo.
+    rest = _USERINFO_PASSWORD.sub(r"\1:***@", before + question + query, count=1)
+    return f"{scheme}{sep}{rest}"
+
+
+def _mask_parameter(match: re.Match[str]) -> str:
+    name, value = match.group(1), match.group(2)
+    if value and _SECRET_PARAMETER.search(unquote(name)):
+        return f"{name}=***"
+    return match.group(0)
+
+
+def mask_urls_in(text: str) -> str:
+    """*text* with every URL in it passed through :func:`mask_url` (exception messages name
+    the URL they failed on, query and userinfo included)."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda match: mask_url(match.group(0)), text)
 
 
 def _show(value: object) -> str:
@@ -466,6 +499,9 @@ _SERVER_RULES: Final[Mapping[str, _Rule]] = {
     "ping_interval": _seconds(0, inclusive=False),
     "workers": _integer(1, 64),
     "client_write_timeout": _seconds(0, inclusive=False),
+    "keep_alive_timeout": _seconds(0, inclusive=False),
+    "header_timeout": _seconds(0, inclusive=False),
+    "http2": _boolean(),
 }
 _AUTH_RULES: Final[Mapping[str, _Rule]] = {
     "mode": _choice(list(AUTH_MODES)),
@@ -507,6 +543,8 @@ _OBSERVABILITY_RULES: Final[Mapping[str, _Rule]] = {
     "log_format": _choice(list(LOG_FORMATS)),
     "log_level": _choice(list(LOG_LEVELS)),
     "dump_dir": _Rule(_check_secret),  # any path; "" turns the API dump off
+    "metrics_auth": _boolean(),
+    "metrics_key": _Rule(_check_secret),
 }
 _MCP_RULES: Final[Mapping[str, _Rule]] = {
     "max_iterations": _integer(1),
@@ -552,6 +590,7 @@ def _check_mcp_server_name(name: object, where: str = "") -> str:
 _MASKS: Final[Mapping[str, Callable[[str], str]]] = {
     "key": mask_secret,
     "admin_key": mask_secret,
+    "metrics_key": mask_secret,
     "keys": mask_secret,  # each item of the list
     "database": mask_url,
     "base_url": mask_url,
@@ -592,6 +631,9 @@ class ServerConfig:
     ping_interval: float = 10 * SECONDS  # keep-alive ping on a silent Anthropic stream
     workers: int = 1  # Trio processes sharing the port (one per core)
     client_write_timeout: float = 60 * SECONDS  # a client not reading this long is dropped
+    keep_alive_timeout: float = 75 * SECONDS  # an idle connection is closed after this long
+    header_timeout: float = 10 * SECONDS  # a request's head must arrive within this
+    http2: bool = False  # HTTP/2 over cleartext (prior knowledge, h2c upgrade); else 1.1 only
 
     def __post_init__(self) -> None:
         _check_fields(self, "server", _SERVER_RULES)
@@ -786,6 +828,12 @@ class ObservabilityConfig:
     log_format: str = "logfmt"  # logfmt, json, or text for people at a terminal
     log_level: str = "INFO"
     dump_dir: str = ""  # write every upstream request and response below it; "" = off
+    # /metrics and the details of /readyz need "Authorization: Bearer <key>": the key is
+    # metrics_key if set (a scraper then never holds the admin key), else auth.admin_key.
+    metrics_auth: bool = False
+    metrics_key: str = ""
+
+    __repr__ = _masked_repr
 
     def __post_init__(self) -> None:
         _check_fields(self, "observability", _OBSERVABILITY_RULES)
@@ -808,6 +856,11 @@ class Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "providers", tuple(self.providers))
+        if self.observability.metrics_auth and not self.metrics_key:
+            raise ConfigError(
+                "observability.metrics_auth = true needs a key for the scrapers: set"
+                " observability.metrics_key or auth.admin_key"
+            )
         seen: set[str] = set()
         for provider in self.providers:
             if not isinstance(provider, ProviderConfig):
@@ -818,6 +871,12 @@ class Config:
                     f" name, which is also its route prefix {provider.route_prefix!r}"
                 )
             seen.add(provider.name)
+
+    @property
+    def metrics_key(self) -> str:
+        """The bearer key of ``/metrics`` and ``/readyz`` details when
+        ``observability.metrics_auth`` is on: ``metrics_key``, else ``auth.admin_key``."""
+        return self.observability.metrics_key or self.auth.admin_key
 
     def provider(self, name: str) -> ProviderConfig:
         """The provider called ``name``.

@@ -87,7 +87,9 @@ async def _requests(base_url: str) -> None:
             extra_headers={"x-mock-scenario": "anthropic_error_400"},
         )
     except anthropic.BadRequestError as exc:
-        print(f"[bob]   bad request -> HTTP {exc.status_code}: {exc.message[:60]}")
+        error = exc.body.get("error", {}) if isinstance(exc.body, dict) else {}
+        detail = error.get("message", exc.message) if isinstance(error, dict) else exc.message
+        print(f"[bob]   bad request -> HTTP {exc.status_code}: {detail}")
 
 
 def _mcp_server() -> MCPServer:

@@ -27,13 +27,14 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
 __all__ = [
     "KEY_LENGTH",
     "KEY_PREFIX",
+    "KEY_TOUCH_INTERVAL",
     "PREFIX_LENGTH",
     "GatewayKey",
     "KeyStore",
@@ -42,8 +43,13 @@ __all__ = [
     "hash_key",
     "key_prefix",
     "looks_like_gateway_key",
+    "resolve_key",
     "secret_matches",
 ]
+
+KEY_TOUCH_INTERVAL: Final = 60.0
+"""Seconds between two updates of a key's ``last_used_at`` by one gateway worker: a write
+per request would cost every request a database round trip for a fact needed to the day."""
 
 KEY_PREFIX: Final = "bk-"
 """Every gateway key starts with it, so a gateway key is told apart from a provider key."""
@@ -127,6 +133,30 @@ def secret_matches(secret: str, stored_hash: str | None) -> bool:
     expected = _DUMMY_HASH if stored_hash is None else stored_hash
     same = hmac.compare_digest(hash_key(secret), expected)
     return same and stored_hash is not None
+
+
+def resolve_key(keys: Sequence[GatewayKey], reference: str) -> GatewayKey:
+    """The key *reference* names: its id, its prefix (``bk-3fZx9Qp2``, as listings and logs
+    show it), the start of either if only one key has it, or the whole key.
+
+    Raises :class:`LookupError` saying what matched: nothing, or several keys (named by
+    prefix and user, so the caller can pick). The id wins over everything else.
+    """
+    text = reference.strip()
+    if (prefix := key_prefix(text)) is not None:
+        text = prefix  # the whole key: its prefix is what a store knows
+    for exact in ([k for k in keys if k.id == text], [k for k in keys if k.prefix == text]):
+        if len(exact) == 1:
+            return exact[0]
+    matches = [k for k in keys if text and (k.id.startswith(text) or k.prefix.startswith(text))]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise LookupError(
+            f"no gateway key has id or prefix {reference!r}; `bridgectl keys list` shows them"
+        )
+    named = ", ".join(f"{k.prefix} ({k.user})" for k in matches[:5])
+    raise LookupError(f"{reference!r} matches {len(matches)} keys: {named}; give more of it")
 
 
 def check_new_key(user: str, metadata: Mapping[str, str]) -> dict[str, str]:

@@ -12,7 +12,8 @@ that turns records into lines. The rules:
    logger, ours and third-party. It masks (with :func:`bridge.config.mask_secret`, the
    reference's 1.4 rule) the values of secret-bearing field names, and anything in any text
    (message, string fields, traceback) that looks like a provider key, a gateway key, a GitHub
-   token, a ``Bearer``/``Basic`` credential or a ``name=value`` pair with a secret-bearing name.
+   token, a ``Bearer``/``Basic`` credential or a ``name=value`` pair with a secret-bearing name,
+   and the credentials of every URL in it (:func:`bridge.config.mask_url`).
    Masking errs on the side of masking: a false positive costs a readable value, a false
    negative leaks a key.
 3. **Idempotent configuration.** Calling :func:`configure_logging` again replaces the handler
@@ -32,7 +33,7 @@ import sys
 from collections.abc import Mapping
 from typing import Final, TextIO
 
-from bridge.config import ObservabilityConfig, mask_secret
+from bridge.config import ObservabilityConfig, mask_secret, mask_urls_in
 
 __all__ = [
     "NOISY_LOGGERS",
@@ -134,7 +135,7 @@ def redact_text(text: str) -> str:
     One pass of one regular expression, so a value is masked once: a masked value contains
     ``...`` and is too short to look like a key again.
     """
-    return _SECRET_IN_TEXT.sub(_mask_match, text)
+    return _SECRET_IN_TEXT.sub(_mask_match, mask_urls_in(text))
 
 
 def _mask_value(value: object) -> object:
@@ -346,14 +347,17 @@ def interception_log(
     cache_write: int = 0,
     client: str = "",
     streaming: bool = False,
+    error: str | None = None,
 ) -> dict[str, object]:
     """The ``extra=`` fields of the one ``interception ended`` line each interception logs.
 
     Use as ``logger.info("interception ended", extra=interception_log(...))``. None of the
     names collide with a :class:`logging.LogRecord` attribute (``logging`` would raise).
-    ``duration_ms`` is rounded to whole milliseconds.
+    ``duration_ms`` is rounded to whole milliseconds. ``error`` is the reason of an outcome
+    other than ``completed`` (upstream unreachable, the iteration cap, the breaker open),
+    left out when there is none.
     """
-    return {
+    fields: dict[str, object] = {
         "interception_id": interception_id,
         "user": user,
         "provider": provider,
@@ -367,3 +371,6 @@ def interception_log(
         "client": client,
         "streaming": streaming,
     }
+    if error is not None:
+        fields["error"] = error
+    return fields

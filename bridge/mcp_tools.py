@@ -13,10 +13,14 @@ Rules and invariants:
 2. **Servers never stop the gateway.** A server that is down at start-up, or whose session
    drops, is retried with capped exponential backoff; its tools are absent meanwhile. Start-up
    waits at most ``startup_wait`` seconds for the servers before the hub is handed out.
+   A server that *loses* a live session (a restarted HTTP server answers 404 to the old
+   ``Mcp-Session-Id``; a stdio server's process exits) gets a new session at once, keeping
+   its tools meanwhile, and calls wait for it: a restart is not the model's business.
 3. **Calls belong to the caller.** :meth:`ToolHub.call` runs in the caller's task, so the
    caller's cancel scope owns it: cancelling it makes the SDK send ``notifications/cancelled``
    to the server. Every other problem (timeout, transport, JSON-RPC error, server down)
-   becomes :attr:`ToolResult.error`; ``call`` never raises for them.
+   becomes :attr:`ToolResult.error`; ``call`` never raises for them. A call is sent again
+   (once) only when the server refused it unrun, as a session it no longer knows.
 4. **Ids are stable.** A tool's id is ``bmcp_<server>_<name>``; lists are sorted by id so
    that the prompt prefix, and with it the provider's prompt cache, stays the same.
 5. **Per-actor sessions.** A server whose header values reference the actor
@@ -30,11 +34,14 @@ Rules and invariants:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 import httpx2
@@ -45,7 +52,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from bridge.auth import Actor
-from bridge.config import ACTOR_REFERENCE, MCPConfig, MCPServerConfig
+from bridge.config import ACTOR_REFERENCE, MCPConfig, MCPServerConfig, mask_url, mask_urls_in
 
 __all__ = [
     "BACKOFF_INITIAL",
@@ -86,7 +93,7 @@ class Tool:
     id: str  # TOOL_ID_PREFIX + server + "_" + name
     name: str  # the original tool name, used when calling the server
     server: str
-    server_url: str  # the URL, or "stdio:<command>"
+    server_url: str  # the URL with its credentials masked, or "stdio:<command>"
     description: str
     input_schema: dict[str, Any]  # the tool's inputSchema as JSON (properties, required...)
 
@@ -131,12 +138,16 @@ def _describe(exc: BaseException) -> str:
     """
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    text = str(exc)
+    text = mask_urls_in(str(exc))  # an HTTP error names the URL, query and userinfo included
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _server_url(server: MCPServerConfig) -> str:
-    return server.url or f"stdio:{server.command}"
+    """The server as shown in ``/readyz``, spans and records: its URL with credentials
+    masked, or ``stdio:<name>`` for a local process (its name as configured: the
+    interpreter path a command starts with says nothing about which server it is;
+    ``bridgectl check-config`` shows the command)."""
+    return mask_url(server.url) if server.url else f"stdio:{server.name}"
 
 
 def _resolve_headers(server: MCPServerConfig, actor: Actor | None) -> dict[str, str] | None:
@@ -186,6 +197,10 @@ class _Session:
     last_used: float = 0.0
     in_flight: int = 0
     settled: trio.Event = field(default_factory=trio.Event)  # the first attempt has ended
+    connects: int = 0  # how many times the session connected
+    renewing: bool = False  # the server lost the session; a new one is being opened at once
+    refused: set[object] = field(default_factory=set)
+    """The calls (their :data:`_CALL` tokens) the server refused as an unknown session."""
 
     def wake(self, wish: str) -> None:
         with contextlib.suppress(trio.WouldBlock):  # a wish is already pending; it will do
@@ -304,30 +319,65 @@ class ToolHub:
                 f"MCP server {server.name!r} needs actor details that this request lacks"
                 " (its headers reference the actor)"
             )
-        client = session.client
-        if client is None:
-            reason = f": {session.last_error}" if session.last_error else ""
-            return _failure(f"MCP server {server.name!r} is not connected{reason}")
         session.in_flight += 1
         session.last_used = trio.current_time()
         try:
             with trio.move_on_after(timeout):
-                try:
-                    result = await client.call_tool(tool.name, arguments)
-                except Exception as exc:
-                    session.wake(_CHECK)
-                    logger.warning(
-                        "MCP tool %r of server %r failed: %s",
-                        tool.name,
-                        server.name,
-                        _describe(exc),
-                    )
-                    return _failure(f"calling tool {tool.name!r}: {_describe(exc)}")
-                return _to_result(result)
+                return await self._call(session, tool, arguments)
             return _failure(f"tool call timed out after {timeout:g} s")
         finally:
             session.in_flight -= 1
             session.last_used = trio.current_time()
+
+    async def _call(
+        self, session: _Session, tool: Tool, arguments: dict[str, Any] | None
+    ) -> ToolResult:
+        """Call on the current session; once more on a new one if the server refused the call
+        as a session it does not know.
+
+        Such a server (restarted, so its sessions are gone) did not run the call: the MCP
+        spec has it answer 404 to an unknown ``Mcp-Session-Id``. Calling again on a fresh
+        session is safe, and the model never sees the restart. A call whose server died
+        while running it is not repeated: it may have had effects.
+        """
+        server = session.server
+        retry = True
+        while True:
+            client = await self._client(session)
+            if client is None:
+                reason = f": {session.last_error}" if session.last_error else ""
+                return _failure(f"MCP server {server.name!r} is not connected{reason}")
+            token = object()
+            reset = _CALL.set(token)
+            try:
+                result = await client.call_tool(tool.name, arguments)
+            except Exception as exc:
+                refused = token in session.refused
+                if retry and refused:
+                    retry = False
+                    logger.info(
+                        "MCP tool %r of server %r: the server refused the call as an unknown"
+                        " session; calling it again on a new one",
+                        tool.name,
+                        server.name,
+                    )
+                    continue
+                session.wake(_CHECK)
+                # A refusal can reach the caller as "connection closed": the lost
+                # session's transport is closed as soon as the refusal is seen.
+                error = _REFUSED if refused else _describe(exc)
+                logger.warning("MCP tool %r of server %r failed: %s", tool.name, server.name, error)
+                return _failure(f"calling tool {tool.name!r}: {error}")
+            finally:
+                _CALL.reset(reset)
+                session.refused.discard(token)
+            return _to_result(result)
+
+    async def _client(self, session: _Session) -> ClientSession | None:
+        """The session's client; while a lost session is being renewed, the new one's."""
+        while session.client is None and session.renewing:
+            await self.wait_changed()
+        return session.client
 
     # --- Sessions ---
 
@@ -358,26 +408,49 @@ class ToolHub:
         """Keep ``session`` connected until the hub closes (or, per actor, it idles out)."""
         name = session.server.name
         delay = self._backoff_initial
+        renewed = -math.inf
         try:
             while True:
+                connects = session.connects
                 try:
-                    await self._serve(session)
-                    return  # idled out
+                    if not await self._serve(session):
+                        return  # idled out
                 except Exception as exc:
-                    session.last_error = _describe(exc)
+                    if not (session.renewing and session.connects != connects):
+                        session.last_error = _describe(exc)  # not a lost session's teardown
                 finally:
-                    was_connected = session.client is not None
+                    was_connected = session.connects != connects
                     session.client = None
-                    session.tools = ()
+                    # A lost session is opened again at once, keeping its tools; but not
+                    # twice within the first backoff delay, or a server that forgets every
+                    # session would keep the hub reconnecting in a tight loop.
+                    now = trio.current_time()
+                    renew = (
+                        session.renewing
+                        and was_connected
+                        and now - renewed >= self._backoff_initial
+                    )
+                    if not renew:
+                        session.renewing = False
+                        session.tools = ()
                     session.settled.set()
                     self._notify_changed()
+                if renew:
+                    renewed = now
+                    logger.warning(
+                        "MCP server %r lost its session: %s; opening a new one",
+                        name,
+                        session.last_error,
+                    )
+                    continue
                 if was_connected:
                     delay = self._backoff_initial
                 if session.per_actor and self._idle(session):
                     return
                 logger.warning(
-                    "MCP server %r unavailable (%s); retrying in %g s",
+                    "MCP server %r at %s unavailable (%s); retrying in %g s",
                     name,
+                    _server_url(session.server),
                     session.last_error,
                     delay,
                 )
@@ -391,10 +464,16 @@ class ToolHub:
         unused = trio.current_time() - session.last_used
         return session.in_flight == 0 and unused >= self._idle_timeout
 
-    async def _serve(self, session: _Session) -> None:
-        """Connect, list the tools, then serve refreshes and keep-alives until idle or dead."""
+    async def _serve(self, session: _Session) -> bool:
+        """Connect, list the tools, then serve refreshes and keep-alives until idle or dead.
+
+        Returns whether the server lost the session (:meth:`_run_session` then opens a new
+        one at once), ``False`` when an idle per-actor session closes.
+        """
         server = session.server
         transport_errors: list[str] = []
+        connected: ClientSession | None = None
+        lost: list[str] = []
 
         async def on_message(message: IncomingMessage) -> None:
             if isinstance(message, Exception):
@@ -403,10 +482,29 @@ class ToolHub:
             elif isinstance(message, mcp_types.ToolListChangedNotification):
                 session.wake(_REFRESH)
 
+        def on_lost(reason: str, *, call: object | None = None) -> None:
+            """The server no longer has this session: no new call may use it. ``call``:
+            the token of a call it refused, unrun."""
+            if call is not None:
+                session.refused.add(call)
+            if connected is None:
+                return  # still connecting: that attempt fails on its own
+            if lost:
+                return
+            lost.append(reason)
+            session.client = None
+            session.renewing = True
+            session.last_error = reason
+            session.wake(_CHECK)
+            self._notify_changed()
+
         async with (
-            _open_transport(server, session.headers) as (read, write),
+            _open_transport(server, session.headers, on_lost) as (read, write),
             ClientSession(
-                read, write, message_handler=on_message, client_info=_CLIENT_INFO
+                _EndWatch(read, partial(on_lost, _ENDED[bool(server.url)])),
+                write,
+                message_handler=on_message,
+                client_info=_CLIENT_INFO,
             ) as client,
         ):
             with trio.move_on_after(self._config.call_timeout) as connecting:
@@ -417,30 +515,47 @@ class ToolHub:
                 raise TimeoutError(
                     f"connecting timed out after {self._config.call_timeout:g} s ({cause})"
                 )
-            session.client = client
+            connected = session.client = client
+            session.connects += 1
+            session.renewing = False
             session.last_error = None
             session.settled.set()
             self._notify_changed()
             logger.info("MCP server %r connected: %d tools", server.name, len(session.tools))
-            while True:
-                deadline = trio.current_time() + self._keepalive_interval
-                if session.per_actor:
-                    deadline = min(deadline, session.last_used + self._idle_timeout)
-                wish = _CHECK
-                with trio.move_on_at(deadline):
-                    wish = await session.wake_receive.receive()
-                if session.per_actor and self._idle(session):
-                    logger.info("MCP server %r: closing an idle per-actor session", server.name)
-                    return
-                with trio.fail_after(self._config.call_timeout):
-                    if wish == _REFRESH:
-                        session.tools = await self._list_tools(server, client)
-                        self._notify_changed()
-                        logger.info(
-                            "MCP server %r tools changed: %d tools", server.name, len(session.tools)
-                        )
-                    else:
-                        await client.send_ping()
+            try:
+                await self._keep(session, client, lost)
+            except Exception:
+                if lost:
+                    return True  # a ping or relisting failed for that reason
+                raise
+            finally:
+                connected = None  # closing the transport below is no loss
+            return bool(lost)
+
+    async def _keep(self, session: _Session, client: ClientSession, lost: list[str]) -> None:
+        """Serve refreshes and keep-alives until the session idles out or is ``lost``."""
+        server = session.server
+        while not lost:
+            deadline = trio.current_time() + self._keepalive_interval
+            if session.per_actor:
+                deadline = min(deadline, session.last_used + self._idle_timeout)
+            wish = _CHECK
+            with trio.move_on_at(deadline):
+                wish = await session.wake_receive.receive()
+            if lost:
+                return
+            if session.per_actor and self._idle(session):
+                logger.info("MCP server %r: closing an idle per-actor session", server.name)
+                return
+            with trio.fail_after(self._config.call_timeout):
+                if wish == _REFRESH:
+                    session.tools = await self._list_tools(server, client)
+                    self._notify_changed()
+                    logger.info(
+                        "MCP server %r tools changed: %d tools", server.name, len(session.tools)
+                    )
+                else:
+                    await client.send_ping()
 
     async def _list_tools(self, server: MCPServerConfig, client: ClientSession) -> tuple[Tool, ...]:
         """Every page of ``tools/list``, filtered by allow/deny, as :class:`Tool` records."""
@@ -492,11 +607,65 @@ def _to_result(result: Any) -> ToolResult:
     )
 
 
+_OnLost = Callable[..., None]
+"""``on_lost(reason, call=None)``: the server no longer has the session."""
+
+_REFUSED: Final = "the server refused the call on a new session too, as a session it does not know"
+
+_CALL: Final = contextvars.ContextVar[object | None]("_CALL", default=None)
+"""The token of the tool call a request belongs to.
+
+The SDK sends each request from a task that carries the context of the caller (for
+tracing), so the transport's response hook can tell which call a refusal answers, and
+only that call is sent again: not one that was cut off while it ran on a server that
+died (it may have had effects), nor a ping.
+"""
+
+# Why a session whose transport ended is lost, by transport (``bool(server.url)``).
+_ENDED: Final = {False: "the server process exited", True: "the connection ended"}
+
+
+class _EndWatch:
+    """A transport's read stream that calls ``on_end`` when it ends: the server is gone
+    (a stdio process exited), which nothing else reports before the next keep-alive."""
+
+    def __init__(self, stream: Any, on_end: Callable[[], None]) -> None:
+        self._stream = stream
+        self._on_end = on_end
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)  # e.g. the SDK's ``last_context``
+
+    async def receive(self) -> Any:
+        return await self._stream.receive()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    def __aiter__(self) -> _EndWatch:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._on_end()
+            raise
+
+    async def __aenter__(self) -> _EndWatch:
+        await self._stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        result: bool | None = await self._stream.__aexit__(*exc_info)
+        return result
+
+
 def _open_transport(
-    server: MCPServerConfig, headers: Mapping[str, str]
+    server: MCPServerConfig, headers: Mapping[str, str], on_lost: _OnLost
 ) -> AbstractAsyncContextManager[Any]:
     if server.url:
-        return _http_transport(server.url, headers)
+        return _http_transport(server.url, headers, on_lost)
     return stdio_client(
         StdioServerParameters(
             command=server.command, args=list(server.args), env=dict(server.env) or None
@@ -505,9 +674,21 @@ def _open_transport(
 
 
 @asynccontextmanager
-async def _http_transport(url: str, headers: Mapping[str, str]) -> AsyncIterator[Any]:
+async def _http_transport(
+    url: str, headers: Mapping[str, str], on_lost: _OnLost
+) -> AsyncIterator[Any]:
+    """The Streamable HTTP transport; a 404 to a request that carries the session id means
+    the server no longer knows the session (MCP spec, session management): ``on_lost``."""
+
+    async def check(response: httpx2.Response) -> None:
+        request = response.request
+        if response.status_code == 404 and request.headers.get("mcp-session-id"):
+            on_lost("HTTP 404 to the session id, the server no longer knows it", call=_CALL.get())
+
     async with (
-        httpx2.AsyncClient(headers=dict(headers), timeout=_HTTP_TIMEOUT) as http,
+        httpx2.AsyncClient(
+            headers=dict(headers), timeout=_HTTP_TIMEOUT, event_hooks={"response": [check]}
+        ) as http,
         streamable_http_client(url, http_client=http) as streams,
     ):
         yield streams

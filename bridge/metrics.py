@@ -11,14 +11,24 @@ Rules:
    (coder/aibridge, reference-behaviour.md section 7), each under the optional
    ``prefix`` (``observability.metrics_prefix``, e.g. ``bridge_`` gives
    ``bridge_interceptions_total``). The metrics after those are ours.
-2. Label values come from bounded sets, so the number of series stays bounded:
-   ``provider`` is a configured provider name, ``route``/``method``/``endpoint`` are
-   our routes, ``initiator_id`` and ``client`` come from our own records (bounded by
-   the users and by the fixed client table), ``type`` by each dialect's fixed list
-   of token kinds, ``server``/``name`` by the configured MCP servers and their tools.
-   ``model`` comes from requests: a client may send any string, but the providers
-   reject unknown models, so in practice it is bounded by the models in use. The
-   closed label sets (``status``, ``outcome``, ``reason``) are checked here, so a
+2. Label values come from bounded sets, so the number of series stays bounded
+   whatever clients send, and every value is valid in the exposition:
+
+   * ``provider`` is a configured provider name; ``route`` and ``endpoint`` are route
+     templates (a passthrough subtree is one value, e.g. ``/v1/models/*``); ``method``
+     is a standard HTTP method or ``other``.
+   * ``model`` is a model a provider has served (:meth:`Metrics.model_served`, called
+     on an upstream success) or ``other``: clients may send any string, and a made-up
+     model must not make a series.
+   * Every open label (``model``, ``route``, ``initiator_id``, ``client``, ``type``,
+     ``server``, ``name``...) takes at most :data:`MAX_LABEL_VALUES` distinct values,
+     then ``other``; and one metric holds at most :data:`MAX_SERIES` series, then
+     further combinations share their open labels' ``other`` series.
+   * A value is cut to :data:`MAX_LABEL_LENGTH` characters, and characters that cannot
+     be written (a lone surrogate from JSON ``"\ud800"``, control characters) become
+     ``?``: one bad value would otherwise make every later scrape fail.
+
+   The closed label sets (``status``, ``outcome``, ``reason``) are checked here, so a
    typo raises instead of creating a new series.
 3. A metric never decreases except gauges; a negative token count is a bug in the
    caller and raises :class:`ValueError`.
@@ -39,6 +49,7 @@ Rules:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -63,10 +74,15 @@ __all__ = [
     "BREAKER_STATES",
     "DURATION_BUCKETS",
     "GATEWAY_ADDED_BUCKETS",
+    "HTTP_METHODS",
     "INTERCEPTION_STATUSES",
+    "MAX_LABEL_LENGTH",
+    "MAX_LABEL_VALUES",
+    "MAX_SERIES",
     "MCP_CALL_BUCKETS",
     "MCP_CALL_OUTCOMES",
     "MULTIPROC_ENV",
+    "OTHER",
     "RECORD_OUTCOMES",
     "TTFB_BUCKETS",
     "Metrics",
@@ -105,6 +121,23 @@ AUTH_FAILURE_REASONS: Final = ("missing", "invalid")
 # The reference's gauge values: closed, half-open, open.
 BREAKER_STATES: Final = (0.0, 0.5, 1.0)
 
+# Bounds on label values (rule 2). 100 models, users or tools per label is more than a
+# dashboard can show; beyond it the rest is "other". 2,000 series per metric keeps even the
+# widest metric (interceptions_total) under about 0.5 MB of exposition, and the histograms
+# (13 lines a series) under about 3 MB.
+MAX_LABEL_VALUES: Final = 100
+MAX_SERIES: Final = 2000
+MAX_LABEL_LENGTH: Final = 128
+OTHER: Final = "other"
+HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Labels whose values come from outside (clients, upstreams, MCP servers): capped, and
+# collapsed to "other" once a metric is full. The others are configured or closed sets.
+_OPEN_LABELS: Final = frozenset(
+    {"model", "route", "endpoint", "initiator_id", "client", "type", "server", "name"}
+)
+# Characters the exposition cannot carry as they are.
+_UNWRITABLE: Final = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
 # How a gauge combines the values of live processes (rule 4).
 _GaugeMode = Literal["livesum", "livemax"]
 
@@ -125,6 +158,13 @@ class Metrics:
         self.prefix = prefix
         self.registry = CollectorRegistry() if registry is None else registry
         self._children: dict[tuple[object, ...], Any] = {}
+        # Rule 2's state: the values each open label took, the series of each metric,
+        # the models each provider served, and the model label each in-flight
+        # interception went up on (keyed by its raw labels; at most one per request).
+        self._label_values: dict[str, set[str]] = {}
+        self._series: dict[MetricWrapperBase, int] = {}
+        self._served: dict[str, set[str]] = {}
+        self._inflight: dict[tuple[str, str, str], list[str]] = {}
         self.multiprocess = _claim_multiprocess(prefix)
 
         def counter(name: str, doc: str, labels: Sequence[str]) -> Counter:
@@ -257,14 +297,50 @@ class Metrics:
         self._recorder_seen: dict[str, int] = {}
 
     def _child(self, metric: MetricWrapperBase, /, **labels: str) -> Any:
-        """``metric.labels(**labels)``, remembered: prometheus-client validates and locks
-        on every ``labels()`` call (3.4 us measured), and an interception makes about ten.
-        Remembering costs nothing new: the metric keeps every child it made anyway."""
+        """``metric.labels(**labels)`` with the values bounded (rule 2), remembered:
+        prometheus-client validates and locks on every ``labels()`` call (3.4 us
+        measured), and an interception makes about ten. Remembering costs nothing new:
+        the metric keeps every child it made anyway."""
+        labels = {name: self._bounded(name, value) for name, value in labels.items()}
         key = (metric, *labels.values())
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(**labels)
+            if self._series.get(metric, 0) >= MAX_SERIES:
+                labels = {n: OTHER if n in _OPEN_LABELS else v for n, v in labels.items()}
+                key = (metric, *labels.values())
+                child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = metric.labels(**labels)
+                self._series[metric] = self._series.get(metric, 0) + 1
         return child
+
+    def _bounded(self, label: str, value: str) -> str:
+        """``value`` as label ``label`` shows it: writable, short, one of a bounded set."""
+        seen = self._label_values.get(label)
+        if seen is not None and value in seen:  # the common case: two lookups
+            return value
+        if seen is None:
+            seen = self._label_values[label] = set()
+        if label == "method" and value not in HTTP_METHODS:
+            return OTHER
+        value = _UNWRITABLE.sub("?", value[:MAX_LABEL_LENGTH])
+        if value in seen:
+            return value
+        if label in _OPEN_LABELS and len(seen) >= MAX_LABEL_VALUES:
+            return OTHER
+        seen.add(value)  # closed and configured labels are bounded where they come from
+        return value
+
+    def _model(self, provider: str, model: str) -> str:
+        """The ``model`` label: the model if ``provider`` has served it, else ``other``."""
+        return model if model in self._served.get(provider, ()) else OTHER
+
+    def model_served(self, *, provider: str, model: str) -> None:
+        """``provider`` answered a request for ``model`` with a success: from now on the
+        model is counted under its own name (up to :data:`MAX_LABEL_VALUES` per provider)."""
+        served = self._served.setdefault(provider, set())
+        if len(served) < MAX_LABEL_VALUES:
+            served.add(model)
 
     def __repr__(self) -> str:
         return f"<Metrics prefix={self.prefix!r} multiprocess={self.multiprocess}>"
@@ -273,7 +349,20 @@ class Metrics:
 
     def interception_started(self, *, provider: str, model: str, route: str) -> None:
         """An interception began: it is in flight until :meth:`interception_ended`."""
-        self._child(self.interceptions_inflight, provider=provider, model=model, route=route).inc()
+        label = self._model(provider, model)
+        self._inflight.setdefault((provider, model, route), []).append(label)
+        self._child(self.interceptions_inflight, provider=provider, model=label, route=route).inc()
+
+    def _inflight_model(self, provider: str, model: str, route: str) -> str:
+        """The model label an interception went up on, or the current one if unknown."""
+        key = (provider, model, route)
+        labels = self._inflight.get(key)
+        if not labels:
+            return self._model(provider, model)
+        label = labels.pop()
+        if not labels:
+            del self._inflight[key]
+        return label
 
     def interception_ended(
         self,
@@ -294,7 +383,11 @@ class Metrics:
         waiting for the upstream nor for tools, i.e. the gateway's own overhead.
         """
         _check_choice("status", status, INTERCEPTION_STATUSES)
-        self._child(self.interceptions_inflight, provider=provider, model=model, route=route).dec()
+        entered = self._inflight_model(provider, model, route)
+        self._child(
+            self.interceptions_inflight, provider=provider, model=entered, route=route
+        ).dec()
+        model = self._model(provider, model)
         self._child(
             self.interceptions_total,
             provider=provider,
@@ -312,16 +405,18 @@ class Metrics:
 
     def upstream_ttfb(self, *, provider: str, model: str, seconds: float) -> None:
         """The upstream answered with its response headers ``seconds`` after the request."""
+        model = self._model(provider, model)
         self._child(self.upstream_ttfb_seconds, provider=provider, model=model).observe(seconds)
 
     def passthrough(self, *, provider: str, route: str, method: str) -> None:
-        """A request was relayed as is; ``route`` is the path after the prefix strip."""
+        """A request was relayed as is; ``route`` is its route template (rule 2)."""
         self._child(self.passthrough_total, provider=provider, route=route, method=method).inc()
 
     # -- usage ------------------------------------------------------------------------
 
     def prompt(self, *, provider: str, model: str, initiator_id: str, client: str) -> None:
         """A non-empty user prompt was recorded (empty ones are not counted)."""
+        model = self._model(provider, model)
         self._child(
             self.prompts_total,
             provider=provider,
@@ -351,6 +446,7 @@ class Metrics:
                     f"token count {kind}={count} is negative: counts must be >= 0; "
                     "clamp a computed count (e.g. input minus cached) before reporting it"
                 )
+        model = self._model(provider, model)
         for kind, count in counts.items():
             if count:
                 self._child(
@@ -366,6 +462,7 @@ class Metrics:
         self, *, provider: str, model: str, server: str, name: str
     ) -> None:
         """The gateway invoked an injected tool (``server``: its URL, ``name``: its own name)."""
+        model = self._model(provider, model)
         self._child(
             self.injected_tool_invocations_total,
             provider=provider,
@@ -376,6 +473,7 @@ class Metrics:
 
     def non_injected_tool_selection(self, *, provider: str, model: str, name: str) -> None:
         """The model chose a client-defined tool (the client will run it)."""
+        model = self._model(provider, model)
         self._child(
             self.non_injected_tool_selections_total, provider=provider, model=model, name=name
         ).inc()
@@ -399,13 +497,14 @@ class Metrics:
                 f"circuit breaker state {state!r} is not a gauge value: use one of "
                 f"{BREAKER_STATES} (closed, half-open, open), e.g. State.gauge"
             )
-        labels = {"provider": provider, "endpoint": endpoint, "model": model}
+        labels = {"provider": provider, "endpoint": endpoint, "model": self._model(provider, model)}
         self._child(self.circuit_breaker_state, **labels).set(state)
         if state == 1.0:
             self._child(self.circuit_breaker_trips_total, **labels).inc()
 
     def breaker_rejected(self, *, provider: str, endpoint: str, model: str) -> None:
         """A breaker refused a request (open, or half-open with no allowance left)."""
+        model = self._model(provider, model)
         self._child(
             self.circuit_breaker_rejects_total, provider=provider, endpoint=endpoint, model=model
         ).inc()

@@ -35,6 +35,7 @@ __all__ = [
     "RouteKind",
     "forwardable_response_headers",
     "passthrough_headers",
+    "suggest_route",
 ]
 
 Headers = list[tuple[str, str]]
@@ -67,6 +68,17 @@ class Route:
     """The path after the provider's route prefix, e.g. ``/v1/messages``."""
     dialect: str | None = None
     """For bridged routes, the dialect name (``anthropic.messages``)."""
+
+    @property
+    def template(self) -> str:
+        """The route table entry this path matched: the suffix of a bridged or exact route,
+        ``<subtree>*`` for a path below a passthrough subtree (``/v1/models/*``). Bounded by
+        the table, so metrics label by it, never by the client's own path."""
+        table = _ROUTES[self.provider.type]
+        if self.suffix in table.bridged or self.suffix in table.exact:
+            return self.suffix
+        subtree = next((s for s in table.subtrees if self.suffix.startswith(s)), None)
+        return f"{subtree}*" if subtree is not None else "other"
 
     def upstream_url(self, query: str) -> str:
         """The upstream URL for this route, with the client's query string kept."""
@@ -300,3 +312,20 @@ def passthrough_headers(
         out.append(("authorization", f"Bearer {key}"))
     out.append(("accept-encoding", "identity"))
     return out
+
+
+def suggest_route(providers: Iterable[Provider], path: str) -> tuple[Provider, str] | None:
+    """The provider and path ``path`` was probably meant as, if any.
+
+    For a client pointed at the gateway's root instead of a provider's base URL: it sends
+    ``POST /v1/messages`` (or ``/v1/chat/completions``, where the OpenAI prefix already
+    holds the ``/v1``). Providers named like their type are preferred.
+    """
+    for provider in sorted(providers, key=lambda p: p.name != p.type):
+        candidates = [provider.prefix + path]
+        if provider.prefix.endswith("/v1") and path.startswith("/v1/"):
+            candidates.append(provider.prefix + path.removeprefix("/v1"))
+        for candidate in candidates:
+            if provider.route(candidate) is not None:
+                return provider, candidate
+    return None

@@ -16,22 +16,35 @@ from collections.abc import Sequence
 from bridge.config import ConfigError
 from bridge.recording.store import UsageRow
 
-__all__ = ["COLUMNS", "format_usage", "parse_since", "usage_records"]
+__all__ = ["COLUMNS", "MAX_SINCE_DAYS", "format_usage", "parse_since", "usage_records"]
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# The longest duration back: a century covers any real report, and stays far from the
+# datetime range (a larger one overflowed into a 500 in the usage API).
+MAX_SINCE_DAYS = 36500
 
 
-def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
-    """``24h``/``7d``-style durations back from now, or an ISO date or datetime (UTC)."""
+def parse_since(text: str, *, now: dt.datetime | None = None, name: str = "--since") -> dt.datetime:
+    """``24h``/``7d``-style durations back from now (at most :data:`MAX_SINCE_DAYS`), or
+    an ISO date or datetime (UTC). ``name`` is the option or parameter errors name."""
     now = now or dt.datetime.now(dt.UTC)
     if match := _DURATION.match(text.strip()):
-        return now - dt.timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+        # Compared as text first: a number of 4,300 digits or more cannot even be an int.
+        digits = match[1].lstrip("0") or "0"
+        seconds = int(digits) * _UNITS[match[2]] if len(digits) <= 12 else None
+        if seconds is None or seconds > MAX_SINCE_DAYS * 86400:
+            raise ConfigError(
+                f"{name} must be a duration from 0s to {MAX_SINCE_DAYS}d (100 years),"
+                f" or a date like 2026-11-01, got {text[:40]!r}"
+            )
+        return now - dt.timedelta(seconds=seconds)
     try:
         parsed = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         raise ConfigError(
-            f"--since must be a duration like 24h or 7d, or a date like 2026-11-01, got {text!r}"
+            f"{name} must be a duration like 24h or 7d, or a date like 2026-11-01,"
+            f" got {text[:40]!r}"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
@@ -43,7 +56,10 @@ COLUMNS = (
     "output",
     "cache_read",
     "cache_write",
+    "cache_write_5m",
+    "cache_write_1h",
     "reasoning",
+    "web_search_requests",
     "tool_calls",
 )
 

@@ -13,7 +13,8 @@ recorder is still drained.
 With ``server.workers`` > 1, :func:`run_workers` starts that many processes, each a
 Trio program serving the same port (``SO_REUSEPORT``: the kernel spreads connections),
 and points prometheus-client at a shared directory so ``/metrics`` on any worker
-shows the totals of all (stack-notes.md, section 7).
+shows the totals of all (stack-notes.md, section 7). The parent stays a supervisor: a
+worker that dies is logged and replaced.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
 import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -32,6 +36,7 @@ from typing import Final
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client.multiprocess import mark_process_dead
 
 from bridge import hypercorn_fixes
 from bridge.config import Config
@@ -44,8 +49,9 @@ logger = logging.getLogger("bridge.server")
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
-    """Hypercorn settings for the gateway: long streams are never cut by a timeout."""
-    hypercorn_fixes.apply()  # connections closed by idle clients are released at once
+    """Hypercorn settings for the gateway: long streams are never cut by a timeout, idle
+    connections and slow request heads are."""
+    hypercorn_fixes.apply()  # see there: what hypercorn's Trio worker gets wrong
     server = config.server
     hc = HypercornConfig()
     hc.bind = [
@@ -53,9 +59,13 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     ]
     hc.backlog = server.backlog
     hc.graceful_timeout = server.grace_period
-    hc.keep_alive_timeout = 75.0
+    hc.keep_alive_timeout = server.keep_alive_timeout
     # A client not reading this long is dropped, even inside hypercorn's shielded writes.
     setattr(hc, hypercorn_fixes.WRITE_TIMEOUT_ATTRIBUTE, server.client_write_timeout)
+    setattr(hc, hypercorn_fixes.HEADER_TIMEOUT_ATTRIBUTE, server.header_timeout)
+    # HTTP/2 is more code facing every client; off unless asked (bridge/hypercorn_fixes.py).
+    setattr(hc, hypercorn_fixes.HTTP2_ATTRIBUTE, server.http2)
+    hc.alpn_protocols = ["h2", "http/1.1"] if server.http2 else ["http/1.1"]
     hc.read_timeout = None
     hc.h11_max_incomplete_size = 64 * 1024
     hc.accesslog = None
@@ -131,34 +141,93 @@ def _worker_main(worker: Callable[[Config], None], config: Config) -> None:
     worker(config)
 
 
-def run_workers(config: Config, worker: Callable[[Config], None]) -> int:
-    """Run ``worker(config)`` in ``server.workers`` processes until they all exit.
+RESPAWN_LIMIT: Final = 5
+"""Workers that may die within :data:`RESPAWN_WINDOW` seconds before the supervisor gives up:
+a worker that dies as soon as it starts would otherwise be restarted in a tight loop."""
 
-    SIGINT/SIGTERM are passed on to the workers (each drains as :func:`serve` does);
-    the exit status is the first non-zero one of a worker, else 0.
+RESPAWN_WINDOW: Final = 60.0
+
+
+def run_workers(config: Config, worker: Callable[[Config], None]) -> int:
+    """Run ``worker(config)`` in ``server.workers`` processes, replacing any that dies.
+
+    SIGINT/SIGTERM are passed on to the workers (each drains as :func:`serve` does).
+    A worker that dies on its own (a crash, a signal of its own: the OOM killer) is
+    logged and replaced, so that the port keeps its processes; one that exits with status
+    0 (it was stopped) or 2 (its configuration or database stopped its start, and would
+    stop the next one's too) is not. Status 2, or more than :data:`RESPAWN_LIMIT` deaths
+    in :data:`RESPAWN_WINDOW` seconds, stops them all. The exit status is the first
+    non-zero one that stopped the workers, else that of the last generation, else 0 (a
+    worker ended by the stopping signal itself, as one still starting is, counts as 0).
     """
     directory = Path(tempfile.mkdtemp(prefix="bridge-metrics-"))
     prepare_multiprocess_dir(directory)
     os.environ[MULTIPROC_ENV] = str(directory)
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker_main, args=(worker, config), name=f"bridge-worker-{n}")
-        for n in range(config.server.workers)
-    ]
-    for process in processes:
-        process.start()
 
-    def forward(signum: int, _: object) -> None:
+    def start(n: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(
+            target=_worker_main, args=(worker, config), name=f"bridge-worker-{n}"
+        )
+        process.start()
+        return process
+
+    processes = [start(n) for n in range(config.server.workers)]
+    stopping: int | None = None  # the signal that stops the workers, once sent
+    failure = 0
+    deaths: list[float] = []
+
+    def stop(signum: int, _: object = None) -> None:
+        nonlocal stopping
+        stopping = signum
         for process in processes:
-            if process.pid is not None and process.is_alive():
+            if process.pid is not None and process.exitcode is None:
                 os.kill(process.pid, signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for process in processes:
-            process.join()
+        while running := [p for p in processes if p.exitcode is None]:
+            multiprocessing.connection.wait([p.sentinel for p in running])
+            for n, process in enumerate(processes):
+                if process in running and process.exitcode is not None:
+                    mark_process_dead(process.pid, str(directory))  # type: ignore[no-untyped-call]
+                    if stopping is not None or process.exitcode == 0:
+                        continue
+                    deaths = [t for t in deaths if time.monotonic() - t < RESPAWN_WINDOW]
+                    deaths.append(time.monotonic())
+                    if process.exitcode == 2 or len(deaths) > RESPAWN_LIMIT:
+                        failure = process.exitcode
+                        if process.exitcode != 2:  # 2: the worker has said why, in one line
+                            logger.error(
+                                "%s (pid %s) %s, the %dth worker to die in %g s; stopping",
+                                process.name,
+                                process.pid,
+                                _exit_reason(process.exitcode),
+                                len(deaths),
+                                RESPAWN_WINDOW,
+                            )
+                        stop(signal.SIGTERM)
+                        continue
+                    processes[n] = start(n)
+                    logger.warning(
+                        "%s (pid %s) %s; replaced it with pid %s",
+                        process.name,
+                        process.pid,
+                        _exit_reason(process.exitcode),
+                        processes[n].pid,
+                    )
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         shutil.rmtree(directory, ignore_errors=True)
-    return next((p.exitcode for p in processes if p.exitcode), 0) or 0
+    # A worker still starting when asked to stop has no handler yet: the signal ends it.
+    stopped = -stopping if stopping is not None else None
+    statuses = [p.exitcode or 0 for p in processes]
+    return failure or next((status for status in statuses if status not in (0, stopped)), 0)
+
+
+def _exit_reason(status: int) -> str:
+    """How a process with exit code ``status`` (negative: the signal) ended, in words."""
+    if status < 0:
+        return f"was killed by {signal.Signals(-status).name}"
+    return f"exited with status {status}"

@@ -4,8 +4,10 @@
 ``slow``, ``whoami`` and ``grow``; :func:`build_paging_server` is a low-level server whose
 ``tools/list`` pages three tools at a time. Both are served over Streamable HTTP by
 :func:`serve_http` (hypercorn's trio worker, in the test's own ``trio.run``), and the first
-also over stdio: ``python -m tests.mcp_servers stdio``. ``stdio-hanging PORT`` serves
-:func:`build_hanging_server`, whose ``add`` hangs after telling the test its pid.
+also over stdio: ``python -m tests.mcp_servers stdio`` (with one more tool, ``pid``, the
+server process's id). ``stdio-hanging PORT`` serves :func:`build_hanging_server`, whose
+``add`` hangs after telling the test its pid. :class:`RestartableServer` serves an app over
+HTTP that a test stops and starts again on the same port, as a restarted server process.
 
 A :class:`ServerState` records what the server saw (a cancelled ``slow`` call, request
 headers) so that a test in the same process can await it instead of sleeping.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 __all__ = [
+    "RestartableServer",
     "ServerState",
     "build_hanging_server",
     "build_paging_server",
@@ -127,6 +131,40 @@ async def serve_http(
         task_status.started(urls[0] + "/mcp")
 
 
+class RestartableServer:
+    """An ASGI app served over loopback HTTP that the test stops and starts again.
+
+    Each start serves a fresh app from ``build`` on the same port: a new session store, as
+    when a server process is restarted. Stopping waits until the server has closed its
+    listener and connections.
+    """
+
+    def __init__(self, nursery: trio.Nursery, build: Callable[[], Any]) -> None:
+        self._nursery = nursery
+        self._build = build
+        self._port = 0
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    async def start(self) -> str:
+        """Serve a fresh app; return its MCP endpoint URL (the same one on every start)."""
+        self._scope, self._stopped = trio.CancelScope(), trio.Event()
+        url: str = await self._nursery.start(self._serve)
+        self._port = int(url.rsplit(":", 1)[1].split("/")[0])
+        return url
+
+    async def stop(self) -> None:
+        self._scope.cancel()
+        await self._stopped.wait()
+
+    async def _serve(self, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._scope:
+                await serve_http(self._build(), port=self._port, task_status=task_status)
+        finally:
+            self._stopped.set()
+
+
 def build_hanging_server(notify_port: int) -> MCPServer:
     """A server whose ``add`` never returns: it sends its process id to
     ``127.0.0.1:notify_port`` and hangs, so that a test can kill it mid-call."""
@@ -145,7 +183,9 @@ def build_hanging_server(notify_port: int) -> MCPServer:
 
 def main() -> None:
     if sys.argv[1:] == ["stdio"]:
-        build_server().run("stdio")
+        server = build_server()
+        server.add_tool(os.getpid, name="pid", description="The server process's id.")
+        server.run("stdio")
     elif sys.argv[1:2] == ["stdio-hanging"] and len(sys.argv) == 3:
         build_hanging_server(int(sys.argv[2])).run("stdio")
     else:

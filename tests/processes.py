@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -12,7 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["free_port", "gateway_process", "mock_process", "wait_listening"]
+__all__ = [
+    "free_port",
+    "gateway_process",
+    "listens",
+    "mock_process",
+    "wait_for_output",
+    "wait_listening",
+    "worker_pids",
+]
 
 
 def free_port() -> int:
@@ -33,6 +42,67 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def worker_pids(parent: int) -> set[int]:
+    """The pids of the worker processes ``bridge serve --workers N`` (pid ``parent``) runs.
+
+    Its children are the workers and multiprocessing's resource tracker, which is left out
+    (a worker just forked may not show its own command line yet, but the tracker is old).
+    """
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    pids = set()
+    for child in map(int, children):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:  # it has just exited
+            continue
+        if b"resource_tracker" not in command:
+            pids.add(child)
+    return pids
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on TCP ``port`` (Linux /proc)."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(descriptor)
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
+def wait_for_output(
+    process: subprocess.Popen[bytes], text: str, seen: bytearray, timeout: float = 20.0
+) -> str:
+    """Read ``process.stderr`` until a line contains ``text``; that line.
+
+    ``seen`` keeps what was read (across calls), for the assertion message.
+    """
+    assert process.stderr is not None
+    descriptor = process.stderr.fileno()
+    deadline = time.monotonic() + timeout
+    start = len(seen)
+    while True:
+        lines = seen[start:].decode(errors="replace").splitlines()
+        found = [line for line in lines if text in line]
+        if found:
+            return found[0]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([descriptor], [], [], remaining)[0]:
+            raise AssertionError(f"no line with {text!r} in {timeout} s; stderr: {bytes(seen)!r}")
+        chunk = os.read(descriptor, 65536)
+        if not chunk:
+            raise AssertionError(f"stderr ended with no line with {text!r}: {bytes(seen)!r}")
+        seen += chunk
 
 
 @contextmanager

@@ -349,6 +349,30 @@ async def test_unknown_routes_get_404(gateway: Gateway) -> None:
 
 
 @REFUSED_BEFORE_UPSTREAM
+@pytest.mark.parametrize(
+    ("path", "meant", "base"),
+    [
+        ("/v1/messages", "/anthropic/v1/messages", "/anthropic"),
+        ("/v1/chat/completions", "/openai/v1/chat/completions", "/openai/v1"),
+        ("/v1/responses", "/openai/v1/responses", "/openai/v1"),
+        ("/chat/completions", "/openai/v1/chat/completions", "/openai/v1"),
+    ],
+)
+async def test_a_path_without_the_provider_prefix_says_what_was_meant(
+    gateway: Gateway, path: str, meant: str, base: str
+) -> None:
+    """A client pointed at the gateway's root gets the base URL it should use."""
+    async with httpx2.AsyncClient() as client:
+        response = await client.post(f"{gateway.url}{path}", content=b"{}")
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == (
+        f"route not supported: POST {path}; did you mean {meant}?"
+        f" (the base URL is {gateway.url}{base})"
+    )
+    assert gateway.mock.requests == []
+
+
+@REFUSED_BEFORE_UPSTREAM
 async def test_oversized_body_gets_413_and_the_connection_closes(start_gateway: Any) -> None:
     gateway: Gateway = await start_gateway(server_changes={"max_body_bytes": 2048})
     async with httpx2.AsyncClient() as client:

@@ -44,6 +44,38 @@ def test_a_model_name_cannot_leave_its_directory(dump: APIDump, model: str) -> N
     assert "\x00" not in str(path)
 
 
+HOSTILE_MODEL = "../x\r\nevil" + "a" * 300
+
+
+def test_a_hostile_model_name_gives_one_short_safe_directory(dump: APIDump) -> None:
+    base = dump.request_path("anthropic", HOSTILE_MODEL, "id")
+    dump.write_request(base, "POST", "/v1/messages", [], b"{}")
+    assert base.parent.parent == dump.directory / "anthropic"
+    name = base.parent.name
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name), name
+    assert not name.startswith(".")
+    [written] = [p for p in dump.directory.rglob("*") if p.is_file()]
+    assert written.parent == base.parent
+    assert written.resolve().is_relative_to(dump.directory.resolve())
+
+
+@given(model=st.text(max_size=400))
+def test_any_model_name_is_one_bounded_component_inside_the_provider_directory(
+    model: str,
+) -> None:
+    dump = APIDump(Path("/dumps"), clock=lambda: NOW)
+    path = dump.request_path("anthropic", model, "id")
+    assert path.parent.parent == Path("/dumps/anthropic")
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,100}", path.parent.name)
+    assert path.parent.name not in (".", "..")
+
+
+def test_a_long_passthrough_path_keeps_its_random_suffix(dump: APIDump) -> None:
+    path = dump.passthrough_path("anthropic", "/v1/models/" + "x" * 500)
+    assert re.fullmatch(r"1700000000123--v1-models-x+-[0-9a-f]{4}", path.name)
+    assert len(path.name) < 130
+
+
 def test_passthrough_path_has_the_path_and_four_hex_digits(dump: APIDump) -> None:
     path = dump.passthrough_path("anthropic", "/v1/models")
     assert path.parent == dump.directory / "anthropic" / "passthrough"
@@ -135,27 +167,28 @@ def test_error_file_holds_the_transport_error(dump: APIDump) -> None:
 
 
 @pytest.fixture
-def strict_umask() -> Iterator[None]:
-    previous = os.umask(0o077)
+def open_umask() -> Iterator[None]:
+    previous = os.umask(0o000)
     yield
     os.umask(previous)
 
 
-@pytest.mark.usefixtures("strict_umask")
-def test_directories_are_0755_and_files_0644_whatever_the_umask(dump: APIDump) -> None:
+@pytest.mark.usefixtures("open_umask")
+def test_directories_are_0700_and_files_0600_whatever_the_umask(dump: APIDump) -> None:
+    """Dumps hold prompts: only the gateway's own user may read them."""
     base = dump.request_path("anthropic", "a/b", "id6")
     dump.write_request(base, "GET", "/", [], b"")
     dump.open_response(base, 200, []).write(b"x")
     dump.write_error(base, "boom")
     directories = [dump.directory, base.parent.parent, base.parent]
-    assert [stat.S_IMODE(d.stat().st_mode) for d in directories] == [0o755] * 3
+    assert [stat.S_IMODE(d.stat().st_mode) for d in directories] == [0o700] * 3
     files = sorted(base.parent.iterdir())
     assert [f.name.removeprefix(base.name) for f in files] == [
         ".req.txt",
         ".req_error.txt",
         ".resp.txt",
     ]
-    assert [stat.S_IMODE(f.stat().st_mode) for f in files] == [0o644] * 3
+    assert [stat.S_IMODE(f.stat().st_mode) for f in files] == [0o600] * 3
 
 
 def _read_only_dir(tmp_path: Path) -> Path:

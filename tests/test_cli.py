@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import main
+from bridge.config import ConfigError
 from bridge.recording.records import (
     CredentialKind,
     InterceptionEnded,
@@ -40,6 +41,20 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(
     assert "sk-a...0111" in out
 
 
+def test_check_config_masks_the_credentials_of_an_mcp_server_url(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        '[mcp.servers.tools]\nurl = "https://user:pw-hunter2@mcp.example/mcp?token=s3cr3t-value"\n'
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert 'url = "https://user:***@mcp.example/mcp?token=***"  # masked' in out
+    assert "s3cr3t-value" not in out
+    assert "pw-hunter2" not in out
+
+
 def test_invalid_config_exits_2_with_one_clear_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -52,7 +67,14 @@ def test_invalid_config_exits_2_with_one_clear_line(
     assert "Traceback" not in err
 
 
-def _record(store: SQLiteStore, user: str, model: str, tokens: int, outcome: Outcome) -> None:
+def _record(
+    store: SQLiteStore,
+    user: str,
+    model: str,
+    tokens: int,
+    outcome: Outcome,
+    metadata: dict[str, str] | None = None,
+) -> None:
     start = InterceptionStarted(
         id=f"{user}-{model}-{tokens}",
         initiator_id=user,
@@ -64,6 +86,7 @@ def _record(store: SQLiteStore, user: str, model: str, tokens: int, outcome: Out
         user_agent="claude-cli/2",
         credential_kind=CredentialKind.CENTRALIZED,
         credential_hint="sk-a...0000",
+        metadata=metadata or {},
     )
     store.write_batch(
         [
@@ -98,14 +121,17 @@ def test_usage_report_in_every_format(
             "output": 200,
             "cache_read": 14,
             "cache_write": 0,
+            "cache_write_5m": 0,
+            "cache_write_1h": 0,
             "reasoning": 0,
+            "web_search_requests": 0,
             "tool_calls": 0,
         }
         assert rows[1]["user"] == "bob"
     elif fmt == "csv":
         lines = out.splitlines()
         assert lines[0].startswith("user,model,interceptions,failures,input,output")
-        assert lines[1] == "alice,claude-sonnet-4-6,2,1,400,200,14,0,0,0"
+        assert lines[1] == "alice,claude-sonnet-4-6,2,1,400,200,14,0,0,0,0,0,0"
     else:
         assert out.splitlines()[1].split() == [
             "alice",
@@ -115,10 +141,26 @@ def test_usage_report_in_every_format(
             "400",
             "200",
             "14",
-            "0",
-            "0",
-            "0",
+            *["0"] * 6,
         ]
+
+
+def test_usage_by_key_metadata_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "usage.db"
+    with SQLiteStore(database) as store:
+        _record(store, "alice", "m", 100, Outcome.COMPLETED, metadata={"team": "platform"})
+        _record(store, "bob", "m", 50, Outcome.COMPLETED)
+    monkeypatch.setenv("BRIDGE_RECORDING_DATABASE", f"sqlite:///{database}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["usage", "--by", "meta:team", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["meta:team"], row["input"]) for row in rows] == [("", 50), ("platform", 100)]
+    with pytest.raises(SystemExit) as exit_:
+        main(["usage", "--by", "team"])
+    assert exit_.value.code == 2
+    assert "meta:KEY" in capsys.readouterr().err
 
 
 def test_usage_table_says_when_nothing_was_recorded() -> None:
@@ -130,6 +172,23 @@ def test_since_accepts_durations_and_dates() -> None:
     assert parse_since("24h", now=now) == now - dt.timedelta(hours=24)
     assert parse_since("7d", now=now) == now - dt.timedelta(days=7)
     assert parse_since("2026-11-01", now=now) == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "99999999999w", "9" * 5000 + "s", "36501d"])
+def test_since_too_far_back_is_refused_with_the_valid_range(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"--since must be a duration from 0s to 36500d"):
+        parse_since(text)
+    assert parse_since("36500d") < dt.datetime.now(dt.UTC)
+
+
+def test_usage_since_too_far_back_exits_2_naming_the_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["usage", "--since", "99999999999d"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bridge: --since must be a duration from 0s to 36500d")
+    assert "Traceback" not in err
 
 
 def test_embedding_example_runs() -> None:

@@ -33,6 +33,7 @@ from bridge.config import (
     load_config,
     mask_secret,
     mask_url,
+    mask_urls_in,
     render_config,
 )
 
@@ -142,6 +143,23 @@ def test_file_values_are_read(tmp_path: Path) -> None:
     )
 
 
+def test_connection_settings_default_and_override() -> None:
+    """HTTP/1.1 only unless asked; every connection has an idle and a header deadline."""
+    defaults = load_config(environ={}).server
+    assert (defaults.http2, defaults.keep_alive_timeout, defaults.header_timeout) == (
+        False,
+        75.0,
+        10.0,
+    )
+    environ = {
+        "BRIDGE_SERVER_HTTP2": "true",
+        "BRIDGE_SERVER_KEEP_ALIVE_TIMEOUT": "5",
+        "BRIDGE_SERVER_HEADER_TIMEOUT": "2.5",
+    }
+    server = config_from_mapping({}, environ).server
+    assert (server.http2, server.keep_alive_timeout, server.header_timeout) == (True, 5.0, 2.5)
+
+
 def test_integer_seconds_become_floats() -> None:
     config = config_from_mapping({"server": {"grace_period": 5}}, {})
     assert isinstance(config.server.grace_period, float)
@@ -243,6 +261,15 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
         {"server": {"ping_interval": 0}},
         "server.ping_interval must be a number of seconds > 0, got 0",
     ),
+    (
+        {"server": {"keep_alive_timeout": 0}},
+        "server.keep_alive_timeout must be a number of seconds > 0, got 0",
+    ),
+    (
+        {"server": {"header_timeout": "soon"}},
+        "server.header_timeout must be a number of seconds > 0, got 'soon'",
+    ),
+    ({"server": {"http2": "yes"}}, "server.http2 must be true or false, got 'yes'"),
     ({"auth": {"mode": "basic"}}, "auth.mode must be 'keys', 'header' or 'none', got 'basic'"),
     (
         {"auth": {"header": "X User"}},
@@ -464,7 +491,8 @@ UNKNOWN_NAMES: list[tuple[dict[str, Any], dict[str, str], str]] = [
         "unknown key 'server.colour' in bridge.toml; expected one of 'server.host',"
         " 'server.port', 'server.max_body_bytes', 'server.grace_period', 'server.backlog',"
         " 'server.ping_interval', 'server.workers',"
-        " 'server.client_write_timeout'",
+        " 'server.client_write_timeout', 'server.keep_alive_timeout', 'server.header_timeout',"
+        " 'server.http2'",
     ),
     ({"sever": {}}, {}, "unknown section 'sever' in bridge.toml; did you mean 'server'?"),
     ({"port": 8080}, {}, "unknown key 'port' in bridge.toml; did you mean 'server.port'?"),
@@ -807,6 +835,55 @@ def test_mask_url_hides_only_the_password(url: str, masked: str) -> None:
     assert mask_url(url) == masked
 
 
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        (
+            "http://user:pw@mcp.local:8080/mcp?token=s3cr3t-value",
+            "http://user:***@mcp.local:8080/mcp?token=***",
+        ),
+        (
+            "https://mcp.example/sse?transport=sse&api_key=s3cr3t-value&x=1",
+            "https://mcp.example/sse?transport=sse&api_key=***&x=1",
+        ),
+        (
+            "https://b.example/o?X-Amz-Signature=s3cr3t-value&X-Amz-Credential=s3cr3t-value",
+            "https://b.example/o?X-Amz-Signature=***&X-Amz-Credential=***",
+        ),
+        ("https://a.example/cb?code=s3cr3t-value&state=1", "https://a.example/cb?code=***&state=1"),
+        ("https://a.example/cb#access_token=s3cr3t-value", "https://a.example/cb#access_token=***"),
+        ("https://a.example/x?Auth=s3cr3t-value", "https://a.example/x?Auth=***"),
+        ("https://a.example/x?sig=s3cr3t-value", "https://a.example/x?sig=***"),
+        ("https://a.example/x?secret=s3cr3t@value", "https://a.example/x?secret=***"),
+        ("https://a.example/mcp?region=eu", "https://a.example/mcp?region=eu"),
+    ],
+)
+def test_mask_url_hides_credentials_in_the_query(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_mask_urls_in_masks_every_url_of_a_text() -> None:
+    text = (
+        "Client error '401' for url 'http://u:pw-hunter2@h/mcp?token=s3cr3t-value'"
+        " (via https://h2/x?key=s3cr3t-value)"
+    )
+    masked = mask_urls_in(text)
+    assert masked == (
+        "Client error '401' for url 'http://u:***@h/mcp?token=***' (via https://h2/x?key=***)"
+    )
+
+
+def test_check_config_masks_an_mcp_server_url() -> None:
+    url = "https://user:pw-hunter2@mcp.example/mcp?token=s3cr3t-value"
+    config = config_from_mapping({"mcp": {"servers": {"tools": {"url": url}}}}, {})
+    text = render_config(config) + repr(config)
+    assert "s3cr3t-value" not in text
+    assert "pw-hunter2" not in text
+    assert tomllib.loads(render_config(config))["mcp"]["servers"]["tools"]["url"] == (
+        "https://user:***@mcp.example/mcp?token=***"
+    )
+
+
 def test_repr_masks_secrets() -> None:
     config = config_from_mapping(
         {"recording": {"database": "postgresql://bob:hunter2@db/bridge"}},
@@ -1062,3 +1139,41 @@ def test_render_config_loads_back_the_same_mcp_servers() -> None:
     }
     config = config_from_mapping(data, {})
     assert config_from_mapping(tomllib.loads(render_config(config)), {}) == config
+
+
+# --- observability.metrics_auth ----------------------------------------------------------------
+
+
+def test_metrics_auth_is_off_by_default() -> None:
+    config = config_from_mapping({}, {})
+    assert config.observability.metrics_auth is False
+    assert config.observability.metrics_key == ""
+
+
+def test_metrics_auth_needs_a_key() -> None:
+    with pytest.raises(ConfigError, match=r"observability.metrics_auth = true needs a key"):
+        config_from_mapping({"observability": {"metrics_auth": True}}, {})
+    with pytest.raises(ConfigError, match=r"set observability.metrics_key or auth.admin_key"):
+        config_from_mapping({}, {"BRIDGE_OBSERVABILITY_METRICS_AUTH": "true"})
+
+
+def test_metrics_auth_takes_the_metrics_key_or_the_admin_key() -> None:
+    dedicated = config_from_mapping(
+        {"observability": {"metrics_auth": True, "metrics_key": "scrape-secret-0123456789"}}, {}
+    )
+    assert dedicated.observability.metrics_auth is True
+    admin = config_from_mapping(
+        {"observability": {"metrics_auth": True}, "auth": {"admin_key": "admin-secret-123456"}}, {}
+    )
+    assert admin.auth.admin_key == "admin-secret-123456"
+    with pytest.raises(ConfigError, match=r"observability\.metrics_auth must be true or false"):
+        config_from_mapping({"observability": {"metrics_auth": "yes"}}, {})
+
+
+def test_metrics_key_is_masked_in_render_and_repr() -> None:
+    config = config_from_mapping(
+        {"observability": {"metrics_auth": True, "metrics_key": "scrape-secret-0123456789"}}, {}
+    )
+    text = render_config(config) + repr(config)
+    assert "scrape-secret-0123456789" not in text
+    assert 'metrics_key = "scra...6789"  # masked' in render_config(config)

@@ -99,3 +99,95 @@ def test_relayed_frames_carry_the_interception_id_instead_of_the_upstream_id(nam
     assert upstream_id
     assert not any(upstream_id in frame for frame in frames)
     assert any(b'"ix-1"' in frame for frame in frames)
+
+
+def echoed(scenario: Scenario, result: TurnResult) -> Any:
+    """What the inner loop sends back upstream for this turn (before any tool result)."""
+    document: dict[str, Any] = {"messages": [], "input": []}
+    DIALECTS[scenario.api].append_results(document, result, [])
+    return document
+
+
+ECHOED = [
+    name
+    for name, s in sorted(SCENARIOS.items())
+    if s.request is not None
+    and s.expect.error is None
+    and s.upstream.blocking
+    and s.upstream.streaming
+    and s.upstream.blocking[0].status == 200
+]
+
+
+@pytest.mark.parametrize("name", ECHOED)
+def test_the_model_turn_goes_back_the_same_streamed_or_blocking(name: str) -> None:
+    """The inner loop echoes the model's whole turn (text, thinking, reasoning, calls), however
+    it arrived: a blocking answer must lose nothing a stream keeps."""
+    scenario = SCENARIOS[name]
+    result, _ = streamed(scenario, [stream_bytes(scenario)])
+    assert echoed(scenario, result) == echoed(scenario, blocking(scenario))
+
+
+# A DeepSeek-style turn in thinking mode: text, ``reasoning_content`` (which DeepSeek wants
+# back in a tool-call loop) and a call carrying a server's extra field (Gemini's
+# ``extra_content``), with the response-only fields of OpenAI's own API.
+_CALL = {"id": "call_0", "type": "function", "function": {"name": "bmcp_demo_add", "arguments": ""}}
+_EXTRA = {"google": {"thought_signature": "c2ln"}}
+_REASONING_BODY = {
+    "id": "ds-1",
+    "object": "chat.completion",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Adding them.",
+                "reasoning_content": "The user wants 2 + 3.",
+                "refusal": None,
+                "annotations": [],
+                "tool_calls": [
+                    {
+                        **_CALL,
+                        "function": {"name": "bmcp_demo_add", "arguments": '{"a":2,"b":3}'},
+                        "extra_content": _EXTRA,
+                    }
+                ],
+            },
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+}
+_REASONING_DELTAS: list[dict[str, Any]] = [
+    {"role": "assistant", "content": None, "reasoning_content": "The user"},
+    {"reasoning_content": " wants 2 + 3."},
+    {"content": "Adding"},
+    {"content": " them."},
+    {"tool_calls": [{"index": 0, **_CALL, "extra_content": _EXTRA}]},
+    {"tool_calls": [{"index": 0, "function": {"arguments": '{"a":2,'}}]},
+    {"tool_calls": [{"index": 0, "function": {"arguments": '"b":3}'}}]},
+]
+
+
+def test_chat_echo_keeps_reasoning_content_and_extra_call_fields() -> None:
+    dialect = DIALECTS["openai.chat"]
+    exchange = dialect.open_exchange("ix-1", frozenset({"bmcp_demo_add"}))
+    whole = exchange.new_turn()
+    whole.feed_body(json.dumps(_REASONING_BODY).encode())
+    chunks = [
+        {"id": "ds-1", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        for delta in _REASONING_DELTAS
+    ]
+    chunks.append({"id": "ds-1", "choices": [{"index": 0, "delta": {}, "finish_reason": "x"}]})
+    stream = exchange.new_turn()
+    for chunk in chunks:
+        stream.feed_event(Event(data=json.dumps(chunk)))
+    stream.feed_event(Event(data="[DONE]"))
+    echoes = []
+    for turn in (whole, stream):
+        document: dict[str, Any] = {"messages": []}
+        dialect.append_results(document, turn.result(), [])
+        echoes.append(document["messages"])
+    message = _REASONING_BODY["choices"][0]["message"]  # type: ignore[index]
+    expected = {k: v for k, v in message.items() if k not in ("refusal", "annotations")}
+    assert echoes == [[expected], [expected]]

@@ -6,11 +6,25 @@ import bridge
 
 
 def test_all_is_sorted_and_complete() -> None:
-    public = sorted(name for name in vars(bridge) if not name.startswith("_"))
+    public = sorted(name for name in dir(bridge) if not name.startswith("_"))
     assert bridge.__all__ == sorted(bridge.__all__)
     # Modules imported as a side effect are not API; everything else public must be listed.
     modules = {name for name in public if type(getattr(bridge, name)).__name__ == "module"}
-    assert sorted(set(public) - modules - {"annotations", "contextlib"}) == bridge.__all__
+    helpers = {"annotations", "contextlib", "importlib", "TYPE_CHECKING", "Any"}
+    assert sorted(set(public) - modules - helpers) == bridge.__all__
+
+
+def test_the_command_line_does_not_load_the_gateway() -> None:
+    """``bridgectl --help``, ``keys`` and ``usage`` need the configuration and the stores
+    only: the engine, Quart, hypercorn and the MCP library load when something runs."""
+    import subprocess
+    import sys
+
+    heavy = ("bridge.gateway", "bridge.core.engine", "quart", "hypercorn", "mcp")
+    probe = f"import sys, bridge.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+    assert bridge.open_bridge.__module__ == "bridge"  # and they still load on first use
 
 
 def test_public_classes_present_themselves_as_bridge() -> None:

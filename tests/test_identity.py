@@ -202,7 +202,7 @@ async def test_passthrough_with_a_gateway_key_injects_the_provider_key(keyed: Ga
 
 
 async def test_usage_api_is_guarded_by_the_admin_key(keyed: Gateway) -> None:
-    key = create_key(keyed, "gina")
+    key = create_key(keyed, "gina", team="platform")
     await post(keyed, "/anthropic/v1/messages", ANTHROPIC_BODY, **{"x-api-key": key})
     await keyed.flush()
     async with httpx2.AsyncClient() as client:
@@ -218,12 +218,53 @@ async def test_usage_api_is_guarded_by_the_admin_key(keyed: Gateway) -> None:
             f"{keyed.url}/api/v1/usage?since=yesterday",
             headers={"authorization": "Bearer admin-secret-123456"},
         )
+        by_team = await client.get(
+            f"{keyed.url}/api/v1/usage?by=meta:team",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
+        as_csv = await client.get(
+            f"{keyed.url}/api/v1/usage?by=user&format=csv",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
+        wrong_format = await client.get(
+            f"{keyed.url}/api/v1/usage?format=xml",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
+        typo = await client.get(
+            f"{keyed.url}/api/v1/usage?sinec=7d",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
+    # HTTP errors name HTTP parameters, not the command line's options.
+    assert "since must be" in bad.json()["error"]["message"]
+    assert "--since" not in bad.json()["error"]["message"]
+    assert wrong_format.status_code == 400
+    assert wrong_format.json()["error"]["message"] == "format must be json or csv, got 'xml'"
+    assert typo.status_code == 400
+    assert typo.json()["error"]["message"].startswith("unknown parameter 'sinec'")
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.headers["content-disposition"] == 'attachment; filename="usage.csv"'
+    assert as_csv.text.splitlines()[0].startswith("user,interceptions,failures,input")
+    assert as_csv.text.splitlines()[1].startswith("gina,1,0,")
     assert (refused.status_code, wrong.status_code, bad.status_code) == (401, 401, 400)
+    assert [(r["meta:team"], r["interceptions"]) for r in by_team.json()["rows"]] == [
+        ("platform", 1)
+    ]
     [row] = ok.json()["rows"]
     assert row["user"] == "gina"
     assert row["model"] == "claude-sonnet-4-6"
     assert row["interceptions"] == 1
     assert row["input"] > 0
+
+
+async def test_usage_api_answers_400_for_a_since_too_far_back(keyed: Gateway) -> None:
+    async with httpx2.AsyncClient() as client:
+        response = await client.get(
+            f"{keyed.url}/api/v1/usage?since=99999999999d",
+            headers={"authorization": "Bearer admin-secret-123456"},
+        )
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert message.startswith("since must be a duration from 0s to 36500d")
 
 
 async def test_usage_api_is_off_without_an_admin_key(gateway: Gateway) -> None:
@@ -262,6 +303,10 @@ async def test_usage_api_is_off_without_an_admin_key(gateway: Gateway) -> None:
         ({"user-agent": "Charm Crush/0.1"}, "Charm Crush", None),
         ({"user-agent": "opencode/0.5", "x-opencode-session": "s8"}, "OpenCode", "s8"),
         ({"user-agent": "python", "x-cursor-client-version": "1.2"}, "Cursor", None),
+        ({"user-agent": "Anthropic/Python 2.14.0"}, "anthropic-python", None),
+        ({"user-agent": "OpenAI/Python 3.57.0"}, "openai-python", None),
+        ({"user-agent": "Anthropic/JS 0.60.0"}, "anthropic-js", None),
+        ({"user-agent": "OpenAI/JS 4.104.0", "x-cursor-client-version": "1"}, "Cursor", None),
         ({"user-agent": "curl/8"}, "Unknown", None),
         ({}, "Unknown", None),
     ],

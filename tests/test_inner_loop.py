@@ -9,6 +9,8 @@ through the same loop.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -22,7 +24,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from bridge.config import MCPConfig, MCPServerConfig
 from bridge.dialects import DIALECTS
 from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
-from tests.mcp_servers import ServerState, build_server, serve_http
+from tests.mcp_servers import RestartableServer, ServerState, build_server, serve_http
 
 from .conftest import UPSTREAM_STACKS, Gateway
 
@@ -95,6 +97,26 @@ def client_text(api: str, response: httpx2.Response, *, stream: bool) -> str:
     return "".join(text)
 
 
+def model_turn(api: str, name: str) -> Any:
+    """The model's first answer (text and the injected call) as the next request must echo it:
+    the first blocking body's message, less what the API does not take back."""
+    body = SCENARIOS[name].upstream.blocking[0].body
+    assert isinstance(body, dict)
+    if api == "anthropic":
+        return {"role": "assistant", "content": body["content"]}
+    if api == "chat":
+        message = body["choices"][0]["message"]
+        return {k: v for k, v in message.items() if v is not None and k != "annotations"}
+    return body["output"]
+
+
+def echoed_turn(api: str, request: dict[str, Any]) -> Any:
+    """The assistant turn an inner-loop request carries, before the tool results."""
+    if api == "responses":
+        return [item for item in request["input"][1:] if item["type"] != "function_call_output"]
+    return request["messages"][-2]
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
 @pytest.mark.parametrize("api", list(APIS))
 async def test_injected_tool_round_trip(
@@ -118,6 +140,8 @@ async def test_injected_tool_round_trip(
     injected_names = [t.get("name") or t.get("function", {}).get("name") for t in sent_tools]
     assert injected_names == ["bmcp_demo_add"]
     assert "5" in second.body.decode()  # the tool's result went back to the model
+    # ...after the model's own turn: its text as well as its call, blocking or streaming.
+    assert echoed_turn(api, second.json()) == model_turn(api, name)
 
     await gateway.flush()
     [interception] = gateway.store.interceptions()
@@ -134,6 +158,15 @@ async def test_injected_tool_round_trip(
     assert tool["server_url"] == mcp_url
     assert json.loads(tool["input"]) == {"a": 2, "b": 3}
     assert tool["invocation_error"] is None
+    # Metrics name the server as configured, like mcp_tool_call_seconds does.
+    invocations = [
+        sample.labels["server"]
+        for metric in gateway.bridge.metrics.registry.collect()
+        if metric.name == "injected_tool_invocations"
+        for sample in metric.samples
+        if sample.name == "injected_tool_invocations_total"
+    ]
+    assert invocations == ["demo"]
 
 
 async def test_anthropic_stream_is_one_coherent_message(start_gateway: Any, mcp_url: str) -> None:
@@ -248,6 +281,115 @@ async def test_client_disconnect_cancels_the_tool_call_on_the_mcp_server(
     await gateway.flush()
     [interception] = gateway.store.interceptions()
     assert interception["outcome"] == "client_disconnected"
+
+
+async def add_through_the_gateway(gateway: Gateway) -> httpx2.Response:
+    """One blocking chat interception whose model calls ``bmcp_demo_add`` once."""
+    name = "openai_chat_mcp_add"
+    response = await post(gateway, APIS["chat"][1], request_of(name, stream=False), name)
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def test_a_restarted_mcp_server_gets_a_new_session_and_the_call_goes_through(
+    start_gateway: Any, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The MCP server restarts between two calls (a new process forgets every session, and
+    answers the old session id with 404): the gateway opens a new session and calls again,
+    so the model gets the tool's result, not the restart."""
+    server = RestartableServer(nursery, lambda: build_server().streamable_http_app())
+    url = await server.start()
+    gateway = await start(start_gateway, url)
+    await add_through_the_gateway(gateway)
+    await server.stop()
+    assert await server.start() == url
+    with caplog.at_level(logging.WARNING, logger="bridge.mcp"):
+        response = await add_through_the_gateway(gateway)
+    assert response.json()["choices"][0]["message"]["content"] == "2 + 3 = 5."
+    answer = gateway.mock.requests[-1]
+    [result] = [m for m in answer.json()["messages"] if m["role"] == "tool"]
+    assert json.loads(result["content"]) == {
+        "content": [{"type": "text", "text": "5"}],
+        "structuredContent": {"result": 5},
+        "isError": False,
+    }
+    assert "opening a new one" in caplog.text
+    await gateway.flush()
+    for interception in gateway.store.interceptions():
+        assert interception["outcome"] == "completed"
+        [tool] = gateway.store.tool_usages(interception["id"])
+        assert tool["invocation_error"] is None
+
+
+ASGI = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def forgetting_sessions(app: ASGI, refused: list[int]) -> ASGI:
+    """``app`` behind a load balancer without sticky sessions: every ``tools/call`` lands
+    on a replica that does not know the session and is refused with 404, as the SDK refuses
+    an unknown ``Mcp-Session-Id``. ``refused`` gets the id of each refused call."""
+
+    async def serve(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or ())
+        if scope["type"] != "http" or scope["method"] != "POST" or b"mcp-session-id" not in headers:
+            await app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = json.loads(body)
+        if request.get("method") == "tools/call":
+            refused.append(request["id"])
+            error = {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {"code": -32600, "message": "Session not found"},
+            }
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": json.dumps(error).encode()})
+            return
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await app(scope, replay, send)
+
+    return serve
+
+
+async def test_a_server_that_keeps_forgetting_the_session_is_called_twice_then_reported(
+    start_gateway: Any, nursery: trio.Nursery
+) -> None:
+    """The retry on a new session happens once: a server that refuses that one as well
+    gives the model a tool error, and the interception completes."""
+    refused: list[int] = []
+    app = forgetting_sessions(build_server().streamable_http_app(), refused)
+    url = await nursery.start(partial(serve_http, app))
+    gateway = await start(start_gateway, url)
+    await add_through_the_gateway(gateway)
+    assert len(refused) == 2
+    [result] = [m for m in gateway.mock.requests[-1].json()["messages"] if m["role"] == "tool"]
+    assert json.loads(result["content"])["error"] is True
+    assert "a session it does not know" in json.loads(result["content"])["message"]
+    await gateway.flush()
+    [interception] = gateway.store.interceptions()
+    assert interception["outcome"] == "completed"
+    [tool] = gateway.store.tool_usages(interception["id"])
+    assert "a session it does not know" in tool["invocation_error"]
 
 
 async def test_identical_requests_give_identical_upstream_bodies(

@@ -20,10 +20,12 @@ from bridge.keys import (
     KEY_LENGTH,
     KEY_PREFIX,
     PREFIX_LENGTH,
+    GatewayKey,
     KeyStore,
     generate_key,
     hash_key,
     looks_like_gateway_key,
+    resolve_key,
 )
 from bridge.recording.memory import MemoryStore
 from bridge.recording.postgres import PostgresStore
@@ -424,8 +426,43 @@ def test_cli_revoking_an_unknown_id_exits_1_and_says_so(
 ) -> None:
     assert main(["keys", "revoke", "no-such-id"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("bridge: no gateway key has id 'no-such-id'")
+    assert err.startswith("bridge: no gateway key has id or prefix 'no-such-id'")
     assert "bridgectl keys list" in err
+
+
+@pytest.mark.parametrize("how", ["prefix", "start of the prefix", "whole key", "start of id"])
+def test_cli_revokes_by_prefix_too(
+    database: SQLDatabase, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """Users see prefixes (``bk-3fZx9Qp2``), in listings and logs: revoking takes them."""
+    assert main(["keys", "create", "--user", "alice"]) == 0
+    secret = capsys.readouterr().out.strip()
+    with database.open() as store:
+        (key,) = store.list_keys()
+    reference = {
+        "prefix": key.prefix,
+        "start of the prefix": key.prefix[:8],
+        "whole key": secret,
+        "start of id": key.id[:8],
+    }[how]
+    assert main(["keys", "revoke", reference]) == 0
+    assert f"Revoked key {key.id} ({key.prefix}) of user 'alice'" in capsys.readouterr().out
+    with database.open() as store:
+        assert store.find_key(secret) is None
+
+
+def test_resolve_key_refuses_an_ambiguous_start() -> None:
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    keys = [
+        GatewayKey("id-1", "alice", "bk-aaaa1111", {}, when, None, None),
+        GatewayKey("id-2", "bob", "bk-aaaa2222", {}, when, None, None),
+    ]
+    assert resolve_key(keys, "bk-aaaa2").user == "bob"
+    assert resolve_key(keys, "id-1").user == "alice"
+    with pytest.raises(LookupError, match=r"matches 2 keys: bk-aaaa1111 \(alice\), bk-aaaa2222"):
+        resolve_key(keys, "bk-aaaa")
+    with pytest.raises(LookupError, match="no gateway key"):
+        resolve_key(keys, "")
 
 
 @pytest.mark.parametrize(

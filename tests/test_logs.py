@@ -189,6 +189,20 @@ def test_interception_log_fields_are_accepted_by_logging() -> None:
     logging.getLogger("bridge.interception").info("interception ended", extra=extra)
     record = json.loads(stream.getvalue())
     assert {k: record[k] for k in extra} == {**extra, "duration_ms": 1235}
+    assert "error" not in record  # a completed interception has no reason to give
+
+
+def test_interception_log_of_a_failure_carries_its_reason() -> None:
+    extra = interception_log(
+        interception_id="01J0",
+        user="alice",
+        provider="anthropic",
+        model="m",
+        outcome="failed",
+        duration_ms=1.0,
+        error="the upstream is unreachable",
+    )
+    assert extra["error"] == "the upstream is unreachable"
 
 
 # Each case: how the secret is logged. Every case must hide the raw secret.
@@ -250,6 +264,18 @@ def test_redacting_filter_never_lets_a_secret_through(
     assert secret[4:-4] not in output
     if case not in ("cookie extra", "object extra"):  # those mask a longer value whole
         assert mask_secret(secret) in output
+
+
+@pytest.mark.parametrize("log_format", ["logfmt", "json", "text"])
+@pytest.mark.usefixtures("restore_logging")
+def test_credentials_in_a_logged_url_are_masked(log_format: str) -> None:
+    stream = capture(log_format)
+    url = "http://user:pw-hunter2@mcp.local/mcp?region=eu&token=s3cr3t-value"
+    logging.getLogger("bridge.test").warning("cannot reach %s", url, extra={"url": url})
+    output = stream.getvalue()
+    assert "s3cr3t-value" not in output
+    assert "pw-hunter2" not in output
+    assert "http://user:***@mcp.local/mcp?region=eu&token=" in output
 
 
 @pytest.mark.usefixtures("restore_logging")

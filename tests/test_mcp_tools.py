@@ -9,6 +9,8 @@ through open_tool_hub's keyword arguments.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -220,7 +222,8 @@ async def test_a_server_down_at_start_is_retried_and_its_tools_appear(
                 partial(serve_http, build_server().streamable_http_app(), port=port)
             )
             await wait_until(hub, lambda: len(hub.tools()) == len(TOOL_NAMES))
-    assert "'late' unavailable (ConnectError" in caplog.text
+    assert "'late' at http://127.0.0.1:" in caplog.text
+    assert "unavailable (ConnectError" in caplog.text
     assert "very-secret" not in caplog.text
 
 
@@ -243,9 +246,28 @@ async def test_stdio_servers_are_spawned_and_called() -> None:
     async with open_tool_hub(hub_config(server), startup_wait=10, **FAST) as hub:
         await wait_until(hub, lambda: bool(hub.tools()))
         echo = tool(hub, "bmcp_local_echo")
-        assert echo.server_url == f"stdio:{sys.executable}"
+        assert echo.server_url == "stdio:local"  # the configured name, not the interpreter
         result = await hub.call(echo, {"text": "over stdio"}, timeout=10)
         assert result.content == ({"type": "text", "text": "over stdio"},)
+
+
+async def test_a_stdio_server_that_died_is_started_again_for_the_next_call() -> None:
+    """The server process dies between two calls: the hub notices at once (its stdout ends,
+    no keep-alive needed) and the next call waits for the new process instead of failing."""
+    server = MCPServerConfig(
+        "local", command=sys.executable, args=("-m", "tests.mcp_servers", "stdio")
+    )
+    async with open_tool_hub(hub_config(server), startup_wait=10, **FAST) as hub:
+        await wait_until(hub, lambda: bool(hub.tools()))
+        pid = tool(hub, "bmcp_local_pid")
+        first = await hub.call(pid, {}, timeout=10)
+        os.kill(int(first.content[0]["text"]), signal.SIGKILL)
+        with trio.fail_after(10):
+            await hub.wait_changed()  # the hub saw the process go
+        second = await hub.call(pid, {}, timeout=10)
+        assert second.error is None, second.error
+        assert second.content[0]["text"] != first.content[0]["text"]
+        assert hub.status()["local"]["connected"] is True
 
 
 # --- Per-actor headers -----------------------------------------------------------------------

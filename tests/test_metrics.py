@@ -22,6 +22,9 @@ from prometheus_client.samples import Sample
 from bridge import metrics as metrics_module
 from bridge.metrics import (
     DURATION_BUCKETS,
+    MAX_LABEL_LENGTH,
+    MAX_LABEL_VALUES,
+    MAX_SERIES,
     MULTIPROC_ENV,
     Metrics,
     prepare_multiprocess_dir,
@@ -52,6 +55,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "recorder_records_total": ("counter", ("outcome",)),
     "mcp_tool_call_seconds": ("histogram", ("server", "name", "outcome")),
     "auth_failures_total": ("counter", ("reason",)),
+    "provider_key_refusals_total": ("counter", ("provider", "status")),
 }
 
 ENDED = {
@@ -64,6 +68,15 @@ ENDED = {
 }
 USER = {"provider": "anthropic", "model": "claude-x", "initiator_id": "user-1", "client": "Mux"}
 BREAKER = {"provider": "openai", "endpoint": "/chat/completions", "model": "gpt-x"}
+
+
+def new_metrics(prefix: str = "") -> Metrics:
+    """A :class:`Metrics` whose providers have served the models these tests name: a model
+    no provider has served is counted as ``other``."""
+    metrics = Metrics(prefix)
+    metrics.model_served(provider="anthropic", model="claude-x")
+    metrics.model_served(provider="openai", model="gpt-x")
+    return metrics
 
 
 def touch_every_metric(metrics: Metrics) -> None:
@@ -148,7 +161,7 @@ def generate(metrics: Metrics) -> str:
 
 
 def test_an_interception_is_in_flight_until_it_ends_then_counted() -> None:
-    metrics = Metrics()
+    metrics = new_metrics()
     value = metrics.registry.get_sample_value
     inflight = {k: ENDED[k] for k in ("provider", "model", "route")}
     by_model = {k: ENDED[k] for k in ("provider", "model")}
@@ -168,7 +181,7 @@ def test_an_interception_is_in_flight_until_it_ends_then_counted() -> None:
 
 
 def test_failed_interceptions_are_counted_apart_and_unknown_statuses_refused() -> None:
-    metrics = Metrics()
+    metrics = new_metrics()
     metrics.interception_ended(**ENDED, status="failed", duration=1, added=0)
     assert metrics.registry.get_sample_value("interceptions_total", {**ENDED, "status": "failed"})
     assert (
@@ -186,7 +199,7 @@ def test_failed_interceptions_are_counted_apart_and_unknown_statuses_refused() -
 
 
 def test_tokens_add_up_per_type_and_zero_counts_create_no_series() -> None:
-    metrics = Metrics()
+    metrics = new_metrics()
     counts = {"input": 10, "output": 5, "cache_read_input_tokens": 0, "web_search_requests": 1}
     metrics.tokens(**USER, counts=counts)
     metrics.tokens(**USER, counts={"input": 0, "output": 61})
@@ -198,14 +211,14 @@ def test_tokens_add_up_per_type_and_zero_counts_create_no_series() -> None:
 
 
 def test_a_negative_token_count_is_refused_before_anything_is_counted() -> None:
-    metrics = Metrics()
+    metrics = new_metrics()
     with pytest.raises(ValueError, match="input=-3 is negative"):
         metrics.tokens(**USER, counts={"output": 4, "input": -3})
     assert metrics.registry.get_sample_value("tokens_total", {**USER, "type": "output"}) is None
 
 
 def test_a_breaker_opening_sets_the_gauge_and_counts_a_trip() -> None:
-    metrics = Metrics()
+    metrics = new_metrics()
     value = metrics.registry.get_sample_value
     metrics.breaker_changed(**BREAKER, state=1.0)
     assert value("circuit_breaker_state", BREAKER) == 1.0
@@ -263,6 +276,12 @@ CALLS: list[tuple[Callable[[Metrics], None], str, dict[str, str], float]] = [
         3,
     ),
     (lambda m: m.auth_failure("invalid"), "auth_failures_total", {"reason": "invalid"}, 1),
+    (
+        lambda m: m.provider_key_refused(provider="anthropic", status=401),
+        "provider_key_refusals_total",
+        {"provider": "anthropic", "status": "401"},
+        1,
+    ),
 ]
 
 
@@ -270,7 +289,7 @@ CALLS: list[tuple[Callable[[Metrics], None], str, dict[str, str], float]] = [
 def test_each_call_changes_its_own_sample(
     call: Callable[[Metrics], None], sample: str, labels: dict[str, str], expected: float
 ) -> None:
-    metrics = Metrics()
+    metrics = new_metrics()
     call(metrics)
     assert metrics.registry.get_sample_value(sample, labels) == expected
 
@@ -311,7 +330,7 @@ def test_a_given_registry_is_used() -> None:
 
 
 def test_render_gives_a_parseable_exposition_and_its_content_type() -> None:
-    metrics = Metrics("bridge_")
+    metrics = new_metrics("bridge_")
     metrics.interception_ended(**ENDED, status="completed", duration=1, added=0.001)
     body, content_type = render(metrics)
     assert content_type == CONTENT_TYPE_LATEST
@@ -333,6 +352,8 @@ WORKER = textwrap.dedent(
     spec.loader.exec_module(module)
     n, breaker = int(sys.argv[2]), float(sys.argv[3])
     metrics = module.Metrics("bridge_")
+    metrics.model_served(provider="anthropic", model="claude-x")
+    metrics.model_served(provider="openai", model="gpt-x")
     ended = dict(provider="anthropic", model="claude-x", route="/v1/messages", method="POST",
                  initiator_id="user-1", client="Mux")
     short = dict(provider="anthropic", model="claude-x", route="/v1/messages")
@@ -418,3 +439,118 @@ def test_prepare_multiprocess_dir_removes_the_last_runs_files(tmp_path: Path) ->
     (directory / "keep.txt").write_text("not ours")
     prepare_multiprocess_dir(directory)
     assert sorted(p.name for p in directory.iterdir()) == ["keep.txt"]
+
+
+# -- bounded, valid label values (hardening) ----------------------------------------------
+
+
+def series(text: str) -> list[str]:
+    """The sample lines of an exposition (one per series and bucket)."""
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_a_label_value_that_is_not_valid_unicode_does_not_break_the_exposition() -> None:
+    metrics = new_metrics()
+    bad = "x\ud800"  # a lone surrogate: what JSON "x\ud800" decodes to
+    metrics.model_served(provider="anthropic", model=bad)
+    metrics.interception_started(provider="anthropic", model=bad, route="/v1/messages")
+    metrics.interception_ended(
+        **{**ENDED, "model": bad, "initiator_id": "u\udfff\r\n"},
+        status="completed",
+        duration=1,
+        added=0,
+    )
+    metrics.tokens(**{**USER, "client": "c\x00"}, counts={"input": 1})
+    text = generate(metrics)  # raised UnicodeEncodeError, at every later scrape too
+    assert 'model="x?"' in text
+    assert "\r" not in text
+    assert "\x00" not in text
+
+
+def test_label_values_are_bounded_in_length() -> None:
+    metrics = new_metrics()
+    long = "m" * 10_000
+    metrics.model_served(provider="anthropic", model=long)
+    metrics.interception_ended(
+        **{**ENDED, "model": long, "initiator_id": "u" * 10_000},
+        status="completed",
+        duration=1,
+        added=0,
+    )
+    text = generate(metrics)
+    assert max(len(line) for line in series(text)) < 2 * MAX_LABEL_LENGTH + 200
+
+
+def test_a_model_no_provider_has_served_is_counted_as_other() -> None:
+    metrics = new_metrics()
+    metrics.interception_ended(
+        **{**ENDED, "model": "made-up-model"}, status="failed", duration=1, added=0
+    )
+    value = metrics.registry.get_sample_value
+    assert value("interceptions_total", {**ENDED, "model": "other", "status": "failed"}) == 1
+    # Served by another provider is not served by this one.
+    metrics.tokens(**{**USER, "model": "gpt-x"}, counts={"input": 1})
+    assert value("tokens_total", {**USER, "model": "other", "type": "input"}) == 1
+    metrics.model_served(provider="anthropic", model="made-up-model")
+    metrics.interception_ended(
+        **{**ENDED, "model": "made-up-model"}, status="completed", duration=1, added=0
+    )
+    labels = {**ENDED, "model": "made-up-model", "status": "completed"}
+    assert value("interceptions_total", labels) == 1
+
+
+def test_an_interception_leaves_the_in_flight_series_it_entered() -> None:
+    """The model may become known while the interception runs (its first success): the
+    in-flight gauge goes back down on the series it went up on."""
+    metrics = Metrics()
+    inflight = {"provider": "anthropic", "route": "/v1/messages"}
+    metrics.interception_started(provider="anthropic", model="new-model", route="/v1/messages")
+    metrics.model_served(provider="anthropic", model="new-model")
+    metrics.interception_ended(
+        **{**ENDED, "model": "new-model"}, status="completed", duration=1, added=0
+    )
+    value = metrics.registry.get_sample_value
+    assert value("interceptions_inflight", {**inflight, "model": "other"}) == 0
+    assert value("interceptions_inflight", {**inflight, "model": "new-model"}) in (None, 0)
+    assert value("interceptions_total", {**ENDED, "model": "new-model", "status": "completed"})
+
+
+def test_each_open_label_takes_at_most_max_label_values_then_other() -> None:
+    metrics = new_metrics()
+    for n in range(MAX_LABEL_VALUES + 50):
+        metrics.model_served(provider="anthropic", model=f"model-{n}")
+        metrics.tokens(
+            **{**USER, "model": f"model-{n}", "initiator_id": f"user-{n}"}, counts={"input": 1}
+        )
+    models = {s.labels["model"] for s in families_by_sample(generate(metrics))["tokens_total"][1]}
+    users = {
+        s.labels["initiator_id"] for s in families_by_sample(generate(metrics))["tokens_total"][1]
+    }
+    assert len(models) <= MAX_LABEL_VALUES + 1
+    assert len(users) <= MAX_LABEL_VALUES + 1
+    assert "other" in models
+    assert "other" in users
+
+
+def test_an_unknown_http_method_is_counted_as_other() -> None:
+    metrics = Metrics()
+    metrics.passthrough(provider="openai", route="/models", method="BREW")
+    value = metrics.registry.get_sample_value
+    labels = {"provider": "openai", "route": "/models"}
+    assert value("passthrough_total", {**labels, "method": "other"}) == 1
+
+
+def test_a_metric_holds_at_most_max_series() -> None:
+    """Combinations of capped values could still multiply: the number of series of one
+    metric is capped too, further combinations share one series."""
+    metrics = Metrics()
+    for model in range(60):
+        metrics.model_served(provider="anthropic", model=f"m{model}")
+    for model in range(60):
+        for user in range(60):
+            metrics.prompt(
+                provider="anthropic", model=f"m{model}", initiator_id=f"u{user}", client="Mux"
+            )
+    found = families_by_sample(generate(metrics))["prompts_total"][1]
+    assert len(found) <= MAX_SERIES + 1
+    assert sum(s.value for s in found) == 60 * 60

@@ -651,14 +651,68 @@ def test_usage_without_grouping_gives_the_totals(store: SQLStore | MemoryStore) 
     assert store.usage(by=()) == [UsageRow({}, 4, 2, 308, 34, 1, 2, 4, 3)]
 
 
+def test_usage_by_key_metadata_with_the_cache_split_and_web_searches(
+    store: SQLStore | MemoryStore,
+) -> None:
+    """``meta:team`` groups by what the users' keys carry; the report shows the 5 m / 1 h
+    cache-write split and web searches, which are recorded."""
+    platform = started("alice", metadata={"team": "platform", "env": "ci"})
+    payments = started("bob", metadata={"team": "payments"})
+    nobody = started("carol")
+    store.write_batch(
+        [
+            platform,
+            payments,
+            nobody,
+            TokenUsage(
+                platform.id,
+                "r1",
+                input=10,
+                output=1,
+                cache_write=30,
+                cache_write_5m=10,
+                cache_write_1h=20,
+                web_search_requests=2,
+            ),
+            TokenUsage(payments.id, "r2", input=5, output=1, cache_write=4, cache_write_5m=4),
+            TokenUsage(nobody.id, "r3", input=1, output=1),
+        ]
+    )
+    rows = store.usage(by=("meta:team",))
+    assert rows == [
+        UsageRow({"meta:team": ""}, 1, 0, 1, 1, 0, 0, 0, 0),
+        UsageRow({"meta:team": "payments"}, 1, 0, 5, 1, 0, 4, 0, 0, cache_write_5m=4),
+        UsageRow(
+            {"meta:team": "platform"},
+            1,
+            0,
+            10,
+            1,
+            0,
+            30,
+            0,
+            0,
+            cache_write_5m=10,
+            cache_write_1h=20,
+            web_search_requests=2,
+        ),
+    ]
+    assert [row.group for row in store.usage(by=("meta:env", "user"))] == [
+        {"meta:env": "", "user": "bob"},
+        {"meta:env": "", "user": "carol"},
+        {"meta:env": "ci", "user": "alice"},
+    ]
+
+
 @pytest.mark.parametrize(
     ("by", "message"),
     [
         (
             ("user", "team"),
             r"^cannot group usage by 'team': the allowed values are user, model,"
-            r" client, provider$",
+            r" client, provider and meta:KEY \(a key's metadata, e.g. meta:team\)$",
         ),
+        (("meta:te'am",), r"^cannot group usage by \"meta:te'am\""),
         (("user", "user"), r"^cannot group usage by 'user' twice \(got by=\['user', 'user'\]\)$"),
     ],
 )

@@ -215,7 +215,7 @@ async def test_passthrough_upstream_dying_mid_body_cuts_the_client_at_once(
 
 
 async def test_malformed_blocking_responses_body_is_relayed_unchanged(
-    start_gateway: Any, nursery: trio.Nursery
+    start_gateway: Any, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     raw = b"<html>upstream proxy hiccup</html>"
     answer = go_style("200 OK", raw, "X-Request-Id: req_html", content_type="text/html")
@@ -232,6 +232,8 @@ async def test_malformed_blocking_responses_body_is_relayed_unchanged(
     (row,) = gateway.store.interceptions()
     assert row["outcome"] == Outcome.FAILED.value
     assert "not JSON" in (row["error"] or "")
+    (ended,) = [r for r in caplog.records if r.getMessage() == "interception ended"]
+    assert "not JSON" in ended.error  # type: ignore[attr-defined]
 
 
 # -- Defect 3: one 401 must not take a one-key provider down --------------------------------

@@ -1,16 +1,31 @@
-"""Several gateway processes on one port: /metrics shows the totals of all of them."""
+"""Several gateway processes on one port: /metrics shows the totals of all of them; a
+worker that dies is replaced, and no packet from a client ends one."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import free_port, mock_process, wait_listening
+from tests.processes import (
+    free_port,
+    listens,
+    mock_process,
+    wait_for_output,
+    wait_listening,
+    worker_pids,
+)
+from tests.rawhttp import BAD_PATH_HEADERS, h2_request_packet
 
 
 def total(text: str, name: str) -> float:
@@ -22,7 +37,12 @@ def total(text: str, name: str) -> float:
     )
 
 
-def test_two_workers_share_the_port_and_report_all_totals(tmp_path: Path) -> None:
+@contextmanager
+def two_workers(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``bridge serve --workers 2`` in front of the mock; yields the process and its URL.
+
+    On leaving, SIGTERM must stop it with status 0.
+    """
     port = free_port()
     with mock_process() as mock_port:
         env = {
@@ -38,14 +58,62 @@ def test_two_workers_share_the_port_and_report_all_totals(tmp_path: Path) -> Non
             env=env,
             stderr=subprocess.PIPE,
         )
-        url = f"http://127.0.0.1:{port}"
         try:
             wait_listening(port, process)
-            body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-            for _ in range(20):  # a new connection each time: the kernel spreads them
-                assert httpx2.post(f"{url}/anthropic/v1/messages", json=body).status_code == 200
-            scrapes = [httpx2.get(f"{url}/metrics").text for _ in range(6)]
-            assert {total(text, "interceptions_total") for text in scrapes} == {20.0}
+            yield process, f"http://127.0.0.1:{port}"
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
+
+
+def test_two_workers_share_the_port_and_report_all_totals(tmp_path: Path) -> None:
+    with two_workers(tmp_path) as (_, url):
+        body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(20):  # a new connection each time: the kernel spreads them
+            assert httpx2.post(f"{url}/anthropic/v1/messages", json=body).status_code == 200
+        scrapes = [httpx2.get(f"{url}/metrics").text for _ in range(6)]
+        assert {total(text, "interceptions_total") for text in scrapes} == {20.0}
+
+
+def test_http2_packets_with_a_non_ascii_path_end_no_worker(tmp_path: Path) -> None:
+    """Once, one such packet made a worker exit; two ended `bridge serve --workers 2`."""
+    with two_workers(tmp_path) as (process, url):
+        workers = worker_pids(process.pid)
+        assert len(workers) == 2
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(10):  # new connections: the kernel spreads them over both workers
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(h2_request_packet(BAD_PATH_HEADERS))
+                reply = b""
+                while chunk := sock.recv(65536):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 505 "), reply[:200]
+        for _ in range(6):
+            assert httpx2.get(f"{url}/healthz").status_code == 200
+        assert process.poll() is None
+        assert worker_pids(process.pid) == workers  # none died, none had to be replaced
+
+
+def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+    """The supervisor logs the death and starts a new worker; the port keeps answering."""
+    seen = bytearray()
+    with two_workers(tmp_path) as (process, url):
+        workers = worker_pids(process.pid)
+        assert len(workers) == 2
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        line = wait_for_output(process, f"pid {victim}", seen)
+        assert "SIGKILL" in line
+        assert "replaced" in line
+        replacements = worker_pids(process.pid)
+        assert len(replacements) == 2
+        assert victim not in replacements
+        replacement = int(re.findall(r"pid (\d+)", line)[-1])
+        assert replacement in replacements
+        port = int(url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while not listens(replacement, port):  # it starts as the first ones did
+            assert time.monotonic() < deadline, f"the new worker {replacement} never listened"
+            time.sleep(0.05)
+        for _ in range(6):
+            assert httpx2.get(f"{url}/healthz").status_code == 200

@@ -23,13 +23,13 @@ import trio
 from bridge.apidump import APIDump
 from bridge.auth import Actor, Identity, identify, identity_headers
 from bridge.breaker import Breakers, CircuitBreaker, StateChange
-from bridge.config import Config
+from bridge.config import Config, mask_url
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.interception import Interception, intercept
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
 from bridge.errors import ClientError, GatewayUnavailable, NotFound, Unauthorized
-from bridge.keys import KeyStore, looks_like_gateway_key
+from bridge.keys import KEY_TOUCH_INTERVAL, KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.metrics import Metrics
 from bridge.providers import Credential, Provider, Route, RouteKind
@@ -42,10 +42,8 @@ from bridge.resilience import KeyPool
 from bridge.tracing import SPAN_PASSTHROUGH, Tracer
 from bridge.upstream import UpstreamClient
 
-__all__ = ["KEY_TOUCH_INTERVAL", "Engine", "open_engine"]
+__all__ = ["Engine", "open_engine"]
 
-KEY_TOUCH_INTERVAL = 60.0
-"""Seconds between two writes of a gateway key's ``last_used_at``."""
 
 logger = logging.getLogger("bridge.engine")
 
@@ -170,7 +168,12 @@ class Engine:
         return self._error_dialect(provider).error_body(status, message)
 
     async def readiness(self) -> dict[str, dict[str, object]]:
-        """Named checks for ``/readyz``: the recorder and its store, the providers."""
+        """Named checks for ``/readyz``: the recorder and its store, the providers, the
+        centralized keys and the MCP servers.
+
+        Each has ``ok``; one with ``"required": False`` (keys, MCP) makes the gateway
+        *degraded* when it fails, not unready: it still serves.
+        """
         checks: dict[str, dict[str, object]] = {}
         try:
             await trio.to_thread.run_sync(self.store.check)
@@ -194,16 +197,38 @@ class Engine:
         if self.pools:
             # A key the upstream refused stays in use when it is the last one, so this
             # never makes the gateway unready; it tells an operator which key to replace.
+            disabled = [
+                f"{name} {key['hint']}"
+                for name, pool in self.pools.items()
+                for key in pool.status()
+                if key["state"] == "disabled"
+            ]
             checks["keys"] = {
-                "ok": True,
+                "ok": not disabled,
+                "required": False,
+                "detail": "refused by the upstream (401): " + ", ".join(disabled)
+                if disabled
+                else "every key usable",
                 "providers": {
                     name: {"rejected_401": pool.rejections, "keys": pool.status()}
                     for name, pool in self.pools.items()
                 },
             }
         if self.hub is not None:
-            # A down MCP server does not make the gateway unready: its tools are just absent.
-            checks["mcp"] = {"ok": True, "servers": self.hub.status()}
+            # A down MCP server does not make the gateway unready (its tools are just
+            # absent), but it is not "ok" either: the gateway is degraded, and says why.
+            servers = self.hub.status()
+            down = [
+                f"{name}: {info['last_error'] or 'not connected yet'}"
+                for name, info in servers.items()
+                if info["last_error"] is not None or not (info["connected"] or info["per_actor"])
+            ]
+            checks["mcp"] = {
+                "ok": not down,
+                "required": False,
+                "detail": "; ".join(down) if down else "every server connected",
+                "servers": servers,
+            }
         return checks
 
     def route(self, path: str) -> tuple[Provider | None, Route | None]:
@@ -232,11 +257,11 @@ class Engine:
             strip = (*self._strip, *identity.strip)
             if route.kind is RouteKind.PASSTHROUGH:
                 self.metrics.passthrough(
-                    provider=route.provider.name, route=route.suffix, method=request.method
+                    provider=route.provider.name, route=route.template, method=request.method
                 )
                 span = {
                     "passthrough_url": route.suffix,
-                    "passthrough_upstream_url": route.upstream_url(""),
+                    "passthrough_upstream_url": mask_url(route.upstream_url("")),
                     "passthrough_method": request.method,
                 }
                 with self.tracer.span(SPAN_PASSTHROUGH, span):

@@ -127,6 +127,8 @@ class Interception:
     """How retries wait (tests pass a recording fake)."""
     rejected: bool = False
     outcome: Outcome = Outcome.FAILED
+    error: str | None = None
+    """Why the outcome is not ``completed``, as recorded."""
     metrics: Metrics | None = None
     tracer: Tracer = field(default_factory=Tracer)
     waited: float = 0.0
@@ -209,6 +211,7 @@ def _ended_metrics(ix: Interception, started: float) -> None:
             cache_write=sum(u.cache_write for u in totals),
             client=ix.client,
             streaming=ix.parsed.stream,
+            error=ix.error,
         ),
     )
 
@@ -246,7 +249,7 @@ async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: flo
             final, reason = await _deliver(ix, relay, final, reason)
         outcome, error = final, reason
     finally:
-        ix.outcome = outcome
+        ix.outcome, ix.error = outcome, error
         with trio.move_on_after(RECORD_DEADLINE, shield=True):
             with ix.tracer.span(SPAN_RECORD_INTERCEPTION_ENDED):
                 await ix.recorder.record(InterceptionEnded(ix.id, outcome, error))
@@ -523,6 +526,8 @@ async def _attempt(ix: Interception, body: bytes) -> AsyncIterator[UpstreamRespo
         if ix.dump is not None and dump_base is not None:
             response.tee = ix.dump.open_response(dump_base, response.status, response.headers).write
         if ix.metrics is not None:
+            if 200 <= response.status < 300:  # the provider knows the model: label it by name
+                ix.metrics.model_served(provider=provider.name, model=ix.parsed.model)
             ix.metrics.upstream_ttfb(
                 provider=provider.name, model=ix.parsed.model, seconds=response.waited
             )
@@ -651,7 +656,7 @@ async def _run_tool(ix: Interception, response_id: str, call: ToolCall) -> ToolO
             ix.metrics.injected_tool_invocation(
                 provider=ix.route.provider.name,
                 model=ix.parsed.model,
-                server=tool.server_url,
+                server=tool.server,
                 name=tool.name,
             )
         outcome = ToolOutcome(

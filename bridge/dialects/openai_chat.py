@@ -112,16 +112,9 @@ class OpenAIChat:
     def append_results(
         self, document: dict[str, Any], result: TurnResult, outcomes: Sequence[ToolOutcome]
     ) -> None:
-        """The assistant message with its tool calls, then one ``tool`` message per result."""
+        """The model's own assistant message (see :func:`_echo`), then one ``tool`` message
+        per result."""
         message = result.message if isinstance(result.message, dict) else {}
-        calls = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": _encode_arguments(call.input)},
-            }
-            for call in result.tool_calls
-        ]
         replies = [
             {
                 "role": "tool",
@@ -134,8 +127,7 @@ class OpenAIChat:
             }
             for outcome in outcomes
         ]
-        assistant = {"role": "assistant", "content": message.get("content"), "tool_calls": calls}
-        document["messages"] = [*document.get("messages", []), assistant, *replies]
+        document["messages"] = [*document.get("messages", []), _echo(message), *replies]
 
     def open_exchange(self, interception_id: str, injected: frozenset[str]) -> _Exchange:
         """State shared by the upstream completions of one interception."""
@@ -193,7 +185,11 @@ class _Turn:
         self._response_id = ""
         self._usage: dict[str, Any] | None = None
         self._calls: dict[int, dict[str, Any]] = {}
-        self._text: list[str] = []
+        self._fields: dict[str, list[str]] = {}
+        """The text fields of the streamed message (``content``, ``refusal``, a server's
+        ``reasoning_content``...), delta by delta."""
+        self._message: dict[str, Any] | None = None
+        """The message of a blocking body, as the upstream sent it."""
         self._finished = False
         self._done = False
         self._error: str | None = None
@@ -241,15 +237,23 @@ class _Turn:
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             return hide
-        if isinstance(content := delta.get("content"), str):
-            self._text.append(content)
+        for key, value in delta.items():
+            if key not in ("role", "tool_calls") and isinstance(value, str):
+                self._fields.setdefault(key, []).append(value)
         for call in delta.get("tool_calls") or ():
             if not isinstance(call, dict):
                 continue
             index = call.get("index", 0)
-            entry = self._calls.setdefault(index, {"id": "", "name": "", "arguments": []})
+            entry = self._calls.setdefault(
+                index, {"id": "", "name": "", "arguments": [], "extra": {}}
+            )
             if call.get("id"):
                 entry["id"] = call["id"]
+            # Fields a server adds to a call (Gemini's ``extra_content`` with its thought
+            # signature) must go back with it.
+            entry["extra"].update(
+                (k, v) for k, v in call.items() if k not in ("index", "id", "type", "function")
+            )
             function = call.get("function")
             if isinstance(function, dict):
                 if isinstance(function.get("name"), str):
@@ -272,6 +276,8 @@ class _Turn:
         self._usage = document.get("usage") if isinstance(document.get("usage"), dict) else None
         choices = document.get("choices") or [{}]
         message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        if isinstance(message, dict):
+            self._message = message
         calls = message.get("tool_calls") if isinstance(message, dict) else None
         for index, call in enumerate(calls if isinstance(calls, list) else ()):
             if not isinstance(call, dict):
@@ -297,10 +303,23 @@ class _Turn:
         """The completion's usage as last reported."""
         return self._usage
 
-    @property
-    def text(self) -> str:
-        """The streamed assistant text so far."""
-        return "".join(self._text)
+    def _streamed_message(self) -> dict[str, Any]:
+        """The assistant message the chunks so far add up to, as a blocking body has it."""
+        joined = ((key, "".join(parts)) for key, parts in self._fields.items())
+        fields = {key: text for key, text in joined if text}  # a blocking body has null
+        message: dict[str, Any] = {"role": "assistant", "content": fields.pop("content", None)}
+        message.update(fields)
+        if self._calls:
+            message["tool_calls"] = [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": "".join(c["arguments"])},
+                    **c["extra"],
+                }
+                for _, c in sorted(self._calls.items())
+            ]
+        return message
 
     def result(self) -> TurnResult:
         calls = tuple(
@@ -313,15 +332,32 @@ class _Turn:
             tool_calls=calls,
             error=self._error,
             complete=(self._done or self._finished) and self._error is None,
-            message={"role": "assistant", "content": self.text or None},
+            message=self._message if self._message is not None else self._streamed_message(),
         )
 
 
-def _encode_arguments(arguments: Any) -> str:
-    """Tool-call arguments as the JSON text chat messages carry."""
-    if arguments is None:
-        return ""
-    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+# Fields of a response message that requests do not take back as they are.
+_RESPONSE_ONLY_FIELDS: Final = frozenset({"annotations", "audio"})
+
+
+def _echo(message: dict[str, Any]) -> dict[str, Any]:
+    """The model's assistant message as the next request of the inner loop carries it.
+
+    The echo goes to the server that wrote the message, so it keeps that server's own
+    vocabulary: the text and the tool calls as sent, ``refusal``, and fields some
+    OpenAI-compatible servers add and want back (DeepSeek's ``reasoning_content``, which
+    its thinking mode requires in a tool-call loop; OpenRouter's ``reasoning_details``).
+    Dropped are what carries nothing (``null`` fields) and what the API returns but does
+    not accept (``annotations``; ``audio``, of which a request takes only the ``id``).
+    """
+    echo: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+    for key, value in message.items():
+        if key not in echo and value is not None and key not in _RESPONSE_ONLY_FIELDS:
+            echo[key] = value
+    audio = message.get("audio")
+    if isinstance(audio, dict) and audio.get("id"):
+        echo["audio"] = {"id": audio["id"]}
+    return echo
 
 
 def _arguments(text: str) -> Any:

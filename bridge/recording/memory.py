@@ -37,7 +37,7 @@ from .records import (
     ToolUsage,
     utcnow,
 )
-from .store import FAILED_OUTCOMES, GROUP_COLUMNS, UsageRow, as_utc, check_group_by
+from .store import FAILED_OUTCOMES, GROUP_COLUMNS, UsageRow, as_utc, check_group_by, meta_key
 
 __all__ = ["MemoryStore"]
 
@@ -132,14 +132,13 @@ class MemoryStore:
         """The usage report of :meth:`bridge.recording.sqlite.SQLiteStore.usage`, computed
         over the records in memory."""
         names = check_group_by(by)
-        fields = [GROUP_COLUMNS[name] for name in names]
         start = None if since is None else as_utc(since)
         picked = [i for i in self.interceptions if start is None or as_utc(i.started_at) >= start]
-        group_of = {i.id: tuple(getattr(i, field) for field in fields) for i in picked}
+        group_of = {i.id: tuple(_group_value(i, name) for name in names) for i in picked}
         ended = self.ended
         totals: dict[tuple[str, ...], list[int]] = {}
         for interception in picked:
-            total = totals.setdefault(group_of[interception.id], [0] * 8)
+            total = totals.setdefault(group_of[interception.id], [0] * 11)
             total[0] += 1
             end = ended.get(interception.id)
             total[1] += end is not None and end.outcome in FAILED_OUTCOMES
@@ -151,6 +150,9 @@ class MemoryStore:
                 total[4] += usage.cache_read
                 total[5] += usage.cache_write
                 total[6] += usage.reasoning
+                total[8] += usage.cache_write_5m
+                total[9] += usage.cache_write_1h
+                total[10] += usage.web_search_requests
         for tool in self.tool_usages:
             if tool.interception_id in group_of:
                 totals[group_of[tool.interception_id]][7] += 1
@@ -216,3 +218,11 @@ def _copy(key: GatewayKey) -> GatewayKey:
     """*key* with a metadata dict of its own, so a caller cannot change what is stored
     (the SQLite store returns fresh values too)."""
     return dataclasses.replace(key, metadata=dict(key.metadata))
+
+
+def _group_value(interception: InterceptionStarted, name: str) -> str:
+    """The value of one grouping (see :func:`~bridge.recording.store.check_group_by`)."""
+    key = meta_key(name)
+    if key is None:
+        return str(getattr(interception, GROUP_COLUMNS[name]))
+    return str(interception.metadata.get(key, ""))

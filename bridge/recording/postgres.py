@@ -57,6 +57,7 @@ DIALECT: Final = Dialect(
     marker="%s",
     collation='"C"',
     insertion_order="{time}, id",
+    json_text="({column} ->> '{key}')",
 )
 
 MIGRATIONS: Final[tuple[str, ...]] = DIALECT.migrations()

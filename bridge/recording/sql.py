@@ -55,7 +55,15 @@ from .records import (
     ToolUsage,
     utcnow,
 )
-from .store import FAILED_OUTCOMES, GROUP_COLUMNS, StoreError, UsageRow, as_utc, check_group_by
+from .store import (
+    FAILED_OUTCOMES,
+    GROUP_COLUMNS,
+    StoreError,
+    UsageRow,
+    as_utc,
+    check_group_by,
+    meta_key,
+)
 
 __all__ = ["SCHEMA", "Dialect", "SQLStore", "WriteGroups", "iso_timestamp", "json_text"]
 
@@ -187,6 +195,9 @@ class Dialect:
     insertion_order: str
     """``ORDER BY`` of the readers, ``{time}`` standing for the table's time column:
     oldest first, then in insertion order."""
+    json_text: str
+    """The text value of key ``{key}`` of the JSON object in column ``{column}``, as SQL
+    (``{key}`` is checked to be a plain name first)."""
 
     def migrations(self) -> tuple[str, ...]:
         """:data:`SCHEMA` with this dialect's column types."""
@@ -485,10 +496,9 @@ class SQLStore(abc.ABC):
         """A usage report: interceptions started at or after *since*, grouped by *by*
         (names from :data:`~bridge.recording.store.GROUP_BY`), sorted by group."""
         names = check_group_by(by)
-        columns = ", ".join(f"i.{GROUP_COLUMNS[name]}" for name in names)
-        order = ", ".join(
-            f"i.{GROUP_COLUMNS[name]} COLLATE {self.dialect.collation}" for name in names
-        )
+        groups = [self._group_expression(name) for name in names]
+        columns = ", ".join(groups)
+        order = ", ".join(f"{group} COLLATE {self.dialect.collation}" for group in groups)
         failed = sorted(str(outcome) for outcome in FAILED_OUTCOMES)
         # CASTs: PostgreSQL sums BIGINTs into NUMERIC, and has no SUM of a boolean.
         where = "" if since is None else "WHERE started_at >= ?"
@@ -497,7 +507,9 @@ class SQLStore(abc.ABC):
             tokens AS (
                 SELECT t.interception_id, SUM(t.input) AS input, SUM(t.output) AS output,
                     SUM(t.cache_read) AS cache_read, SUM(t.cache_write) AS cache_write,
-                    SUM(t.reasoning) AS reasoning
+                    SUM(t.reasoning) AS reasoning, SUM(t.cache_write_5m) AS cache_write_5m,
+                    SUM(t.cache_write_1h) AS cache_write_1h,
+                    SUM(t.web_search_requests) AS web_search_requests
                 FROM bridge_token_usages AS t JOIN picked AS p ON p.id = t.interception_id
                 GROUP BY t.interception_id
             ),
@@ -515,7 +527,10 @@ class SQLStore(abc.ABC):
                 CAST(COALESCE(SUM(tokens.cache_read), 0) AS BIGINT),
                 CAST(COALESCE(SUM(tokens.cache_write), 0) AS BIGINT),
                 CAST(COALESCE(SUM(tokens.reasoning), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tools.calls), 0) AS BIGINT)
+                CAST(COALESCE(SUM(tools.calls), 0) AS BIGINT),
+                CAST(COALESCE(SUM(tokens.cache_write_5m), 0) AS BIGINT),
+                CAST(COALESCE(SUM(tokens.cache_write_1h), 0) AS BIGINT),
+                CAST(COALESCE(SUM(tokens.web_search_requests), 0) AS BIGINT)
             FROM picked AS i
             LEFT JOIN tokens ON tokens.interception_id = i.id
             LEFT JOIN tools ON tools.interception_id = i.id
@@ -529,6 +544,14 @@ class SQLStore(abc.ABC):
             for row in result
             if row[width] > 0  # without a grouping, an empty table still gives one row
         ]
+
+    def _group_expression(self, name: str) -> str:
+        """The SQL of one grouping: a column of the interception, or a metadata value."""
+        key = meta_key(name)
+        if key is None:
+            return f"i.{GROUP_COLUMNS[name]}"
+        value = self.dialect.json_text.format(column="i.metadata", key=key)
+        return f"COALESCE({value}, '')"
 
     def _select(self, table: str, interception_id: str | None) -> list[dict[str, Any]]:
         """The rows of *table* (a constant of ours, never user input), oldest first."""

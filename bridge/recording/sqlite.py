@@ -47,6 +47,7 @@ DIALECT: Final = Dialect(
     marker="?",
     collation="BINARY",
     insertion_order="{time}, rowid",
+    json_text="json_extract({column}, '$.\"{key}\"')",
 )
 
 MIGRATIONS: Final[tuple[str, ...]] = DIALECT.migrations()

@@ -19,6 +19,7 @@ Both stores compute it with the same meaning, from the shared definitions here.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -31,12 +32,14 @@ __all__ = [
     "FAILED_OUTCOMES",
     "GROUP_BY",
     "GROUP_COLUMNS",
+    "META_GROUP",
     "Store",
     "StoreError",
     "UsageRow",
     "as_utc",
     "check_group_by",
     "mask_url",
+    "meta_key",
     "open_store",
 ]
 
@@ -65,7 +68,12 @@ class Store(Protocol):
 
 
 GROUP_BY: Final = ("user", "model", "client", "provider")
-"""The names a usage report can be grouped by."""
+"""The names a usage report can be grouped by, besides ``meta:<key>`` (:data:`META_GROUP`)."""
+
+META_GROUP: Final = re.compile(r"meta:([A-Za-z0-9_.-]{1,64})")
+"""``meta:team`` groups by the ``team`` metadata the user's gateway key carries
+(``bridgectl keys create --meta team=platform``); interceptions without it form the ``""``
+group. The key's characters are limited so that it can be spelt into SQL safely."""
 
 GROUP_COLUMNS: Final[dict[str, str]] = {
     "user": "initiator_id",
@@ -74,6 +82,13 @@ GROUP_COLUMNS: Final[dict[str, str]] = {
     "provider": "provider_name",
 }
 """Each name of :data:`GROUP_BY` -> the InterceptionStarted field (and SQL column) behind it."""
+
+
+def meta_key(name: str) -> str | None:
+    """The metadata key of a ``meta:<key>`` grouping, or ``None`` for a column name."""
+    match = META_GROUP.fullmatch(name)
+    return match[1] if match else None
+
 
 FAILED_OUTCOMES: Final = frozenset({Outcome.FAILED, Outcome.REJECTED})
 """Outcomes counted as failures in a usage report. A client that went away is not a failure."""
@@ -97,6 +112,11 @@ class UsageRow:
     cache_write: int
     reasoning: int
     tool_calls: int
+    cache_write_5m: int = 0
+    """The part of ``cache_write`` cached for 5 minutes (Anthropic's default)."""
+    cache_write_1h: int = 0
+    """The part of ``cache_write`` cached for an hour (priced higher)."""
+    web_search_requests: int = 0
 
 
 def check_group_by(by: Sequence[str]) -> tuple[str, ...]:
@@ -107,9 +127,10 @@ def check_group_by(by: Sequence[str]) -> tuple[str, ...]:
     """
     names = (by,) if isinstance(by, str) else tuple(by)
     for name in names:
-        if name not in GROUP_BY:
+        if name not in GROUP_BY and not META_GROUP.fullmatch(name):
             raise ValueError(
                 f"cannot group usage by {name!r}: the allowed values are {', '.join(GROUP_BY)}"
+                " and meta:KEY (a key's metadata, e.g. meta:team)"
             )
     for name in set(names):
         if names.count(name) > 1:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from bridge.config import BreakerConfig
 
 __all__ = [
+    "MAX_BREAKERS",
     "Breakers",
     "CircuitBreaker",
     "Counts",
@@ -271,6 +272,11 @@ def _trio_clock() -> float:
     return trio.current_time()
 
 
+MAX_BREAKERS = 4096
+"""Breakers kept at most (see :class:`Breakers`): far more provider, endpoint and model
+combinations than a deployment serves, few enough to bound memory to a few megabytes."""
+
+
 class Breakers:
     """Lazily created breakers keyed by (provider, endpoint, model).
 
@@ -278,6 +284,12 @@ class Breakers:
     change (a configuration reload), its breaker is replaced by a fresh, closed one
     with the new settings; ``trips`` and ``rejected`` carry over, because the
     metrics built on them are counters and must never go down.
+
+    The model comes from the client, so the number of breakers is bounded by
+    ``limit``: past it, the oldest closed breaker is dropped (a closed breaker holds
+    at most a few failures of the current interval; it comes back closed when next
+    needed), or the oldest of all if none is closed. Without the bound, a client
+    naming a new model in every request grew the gateway's memory without end.
     """
 
     def __init__(
@@ -285,9 +297,11 @@ class Breakers:
         *,
         clock: Callable[[], float] = _trio_clock,
         on_change: Callable[[StateChange], None] | None = None,
+        limit: int = MAX_BREAKERS,
     ) -> None:
         self._clock = clock
         self._on_change = on_change
+        self._limit = limit
         self._breakers: dict[tuple[str, str, str], CircuitBreaker] = {}
 
     def get(
@@ -309,8 +323,19 @@ class Breakers:
             old_state = breaker.state
             if old_state is not State.CLOSED and self._on_change is not None:
                 self._on_change(StateChange(fresh.name, old_state, State.CLOSED))
+        elif len(self._breakers) >= self._limit:
+            self._evict()
         self._breakers[key] = fresh
         return fresh
+
+    def _evict(self) -> None:
+        """Drop the oldest closed breaker, or the oldest of all if none is closed."""
+        oldest = next(iter(self._breakers))
+        victim = next((k for k, b in self._breakers.items() if b.state is State.CLOSED), oldest)
+        del self._breakers[victim]
+
+    def __len__(self) -> int:
+        return len(self._breakers)
 
     def snapshot(self) -> list[tuple[str, str, str, State, int, int]]:
         """``(provider, endpoint, model, state, trips, rejected)`` per breaker, sorted."""

@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bridge.server import run_workers
+    from bridge.server import hypercorn_config, listen, run_workers
 
     config = _load(args)
     server = replace(
@@ -159,6 +159,9 @@ def _serve(args: argparse.Namespace) -> int:
         observability = replace(observability, log_level=args.log_level.upper())
     config = replace(config, server=server, observability=observability)
     if config.server.workers > 1:
+        # Tried once here, so that a taken port is one line, not one per worker.
+        for sock in listen(hypercorn_config(config), config).insecure_sockets:
+            sock.close()
         configure_logging(config.observability)  # the supervisor logs workers it replaces
         return run_workers(config, serve_worker_process)
     serve_worker(config)

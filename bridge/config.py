@@ -525,6 +525,7 @@ _PROVIDER_RULES: Final[Mapping[str, _Rule]] = {
     "max_retries": _integer(0, 10),
     "key_cooldown": _seconds(0, inclusive=False),
     "send_actor_headers": _boolean(),
+    "passthrough_writes": _boolean(),
     "circuit_breaker": _Rule(_check_breaker),  # loaded from its own table, see _load_breaker
 }
 _BREAKER_RULES: Final[Mapping[str, _Rule]] = {
@@ -727,6 +728,9 @@ class ProviderConfig:
     key_cooldown: float = 60 * SECONDS  # a key rejected with 401/403 rests this long
     circuit_breaker: BreakerConfig | None = None  # None: no breaker
     send_actor_headers: bool = False  # X-AI-Bridge-Actor-ID/-Metadata-* on bridged requests
+    # Passthrough writes (DELETE a stored response, create a conversation...) under the
+    # provider's own key: the objects are shared by every user, so off. BYOK may always.
+    passthrough_writes: bool = False
 
     __repr__ = _masked_repr
 

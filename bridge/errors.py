@@ -7,6 +7,7 @@
     │   ├── BadRequest         400: malformed JSON, wrong types, missing fields
     │   ├── Unauthorized       401: missing or bad credentials
     │   ├── NotFound           404: no such route
+    │   ├── MethodNotAllowed   405: the route does not take this method (from this caller)
     │   ├── PayloadTooLarge    413: body over server.max_body_bytes
     │   └── NotSupported       501: a valid request for a feature bridge does not offer
     ├── GatewayUnavailable     503: the gateway cannot serve now (its database is down)
@@ -32,6 +33,7 @@ __all__ = [
     "ClientError",
     "GatewayUnavailable",
     "KeysExhausted",
+    "MethodNotAllowed",
     "NotFound",
     "NotSupported",
     "PayloadTooLarge",
@@ -70,6 +72,17 @@ class NotFound(ClientError):
     """No bridged or passthrough route matches (404)."""
 
     status_hint = 404
+
+
+class MethodNotAllowed(ClientError):
+    """The route exists but does not take this method, or not from this caller (405)."""
+
+    status_hint = 405
+
+    def __init__(self, message: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+        """The methods the caller may use, sent as ``Allow`` (empty: none)."""
 
 
 class PayloadTooLarge(ClientError):

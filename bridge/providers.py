@@ -4,7 +4,12 @@ A *provider* is one configured upstream instance (``anthropic``, or a second
 ``anthropic-eu`` pointing elsewhere). It knows, as data:
 
 * which paths under its route prefix are *bridged* (intercepted, recorded) and by
-  which dialect, and which are *passthrough* (relayed unchanged, not recorded);
+  which dialect, and which are *passthrough* (relayed unchanged, recorded as one
+  :class:`~bridge.recording.records.PassthroughCall` each);
+* which methods each route takes: any other is refused (405) before anything goes
+  upstream. A passthrough route's *writes* (changing or deleting what the provider
+  stores) are allowed only with the user's own key, or where the operator turned on
+  ``passthrough_writes``: under the shared key, the objects are everyone's;
 * how a client path maps to an upstream URL: the base URL's own path is kept and the
   suffix after the route prefix is joined onto it, so nothing a client sends can
   reach another host or climb above the base path;
@@ -23,7 +28,7 @@ from urllib.parse import unquote
 
 from bridge.auth import Actor
 from bridge.config import ProviderConfig, mask_secret
-from bridge.errors import Unauthorized
+from bridge.errors import MethodNotAllowed, Unauthorized
 from bridge.headers import bearer_token, connection_tokens, header_value
 from bridge.recording.records import CredentialKind
 
@@ -34,6 +39,7 @@ __all__ = [
     "Route",
     "RouteKind",
     "forwardable_response_headers",
+    "passthrough_credential",
     "passthrough_headers",
     "suggest_route",
 ]
@@ -59,6 +65,37 @@ class RouteKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class _Methods:
+    """One row of a provider's route table: a path pattern and the methods it takes.
+
+    The pattern is matched segment by segment: ``*`` stands for exactly one non-empty
+    segment (an id), a final ``**`` for whatever follows (one or more segments).
+    """
+
+    pattern: str
+    methods: tuple[str, ...]
+    """Methods open to every caller: reads, token counting, telemetry, model calls."""
+    writes: tuple[str, ...] = ()
+    """Methods that create, change or delete objects the provider stores: open only to
+    a caller whose own key goes upstream, or with ``passthrough_writes``."""
+
+    def matches(self, suffix: str) -> bool:
+        """Whether ``suffix`` (the path below the route prefix) is this row's."""
+        want, got = self.pattern.split("/"), suffix.split("/")
+        if want[-1] == "**":
+            if len(got) < len(want):
+                return False
+            want, got = want[:-1], got[: len(want) - 1]
+        return len(want) == len(got) and all(
+            w == g or (w == "*" and g != "") for w, g in zip(want, got, strict=True)
+        )
+
+
+_POST = ("POST",)
+_GET = ("GET",)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """A client path resolved to a provider and what to do with it."""
 
@@ -68,22 +105,43 @@ class Route:
     """The path after the provider's route prefix, e.g. ``/v1/messages``."""
     dialect: str | None = None
     """For bridged routes, the dialect name (``anthropic.messages``)."""
+    methods: _Methods = _Methods("", _POST)
+    """The methods the route takes (bridged routes: POST)."""
 
     @property
     def template(self) -> str:
-        """The route table entry this path matched: the suffix of a bridged or exact route,
-        ``<subtree>*`` for a path below a passthrough subtree (``/v1/models/*``). Bounded by
-        the table, so metrics label by it, never by the client's own path."""
-        table = _ROUTES[self.provider.type]
-        if self.suffix in table.bridged or self.suffix in table.exact:
-            return self.suffix
-        subtree = next((s for s in table.subtrees if self.suffix.startswith(s)), None)
-        return f"{subtree}*" if subtree is not None else "other"
+        """The route table entry this path matched: a bridged suffix, or the pattern of the
+        passthrough row (``/v1/models/**``). Bounded by the table, so metrics label by it,
+        never by the client's own path."""
+        return self.suffix if self.kind is RouteKind.BRIDGED else self.methods.pattern
 
     def upstream_url(self, query: str) -> str:
         """The upstream URL for this route, with the client's query string kept."""
         url = self.provider.base_url + self.suffix.lstrip("/")
         return f"{url}?{query}" if query else url
+
+    def allowed(self, *, writes: bool) -> tuple[str, ...]:
+        """The methods a caller may use here; ``writes``: its writes are allowed too."""
+        return self.methods.methods + (self.methods.writes if writes else ())
+
+    def check_method(self, method: str, path: str, *, writes: bool) -> None:
+        """Raise :class:`~bridge.errors.MethodNotAllowed` unless ``method`` is allowed
+        here; ``writes`` as in :meth:`allowed`. The message says what would allow it."""
+        allowed = self.allowed(writes=writes)
+        if method in allowed:
+            return
+        if method in self.methods.writes:
+            name = self.provider.name
+            raise MethodNotAllowed(
+                f"{method} {path} would change what the provider stores under the"
+                f" gateway's {name} key, whose objects every user of the gateway shares, so"
+                " it is off: bring your own provider key (and put your gateway key in"
+                " X-Bridge-Key), or ask the operator to set"
+                f" providers.{name}.passthrough_writes = true",
+                allowed,
+            )
+        use = f"use {', '.join(allowed)}" if allowed else "no method is open to you"
+        raise MethodNotAllowed(f"method {method} is not allowed on {path}: {use}", allowed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,35 +156,56 @@ class Credential:
 @dataclass(frozen=True, slots=True)
 class _RouteTable:
     bridged: dict[str, str]
-    """Bridged suffix -> dialect name."""
-    exact: frozenset[str]
-    """Passthrough suffixes matched exactly."""
-    subtrees: tuple[str, ...]
-    """Passthrough suffixes matched with everything below them."""
+    """Bridged suffix -> dialect name (bridged routes take POST only)."""
+    passthrough: tuple[_Methods, ...]
+    """Passthrough rows; the first whose pattern matches a suffix decides."""
     errors: str
     """The dialect whose error shape the provider's other routes use."""
 
 
 _OPENAI_DIALECTS = {"/chat/completions": "openai.chat", "/responses": "openai.responses"}
 
-# What each provider type serves, below its route prefix (reference section 1.1).
+# What each provider type serves, below its route prefix (reference section 1.1), and
+# with which methods: the providers' documented ones. Copilot always gets the user's own
+# token, so its writes are always the user's.
 _ROUTES: dict[str, _RouteTable] = {
     "anthropic": _RouteTable(
         bridged={"/v1/messages": "anthropic.messages"},
-        exact=frozenset({"/v1/models", "/v1/messages/count_tokens"}),
-        subtrees=("/v1/models/", "/api/event_logging/"),
+        passthrough=(
+            _Methods("/v1/models", _GET),
+            _Methods("/v1/models/**", _GET),
+            _Methods("/v1/messages/count_tokens", _POST),
+            _Methods("/api/event_logging/**", _POST),
+        ),
         errors="anthropic.messages",
     ),
     "openai": _RouteTable(
         bridged=_OPENAI_DIALECTS,
-        exact=frozenset({"/models", "/conversations"}),
-        subtrees=("/models/", "/conversations/", "/responses/"),
+        passthrough=(
+            _Methods("/models", _GET),
+            # "**": OpenAI-compatible servers name models like "meta-llama/Llama-3-8B".
+            _Methods("/models/**", _GET, writes=("DELETE",)),  # DELETE: a fine-tuned model
+            _Methods("/responses/input_tokens", _POST),
+            _Methods("/responses/compact", _POST),
+            _Methods("/responses/*", _GET, writes=("DELETE",)),
+            _Methods("/responses/*/cancel", (), writes=_POST),
+            _Methods("/responses/*/input_items", _GET),
+            _Methods("/conversations", (), writes=_POST),
+            _Methods("/conversations/*", _GET, writes=("POST", "DELETE")),
+            _Methods("/conversations/*/items", _GET, writes=_POST),
+            _Methods("/conversations/*/items/*", _GET, writes=("DELETE",)),
+        ),
         errors="openai.chat",
     ),
     "copilot": _RouteTable(
         bridged=_OPENAI_DIALECTS,
-        exact=frozenset({"/models"}),
-        subtrees=("/models/", "/agents/", "/mcp/", "/.well-known/"),
+        passthrough=(
+            _Methods("/models", _GET),
+            _Methods("/models/**", _GET, writes=_POST),  # POST: accept a model's policy
+            _Methods("/agents/**", ("GET", "POST")),
+            _Methods("/mcp/**", ("GET", "POST"), writes=("DELETE",)),  # DELETE: end a session
+            _Methods("/.well-known/**", _GET),
+        ),
         errors="openai.chat",
     ),
 }
@@ -180,11 +259,10 @@ class Provider:
         table = _ROUTES[self.type]
         if (dialect := table.bridged.get(suffix)) is not None:
             return Route(self, RouteKind.BRIDGED, suffix, dialect)
-        if suffix in table.exact or any(suffix.startswith(s) for s in table.subtrees):
-            if not _is_safe(suffix):
-                return None
-            return Route(self, RouteKind.PASSTHROUGH, suffix)
-        return None
+        row = next((row for row in table.passthrough if row.matches(suffix)), None)
+        if row is None or not _is_safe(suffix):
+            return None
+        return Route(self, RouteKind.PASSTHROUGH, suffix, methods=row)
 
     def credential(self, headers: Headers) -> Credential:
         """Choose the upstream credential (reference 1.4).
@@ -304,12 +382,9 @@ def passthrough_headers(
     if not header_value(headers, "user-agent"):
         out.append(("user-agent", "bridge"))
     # Whatever credential the client sent and we did not strip (BYOK) is kept.
-    key = provider.config.key
-    if provider.type == "anthropic":
-        if key and not (header_value(out, "x-api-key") or header_value(out, "authorization")):
-            out.append(("x-api-key", key))
-    elif provider.type == "openai" and key and not header_value(out, "authorization"):
-        out.append(("authorization", f"Bearer {key}"))
+    credential = passthrough_credential(provider, out)
+    if credential is not None and credential.kind is CredentialKind.CENTRALIZED:
+        out.append(credential.header)
     out.append(("accept-encoding", "identity"))
     return out
 
@@ -329,3 +404,28 @@ def suggest_route(providers: Iterable[Provider], path: str) -> tuple[Provider, s
             if provider.route(candidate) is not None:
                 return provider, candidate
     return None
+
+
+def passthrough_credential(
+    provider: Provider, headers: Headers, *, strip: Iterable[str] = ()
+) -> Credential | None:
+    """The provider credential a passthrough request goes upstream with.
+
+    The client's own key (BYOK) if one is left once the ``strip`` headers (gateway
+    identity) are gone: for Anthropic ``x-api-key`` or ``Authorization``, for the others
+    ``Authorization``. Else the provider's configured key, never for Copilot. ``None``
+    when no credential goes upstream at all.
+    """
+    dropped = {name.lower() for name in strip}
+    kept = [(name, value) for name, value in headers if name not in dropped]
+    api_key = header_value(kept, "x-api-key") if provider.type == "anthropic" else ""
+    if api_key:
+        return Credential(CredentialKind.BYOK, ("x-api-key", api_key), mask_secret(api_key))
+    if authorization := header_value(kept, "authorization"):
+        secret = bearer_token(authorization) or authorization
+        return Credential(
+            CredentialKind.BYOK, ("authorization", authorization), mask_secret(secret)
+        )
+    if provider.type == "copilot" or not provider.config.key:
+        return None
+    return provider.centralized(provider.config.key)

@@ -35,15 +35,17 @@ from typing import Final
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 from prometheus_client.multiprocess import mark_process_dead
 
 from bridge import hypercorn_fixes
-from bridge.config import Config
+from bridge.config import Config, ConfigError
 from bridge.gateway import open_bridge
 from bridge.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
-__all__ = ["hypercorn_config", "run_workers", "serve"]
+__all__ = ["ListenError", "hypercorn_config", "listen", "run_workers", "serve"]
 
 logger = logging.getLogger("bridge.server")
 
@@ -85,19 +87,48 @@ async def serve(
 
     ``draining``, if given, is set when the first signal starts the graceful drain.
     """
+    hc = hypercorn_config(config)
+    sockets = listen(hc, config)
     async with open_bridge(config) as bridge:
         tune_gc()
         shutdown = draining if draining is not None else trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, shutdown, nursery.cancel_scope)
-            await hypercorn_serve(
-                bridge.asgi_app,  # type: ignore[arg-type]
-                hypercorn_config(config),
+            await worker_serve(
+                wrap_app(bridge.asgi_app, hc.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
+                hc,
+                sockets=sockets,
                 shutdown_trigger=shutdown.wait,
                 task_status=task_status,
             )
             nursery.cancel_scope.cancel()
         logger.info("stopped serving; draining %d queued records", bridge.recorder.stats.queued)
+
+
+class ListenError(ConfigError):
+    """The gateway cannot listen where it is told to (the port is taken, the address is
+    not this machine's, the port needs privileges): a start-up error, one line."""
+
+
+def listen(hc: HypercornConfig, config: Config) -> Sockets:
+    """Bind and listen on the configured address, before anything else starts.
+
+    Hypercorn would bind inside its serving nurseries, where a taken port surfaces as an
+    exception group several levels deep; here it is a :class:`ListenError` naming the
+    address and the settings that choose it.
+    """
+    try:
+        sockets = hc.create_sockets()
+    except OSError as exc:
+        where = f"{config.server.host}:{config.server.port}"
+        reason = exc.strerror or str(exc)
+        raise ListenError(
+            f"cannot listen on {where}: {reason}; choose another address with --host and"
+            " --port (server.host, server.port)"
+        ) from None
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(hc.backlog)
+    return sockets
 
 
 GC_THRESHOLD: Final = (50_000, 20, 100)

@@ -259,7 +259,7 @@ async def test_models_list_and_count_tokens_pass_through(gateway: Gateway) -> No
     assert received.header("x-forwarded-proto") == "http"
     assert received.header("x-forwarded-for") == "127.0.0.1"
     await gateway.flush()
-    assert gateway.store.interceptions() == []  # passthrough is not recorded
+    assert gateway.store.interceptions() == []  # a passthrough call is no interception
 
 
 async def test_passthrough_gives_the_sdk_one_of_each_header_and_no_server(

@@ -308,6 +308,19 @@ def test_on_change_reports_every_transition_but_not_interval_resets() -> None:
 # --- Breakers -------------------------------------------------------------------------
 
 
+def test_breakers_are_bounded_and_an_open_one_outlives_closed_ones() -> None:
+    """Models come from clients: a new one per request must not grow memory for ever."""
+    breakers = Breakers(clock=FakeClock(), limit=3)
+    settings = BreakerConfig(failure_threshold=1)
+    tripped = breakers.get("anthropic", "/v1/messages", "tripped", settings)
+    fail(tripped)
+    for index in range(1000):
+        breakers.get("anthropic", "/v1/messages", f"model-{index}", settings)
+        assert len(breakers) <= 3
+    assert breakers.get("anthropic", "/v1/messages", "tripped", settings) is tripped
+    assert tripped.allow() is None  # still open: the flood did not reset it
+
+
 def test_breakers_are_isolated_per_model_and_endpoint() -> None:
     clock = FakeClock()
     breakers = Breakers(clock=clock)

@@ -276,3 +276,36 @@ def test_serve_without_its_database_nor_a_journal_exits_2_saying_what_to_do(
     assert "set recording.journal_dir" in done.stderr
     assert "Traceback" not in done.stderr
     assert DB_PASSWORD not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        (["--workers", "1"], "Address already in use"),
+        (["--workers", "2"], "Address already in use"),
+        (["--host", "192.0.2.1", "--workers", "1"], "Cannot assign requested address"),
+    ],
+    ids=["port taken", "port taken, two workers", "not this machine's address"],
+)
+def test_an_address_that_cannot_be_listened_on_is_one_line_and_exit_2(
+    tmp_path: Path, where: list[str], reason: str
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "bridge", "serve", "--port", str(port), *where],
+            cwd=tmp_path,
+            env={**os.environ, "BRIDGE_AUTH_MODE": "none"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("bridge: cannot listen on ")
+    assert reason in line
+    assert "--port" in line

@@ -395,6 +395,10 @@ MAPPING_ERRORS: list[tuple[dict[str, Any], str]] = [
         "providers.anthropic.circuit_breaker.failure_statuses must be a list of HTTP status"
         " codes from 100 to 599, got [True]",
     ),
+    (
+        {"providers": {"openai": {"passthrough_writes": "yes"}}},
+        "providers.openai.passthrough_writes must be true or false, got 'yes'",
+    ),
 ]
 
 
@@ -658,6 +662,22 @@ def test_resilience_settings_are_read_from_the_file(tmp_path: Path) -> None:
     # Generous stall timeouts: a blocking answer may come only after minutes of thinking.
     assert (openai.response_timeout, openai.stream_idle_timeout) == (600.0, 300.0)
     assert openai.circuit_breaker is None  # the breaker is opt-in
+
+
+def test_passthrough_writes_are_off_unless_a_provider_turns_them_on(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "bridge.toml",
+        """
+        [providers.openai]
+        passthrough_writes = true
+        [providers.anthropic]
+        """,
+    )
+    openai, anthropic = load_config(path, environ={}).providers
+    assert (openai.passthrough_writes, anthropic.passthrough_writes) == (True, False)
+    rendered = render_config(load_config(path, environ={}))
+    assert "passthrough_writes = true" in rendered.splitlines()
+    assert config_from_mapping(tomllib.loads(rendered), {}).providers == (openai, anthropic)
 
 
 def test_an_empty_breaker_table_enables_the_reference_defaults() -> None:

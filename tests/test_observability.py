@@ -285,7 +285,7 @@ async def test_secrets_in_mcp_server_urls_never_show(
     assert servers["demo"]["url"].endswith("/mcp?token=***")
     assert servers["broken"]["last_error"]
     assert_no_url_secret(ready.text, "/readyz")
-    assert 'server="http://user:***@127.0.0.1:' in metrics.text
+    assert 'server="demo"' in metrics.text  # metrics name servers as configured
     assert_no_url_secret(metrics.text, "/metrics")
     [interception] = gateway.store.interceptions()
     [tool] = gateway.store.tool_usages(interception["id"])
@@ -355,7 +355,7 @@ async def test_label_bombing_leaves_metrics_bounded(
     lines = [line for line in text.splitlines() if line[:1] != "#"]
     assert 'model="other"' in text
     assert 'initiator_id="other"' in text
-    assert 'route="/v1/models/*"' in text
+    assert 'route="/v1/models/**"' in text
     assert "x-9998" not in text  # no raw path
     assert len(lines) <= warm_series + 200, (warm_series, len(lines))
     assert len(body) < 512 * 1024, len(body)

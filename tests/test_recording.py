@@ -8,6 +8,7 @@ SQLite files live in ``tmp_path``; each PostgreSQL database is a schema of its o
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -27,6 +28,7 @@ from bridge.recording import (
     MemoryStore,
     ModelThought,
     Outcome,
+    PassthroughCall,
     PromptUsage,
     Record,
     RecorderClosedError,
@@ -289,6 +291,121 @@ def test_a_batch_with_a_non_record_writes_nothing(store: SQLStore | MemoryStore)
     with pytest.raises(TypeError, match=r"^cannot record a str: a record is one of "):
         store.write_batch([started(), "not a record"])  # type: ignore[list-item]
     assert counts(store) == (0, 0, 0, 0, 0)
+
+
+def passthrough_call(**fields: Any) -> PassthroughCall:
+    values: dict[str, Any] = {
+        "initiator_id": "alice",
+        "provider": "openai",
+        "provider_name": "openai",
+        "method": "DELETE",
+        "path": "/openai/v1/responses/resp_1",
+        "status": 405,
+        "duration_ms": 3,
+        "credential_kind": CredentialKind.CENTRALIZED,
+        "credential_hint": "sk-o...654",
+        "started_at": T0,
+    }
+    values.update(fields)
+    return PassthroughCall(**values)
+
+
+def passthrough_rows(store: SQLStore | MemoryStore) -> list[dict[str, Any]]:
+    """Every passthrough call a store holds, as SQLite rows look, oldest first."""
+    if isinstance(store, SQLStore):
+        return [plain(row) for row in store.passthrough_calls()]
+    return [plain(dataclasses.asdict(call)) for call in store.passthrough_calls]
+
+
+def test_passthrough_calls_are_recorded_once_with_every_field(
+    store: SQLStore | MemoryStore,
+) -> None:
+    refused = passthrough_call()
+    # A client that left before any answer has no status; a copilot call without a
+    # token went upstream with no credential at all.
+    gone = passthrough_call(
+        initiator_id="bob",
+        provider="copilot",
+        provider_name="copilot-business",
+        method="GET",
+        path="/copilot-business/.well-known/oauth-protected-resource",
+        status=None,
+        duration_ms=1234,
+        credential_kind=None,
+        credential_hint="",
+        started_at=T0 + dt.timedelta(seconds=1),
+    )
+    store.write_batch([refused, *whole_interception(), gone])
+    store.write_batch([gone, refused])  # a replayed batch adds nothing
+    assert passthrough_rows(store) == [
+        {
+            "id": refused.id,
+            "initiator_id": "alice",
+            "provider": "openai",
+            "provider_name": "openai",
+            "method": "DELETE",
+            "path": "/openai/v1/responses/resp_1",
+            "status": 405,
+            "duration_ms": 3,
+            "credential_kind": "centralized",
+            "credential_hint": "sk-o...654",
+            "started_at": "2025-01-02T03:04:05.000000+00:00",
+        },
+        {
+            "id": gone.id,
+            "initiator_id": "bob",
+            "provider": "copilot",
+            "provider_name": "copilot-business",
+            "method": "GET",
+            "path": "/copilot-business/.well-known/oauth-protected-resource",
+            "status": None,
+            "duration_ms": 1234,
+            "credential_kind": None,
+            "credential_hint": "",
+            "started_at": "2025-01-02T03:04:06.000000+00:00",
+        },
+    ]
+    # Passthrough calls are not interceptions: the usage report does not count them.
+    assert counts(store) == (1, 1, 1, 1, 1)
+    assert [row.interceptions for row in store.usage()] == [1]
+
+
+async def test_passthrough_calls_go_through_the_recorder(store: SQLStore | MemoryStore) -> None:
+    calls = [
+        passthrough_call(
+            path=f"/openai/v1/models/m{n}", status=200, started_at=T0 + dt.timedelta(seconds=n)
+        )
+        for n in range(3)
+    ]
+    async with open_recorder(store) as recorder:
+        for call in calls:
+            await recorder.record(call)
+        await recorder.flush()
+        assert [row["path"] for row in passthrough_rows(store)] == [
+            "/openai/v1/models/m0",
+            "/openai/v1/models/m1",
+            "/openai/v1/models/m2",
+        ]
+
+
+def test_a_database_of_the_previous_release_gains_the_passthrough_table(
+    sql_database: SQLDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 2 (gateway keys, no passthrough calls) with data in it: the next open
+    applies migration 3 only, and keeps what was there."""
+    current = sql_database.module.MIGRATIONS
+    monkeypatch.setattr(sql_database.module, "MIGRATIONS", current[:2])
+    with sql_database.open() as store:
+        store.write_batch(whole_interception())
+    monkeypatch.setattr(sql_database.module, "MIGRATIONS", current)
+    with sql_database.open() as store:
+        assert store.schema_version() == 3
+        store.check()
+        call = passthrough_call()
+        store.write_batch([call])
+        assert [row["id"] for row in store.passthrough_calls()] == [call.id]
+        assert counts(store) == (1, 1, 1, 1, 1)
+    assert [version for version, _ in sql_database.schema_rows()] == [1, 2, 3]
 
 
 def test_migrations_are_applied_once_and_reopening_keeps_data_and_version(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -25,18 +26,25 @@ from bridge.auth import Actor, Identity, identify, identity_headers
 from bridge.breaker import Breakers, CircuitBreaker, StateChange
 from bridge.config import Config, mask_url
 from bridge.core.exchange import Request, ResponseSink
-from bridge.core.interception import Interception, intercept
+from bridge.core.interception import RECORD_DEADLINE, Interception, intercept
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
-from bridge.errors import ClientError, GatewayUnavailable, NotFound, Unauthorized
+from bridge.errors import (
+    BridgeError,
+    ClientError,
+    GatewayUnavailable,
+    MethodNotAllowed,
+    NotFound,
+    Unauthorized,
+)
 from bridge.keys import KEY_TOUCH_INTERVAL, KeyStore, looks_like_gateway_key
 from bridge.mcp_tools import ToolHub, open_tool_hub
 from bridge.metrics import Metrics
-from bridge.providers import Credential, Provider, Route, RouteKind
+from bridge.providers import Credential, Provider, Route, RouteKind, passthrough_credential
 from bridge.recording.deferred import DeferredStore
 from bridge.recording.journal import Journal
 from bridge.recording.recorder import Recorder, open_recorder
-from bridge.recording.records import new_id, utcnow
+from bridge.recording.records import CredentialKind, PassthroughCall, new_id, utcnow
 from bridge.recording.store import Store, StoreError, open_store
 from bridge.resilience import KeyPool
 from bridge.tracing import SPAN_PASSTHROUGH, Tracer
@@ -256,24 +264,9 @@ class Engine:
             actor = identity.actor
             strip = (*self._strip, *identity.strip)
             if route.kind is RouteKind.PASSTHROUGH:
-                self.metrics.passthrough(
-                    provider=route.provider.name, route=route.template, method=request.method
-                )
-                span = {
-                    "passthrough_url": route.suffix,
-                    "passthrough_upstream_url": mask_url(route.upstream_url("")),
-                    "passthrough_method": request.method,
-                }
-                with self.tracer.span(SPAN_PASSTHROUGH, span):
-                    await passthrough(
-                        route,
-                        request,
-                        sink,
-                        self._upstreams[route.provider.name],
-                        error_body=dialect.error_body,
-                        strip=strip,
-                    )
+                await self._passthrough(route, request, sink, actor, strip, dialect)
                 return
+            route.check_method(request.method, request.path, writes=False)
             assert route.dialect is not None
             bridged = DIALECTS[route.dialect]
             parsed = bridged.parse_request(request.body)
@@ -304,11 +297,68 @@ class Engine:
             )
             await intercept(ix, sink, ping_interval=self.config.server.ping_interval)
         except (ClientError, GatewayUnavailable) as exc:
-            await _respond(sink, exc.status_hint, dialect.error_body(exc.status_hint, str(exc)))
+            await _respond(sink, dialect, exc)
         finally:
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
+
+    async def _passthrough(
+        self,
+        route: Route,
+        request: Request,
+        sink: ResponseSink,
+        actor: Actor,
+        strip: tuple[str, ...],
+        dialect: ErrorShape,
+    ) -> None:
+        """Relay one passthrough request, or refuse its method (405); record it either way.
+
+        Writes are allowed when the user's own key goes upstream (the objects are theirs)
+        or the provider has ``passthrough_writes``.
+        """
+        provider = route.provider
+        credential = passthrough_credential(provider, list(request.headers), strip=strip)
+        own_key = credential is not None and credential.kind is CredentialKind.BYOK
+        watched = _StatusSink(sink)
+        started_at, started = utcnow(), time.perf_counter()
+        try:
+            writes = own_key or provider.config.passthrough_writes
+            route.check_method(request.method, request.path, writes=writes)
+            self.metrics.passthrough(
+                provider=provider.name, route=route.template, method=request.method
+            )
+            span = {
+                "passthrough_url": route.suffix,
+                "passthrough_upstream_url": mask_url(route.upstream_url("")),
+                "passthrough_method": request.method,
+            }
+            with self.tracer.span(SPAN_PASSTHROUGH, span):
+                await passthrough(
+                    route,
+                    request,
+                    watched,
+                    self._upstreams[provider.name],
+                    error_body=dialect.error_body,
+                    strip=strip,
+                )
+        except MethodNotAllowed as exc:
+            await _respond(watched, dialect, exc)
+        finally:
+            call = PassthroughCall(
+                initiator_id=actor.id,
+                provider=provider.type,
+                provider_name=provider.name,
+                method=request.method,
+                path=request.path,
+                status=watched.status,
+                duration_ms=round((time.perf_counter() - started) * 1000),
+                credential_kind=None if credential is None else credential.kind,
+                credential_hint="" if credential is None else credential.hint,
+                started_at=started_at,
+            )
+            with trio.move_on_after(RECORD_DEADLINE, shield=True):
+                await self.recorder.record(call)
 
     async def wait_idle(self) -> None:
         """Return once no request is being served (every record of them is queued)."""
@@ -321,10 +371,37 @@ class Engine:
         return DIALECTS[provider.error_dialect]
 
 
-async def _respond(sink: ResponseSink, status: int, body: bytes) -> None:
+async def _respond(sink: ResponseSink, dialect: ErrorShape, exc: BridgeError) -> None:
+    """Answer with ``exc`` in the provider's error shape (and ``Allow`` for a 405)."""
+    status = exc.status_hint
+    body = dialect.error_body(status, str(exc))
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    if isinstance(exc, MethodNotAllowed):
+        headers.append(("allow", ", ".join(exc.allowed)))
     await sink.start(status, headers)
     await sink.end(body)
+
+
+class _StatusSink:
+    """A sink that notes the status the client got, for the passthrough record."""
+
+    def __init__(self, sink: ResponseSink) -> None:
+        self._sink = sink
+        self.status: int | None = None
+        """The status sent, ``None`` until the response started."""
+
+    async def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        await self._sink.start(status, headers)
+        self.status = status
+
+    async def send(self, data: bytes) -> None:
+        await self._sink.send(data)
+
+    async def end(self, last: bytes = b"") -> None:
+        await self._sink.end(last)
+
+    async def wait_disconnected(self) -> None:
+        await self._sink.wait_disconnected()
 
 
 def _log_state_change(change: StateChange) -> None:

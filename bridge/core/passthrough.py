@@ -1,4 +1,4 @@
-"""Passthrough routes: relayed to the provider as they are, not recorded.
+"""Passthrough routes: relayed to the provider as they are (the engine records each call).
 
 Model lists, token counting, telemetry. The request goes to the provider's base
 URL with the suffix below the route prefix (never another host, never above the

@@ -45,6 +45,7 @@ _ERROR_TYPES: Final = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",  # the gateway's own 503s: an open circuit breaker

@@ -24,6 +24,7 @@ from .records import InterceptionEnded as InterceptionEnded
 from .records import InterceptionStarted as InterceptionStarted
 from .records import ModelThought as ModelThought
 from .records import Outcome as Outcome
+from .records import PassthroughCall as PassthroughCall
 from .records import PromptUsage as PromptUsage
 from .records import Record as Record
 from .records import TokenUsage as TokenUsage
@@ -48,6 +49,7 @@ __all__ = [
     "MemoryStore",
     "ModelThought",
     "Outcome",
+    "PassthroughCall",
     "PostgresStore",
     "PromptUsage",
     "Record",

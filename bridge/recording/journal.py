@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,7 +61,16 @@ def _field_kinds(kind: type[Record]) -> dict[str, Any]:
     # The records' module namespace, not their __module__: the package re-exports them
     # under another module name.
     hints = typing.get_type_hints(kind, globalns=vars(_records))
-    return {f.name: hints[f.name] for f in dataclasses.fields(kind)}
+    return {f.name: _without_none(hints[f.name]) for f in dataclasses.fields(kind)}
+
+
+def _without_none(hint: Any) -> Any:
+    """``X`` for ``X | None``, so that an optional datetime or enum is decoded as one."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [arg for arg in get_args(hint) if arg is not type(None)]
+        if len(kinds) == 1:
+            return kinds[0]
+    return hint
 
 
 # Record type -> field name -> the field's resolved type, to decode what JSON flattened.
@@ -99,7 +109,9 @@ def decode_record(line: str) -> Record:
     values: dict[str, Any] = {}
     for name, value in data["fields"].items():
         field_kind = _FIELDS[kind].get(name)
-        if field_kind is _dt.datetime:
+        if value is None:
+            pass
+        elif field_kind is _dt.datetime:
             value = _dt.datetime.fromisoformat(value)
         elif isinstance(field_kind, type) and issubclass(field_kind, enum.Enum):
             value = field_kind(value)

@@ -31,6 +31,7 @@ from .records import (
     InterceptionEnded,
     InterceptionStarted,
     ModelThought,
+    PassthroughCall,
     PromptUsage,
     Record,
     TokenUsage,
@@ -41,9 +42,18 @@ from .store import FAILED_OUTCOMES, GROUP_COLUMNS, UsageRow, as_utc, check_group
 
 __all__ = ["MemoryStore"]
 
-_Kept = TypeVar("_Kept", InterceptionStarted, TokenUsage, PromptUsage, ToolUsage, ModelThought)
+_Kept = TypeVar(
+    "_Kept", InterceptionStarted, TokenUsage, PromptUsage, ToolUsage, ModelThought, PassthroughCall
+)
 
-_KINDS: Final = (InterceptionStarted, TokenUsage, PromptUsage, ToolUsage, ModelThought)
+_KINDS: Final = (
+    InterceptionStarted,
+    TokenUsage,
+    PromptUsage,
+    ToolUsage,
+    ModelThought,
+    PassthroughCall,
+)
 
 
 class MemoryStore:
@@ -125,6 +135,11 @@ class MemoryStore:
     def model_thoughts(self) -> list[ModelThought]:
         """Every model-thought record."""
         return self._all(ModelThought)
+
+    @property
+    def passthrough_calls(self) -> list[PassthroughCall]:
+        """Every passthrough call, in the order written."""
+        return self._all(PassthroughCall)
 
     def usage(
         self, *, since: _dt.datetime | None = None, by: Sequence[str] = ("user",)

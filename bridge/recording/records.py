@@ -11,6 +11,9 @@ One interception produces, in this order:
   :class:`ModelThought` records;
 * exactly one :class:`InterceptionEnded`, whatever happened (also when the client
   went away or the gateway was shutting down).
+
+A request on a passthrough route is no interception: it leaves one
+:class:`PassthroughCall`, written once the call is over (refused ones included).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "InterceptionStarted",
     "ModelThought",
     "Outcome",
+    "PassthroughCall",
     "PromptUsage",
     "Record",
     "TokenUsage",
@@ -160,6 +164,44 @@ class ModelThought:
     created_at: _dt.datetime = field(default_factory=utcnow)
 
 
+@dataclass(frozen=True, slots=True)
+class PassthroughCall:
+    """One request on a passthrough route, relayed or refused: who did what to which
+    path, and what came of it.
+
+    Passthrough routes act on what the provider stores (models, stored responses,
+    conversations), under the gateway's shared key unless the user brought their own:
+    this is the audit trail of who did it. The query string is not kept (it may carry
+    anything); the credential only as its kind and masked hint.
+    """
+
+    initiator_id: str
+    provider: str
+    """The provider type: ``anthropic``, ``openai``, ``copilot``."""
+    provider_name: str
+    """The configured instance name, e.g. ``openai`` or ``copilot-business``."""
+    method: str
+    path: str
+    """The client's path, as sent (still percent-encoded), e.g. ``/openai/v1/models``."""
+    status: int | None
+    """The HTTP status the client got (the upstream's, or the gateway's own 405, 502,
+    504...); ``None`` when the client left before any answer."""
+    duration_ms: int
+    credential_kind: CredentialKind | None
+    """Whose key went upstream; ``None`` when none did (a Copilot request without the
+    user's token, a provider without a configured key)."""
+    credential_hint: str
+    """That key, masked; empty when none went upstream."""
+    id: str = field(default_factory=new_id)
+    started_at: _dt.datetime = field(default_factory=utcnow)
+
+
 Record: TypeAlias = (
-    InterceptionStarted | InterceptionEnded | TokenUsage | PromptUsage | ToolUsage | ModelThought
+    InterceptionStarted
+    | InterceptionEnded
+    | TokenUsage
+    | PromptUsage
+    | ToolUsage
+    | ModelThought
+    | PassthroughCall
 )

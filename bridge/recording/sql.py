@@ -49,6 +49,7 @@ from .records import (
     InterceptionEnded,
     InterceptionStarted,
     ModelThought,
+    PassthroughCall,
     PromptUsage,
     Record,
     TokenUsage,
@@ -150,6 +151,24 @@ SCHEMA: Final[tuple[str, ...]] = (
         revoked_at {ts}
     );
     """,
+    # 3: passthrough calls (records.PassthroughCall), looked up by user and by time.
+    """
+    CREATE TABLE bridge_passthrough_calls (
+        id TEXT PRIMARY KEY,
+        initiator_id TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        provider_name TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        status {int},
+        duration_ms {int} NOT NULL,
+        credential_kind TEXT,
+        credential_hint TEXT NOT NULL,
+        started_at {ts} NOT NULL
+    );
+    CREATE INDEX bridge_passthrough_calls_initiator_id ON bridge_passthrough_calls (initiator_id);
+    CREATE INDEX bridge_passthrough_calls_started_at ON bridge_passthrough_calls (started_at);
+    """,
 )
 """The migration scripts, with the dialect's column types as ``{flag}``, ``{json}``, ``{ts}``
 and ``{int}``: rendered by :meth:`Dialect.migrations`. Append only, never edit a released one."""
@@ -224,6 +243,9 @@ _INSERTS: Final[dict[type[Record], str]] = {
     " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
     ModelThought: "INSERT INTO bridge_model_thoughts (id, interception_id, content,"
     " source, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    PassthroughCall: "INSERT INTO bridge_passthrough_calls (id, initiator_id, provider,"
+    " provider_name, method, path, status, duration_ms, credential_kind, credential_hint,"
+    " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
     # First end wins; an end whose start is unknown changes nothing.
     InterceptionEnded: "UPDATE bridge_interceptions SET ended_at = ?, outcome = ?, error = ?"
     " WHERE id = ? AND ended_at IS NULL",
@@ -298,6 +320,20 @@ def _row(record: Record, dialect: Dialect) -> tuple[Any, ...]:
                 record.source,
                 ts(record.created_at),
             )
+        case PassthroughCall():
+            return (
+                record.id,
+                record.initiator_id,
+                record.provider,
+                record.provider_name,
+                record.method,
+                record.path,
+                record.status,
+                record.duration_ms,
+                None if record.credential_kind is None else str(record.credential_kind),
+                record.credential_hint,
+                ts(record.started_at),
+            )
         case InterceptionEnded():
             return (
                 ts(record.ended_at),
@@ -326,7 +362,10 @@ WriteGroups = list[tuple[str, list[tuple[Any, ...]]]]
 
 _CREATE_ATTEMPTS: Final = 3  # new keys tried when a random prefix is taken (48 bits: rare)
 _KEY_COLUMNS: Final = "id, user_id, prefix, metadata, created_at, last_used_at, revoked_at"
-_TIME_COLUMNS: Final = {"bridge_interceptions": "started_at"}  # the others: created_at
+_TIME_COLUMNS: Final = {  # the others: created_at
+    "bridge_interceptions": "started_at",
+    "bridge_passthrough_calls": "started_at",
+}
 
 
 class SQLStore(abc.ABC):
@@ -586,6 +625,10 @@ class SQLStore(abc.ABC):
     def model_thoughts(self, interception_id: str | None = None) -> list[dict[str, Any]]:
         """Model-thought rows, as stored, of one interception or of all."""
         return self._select("bridge_model_thoughts", interception_id)
+
+    def passthrough_calls(self) -> list[dict[str, Any]]:
+        """Every passthrough call row, as stored, oldest first."""
+        return self._select("bridge_passthrough_calls", None)
 
     # -- gateway keys (bridge.keys.KeyStore) ----------------------------------------------
 

@@ -33,6 +33,10 @@ Rules and invariants:
   streaming responses) are answered with a 400 in the route's error shape (Anthropic's or
   OpenAI's) whose message names the fix. 400 rather than 500 because SDK clients retry 5xx
   with back-off.
+* The choice of an answer (:meth:`MockUpstream.route`) and the recording
+  (:meth:`MockUpstream.record_request`, :meth:`MockUpstream.record_stream_end`) are
+  separate from the h11 transport, so another HTTP stack can serve the same scenarios
+  into the same recorded state (the tests' ``tests/foreign_upstream.py``).
 * Anthropic requests without ``x-api-key`` and without ``authorization``, and OpenAI
   requests without ``authorization: Bearer <key>``, get 401, so tests can check that the
   gateway injects the provider key.
@@ -162,6 +166,8 @@ class UpstreamResponse:
 
     status: int
     headers: tuple[tuple[str, str], ...]
+    """As the fixture spells the names (providers' own are lower-case; a captured set may
+    have ``Content-Length``): compare them case-insensitively. Sent as spelled."""
     body: Any = None
     events: tuple[SseEvent, ...] | None = None
     raw: tuple[str, ...] | None = None
@@ -391,7 +397,7 @@ def _parse_response(value: Any, path: Path, where: str, *, streaming: bool) -> U
         isinstance(v, str) for v in raw_headers.values()
     ):
         raise _fail(path, f"{where}.headers", "must be an object of string values")
-    headers = tuple((k.lower(), v) for k, v in raw_headers.items())
+    headers = tuple(raw_headers.items())
     present = [key for key in ("body", "events", "raw") if key in value]
     if len(present) != 1:
         raise _fail(path, where, f"needs exactly one of 'body', 'events', 'raw', got {present}")
@@ -411,10 +417,33 @@ def _parse_response(value: Any, path: Path, where: str, *, streaming: bool) -> U
         if not isinstance(raw, list | tuple) or not all(isinstance(r, str) for r in raw):
             raise _fail(path, f"{where}.raw", "must be a string or a list of strings")
         raw = tuple(raw)
-    response = UpstreamResponse(
-        status=status, headers=headers, body=value.get("body"), events=events, raw=raw
+    response = _encode(
+        UpstreamResponse(
+            status=status, headers=headers, body=value.get("body"), events=events, raw=raw
+        ),
+        streaming=streaming,
     )
-    return _encode(response, streaming=streaming)
+    _check_framing(response, path, f"{where}.headers")
+    return response
+
+
+def _check_framing(response: UpstreamResponse, path: Path, where: str) -> None:
+    """Refuse framing headers that contradict how the mock frames ``response``.
+
+    A fixture may state ``Content-Length`` or ``Transfer-Encoding`` as a provider sends
+    them (captured header sets do), but then they must be true of the bytes it sends.
+    """
+    for name, value in response.headers:
+        if name.lower() == "content-length":
+            if response.streamed:
+                raise _fail(path, where, f"{name}: a stream is sent chunked, without a length")
+            length = str(len(response.wire_chunks[0]))
+            if value != length:
+                raise _fail(path, where, f"{name}: {value!r} is not the body's length {length}")
+        elif name.lower() == "transfer-encoding" and (
+            not response.streamed or value.lower() != "chunked"
+        ):
+            raise _fail(path, where, f"{name}: only a stream may say 'chunked', and only that")
 
 
 def _parse_events(value: Any, path: Path, where: str) -> tuple[SseEvent, ...]:
@@ -537,7 +566,7 @@ def _encode_event(event: SseEvent) -> bytes:
 
 def _encode(response: UpstreamResponse, *, streaming: bool) -> UpstreamResponse:
     """Return ``response`` with its wire headers and chunks filled in."""
-    names = {name for name, _ in response.headers}
+    names = {name.lower() for name, _ in response.headers}
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
     streamed = response.events is not None or (response.raw is not None and streaming)
     if response.events is not None:
@@ -550,10 +579,12 @@ def _encode(response: UpstreamResponse, *, streaming: bool) -> UpstreamResponse:
         content_type = b"text/event-stream" if streamed else b"application/json"
         headers.append((b"content-type", content_type))
     if streamed:
-        headers.append((b"cache-control", b"no-cache"))
+        if "cache-control" not in names:
+            headers.append((b"cache-control", b"no-cache"))
     else:
         chunks = (b"".join(chunks),)
-        headers.append((b"content-length", str(len(chunks[0])).encode("ascii")))
+        if "content-length" not in names:  # else stated by the fixture, and checked
+            headers.append((b"content-length", str(len(chunks[0])).encode("ascii")))
     return UpstreamResponse(
         status=response.status,
         headers=response.headers,
@@ -742,7 +773,12 @@ class MockUpstream:
 
     # -- waiting, for tests
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Wake the ``wait_*`` methods: call after changing the recorded state.
+
+        Public so that another transport serving the same routes (the tests' foreign
+        upstream) can keep this state on the trio thread.
+        """
         self._changed.set()
         self._changed = trio.Event()
 
@@ -773,6 +809,23 @@ class MockUpstream:
             await self._changed.wait()
         return self.requests[count - 1]
 
+    # -- recording, for any transport
+
+    def record_request(self, request: ReceivedRequest) -> None:
+        """Keep ``request`` for inspection (a complete request, before it is answered)."""
+        self.requests.append(request)
+        _trim(self.requests, self.history)
+        self.notify()
+
+    def record_stream_end(self, *, completed: bool) -> None:
+        """Count a stream sent to the end, or note the time the client left it."""
+        if completed:
+            self.completed_streams += 1
+        else:
+            self.disconnects.append(trio.current_time())
+            _trim(self.disconnects, self.history)
+        self.notify()
+
     # -- serving
 
     async def serve(
@@ -800,7 +853,7 @@ class MockUpstream:
                     conn.start_next_cycle()
         finally:
             self.open_connections -= 1
-            self._notify()
+            self.notify()
 
     async def _answer_next(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
         """Read and answer one request; False when the connection cannot carry another."""
@@ -815,7 +868,7 @@ class MockUpstream:
             return False
         self.busy_connections += 1
         try:
-            response, pace, fault = self._route(request)
+            response, pace, fault = self.route(request)
             if fault is not None:
                 self.faults += 1
                 await _misbehave(conn, stream, response, pace, fault)
@@ -830,7 +883,7 @@ class MockUpstream:
             return False  # the client went away during a blocking answer
         finally:
             self.busy_connections -= 1
-            self._notify()
+            self.notify()
 
     async def _read_request(
         self, conn: h11.Connection, stream: trio.SocketStream
@@ -855,15 +908,15 @@ class MockUpstream:
                     body=bytes(body),
                     received_at=trio.current_time(),
                 )
-                self.requests.append(request)
-                _trim(self.requests, self.history)
-                self._notify()
+                self.record_request(request)
                 return request
             else:  # ConnectionClosed, or PAUSED after a protocol switch we never accept
                 return None
 
-    def _route(self, request: ReceivedRequest) -> tuple[UpstreamResponse, float, _Fault | None]:
+    def route(self, request: ReceivedRequest) -> tuple[UpstreamResponse, float, _Fault | None]:
         """Pick the response for ``request``, the pace of its stream and its fault, if any.
+
+        Pure choice, no I/O: another transport can serve the same scenarios with it.
 
         Anthropic routes accept ``x-api-key`` or ``authorization``; OpenAI routes (with or
         without the ``/v1`` prefix, as GitHub Copilot's upstream has none) need
@@ -1073,12 +1126,7 @@ class MockUpstream:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 peer_closed = True
             nursery.cancel_scope.cancel()
-        if sent_all:
-            self.completed_streams += 1
-        else:
-            self.disconnects.append(trio.current_time())
-            _trim(self.disconnects, self.history)
-        self._notify()
+        self.record_stream_end(completed=sent_all)
         return sent_all and not peer_closed
 
 

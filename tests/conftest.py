@@ -38,6 +38,7 @@ from bridge.recording.sqlite import SQLiteStore
 from bridge.server import hypercorn_config
 from bridge.tracing import Tracer
 
+from .foreign_upstream import STYLES, ForeignUpstream
 from .postgres import (
     Cluster,
     SQLDatabase,
@@ -47,6 +48,77 @@ from .postgres import (
     new_sql_database,
     start_test_cluster,
 )
+
+UPSTREAM_STACKS = ("h11-mock", *STYLES)
+"""The upstream implementations a test can run against: the h11 :class:`MockUpstream`,
+and the stdlib server of tests/foreign_upstream.py in each of its styles."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "upstream_stacks(*names, reason=None): run the test once against each named upstream"
+        f" stack, of {UPSTREAM_STACKS} (default: the h11 mock only); the closest marker wins",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``upstream_stack`` (and so ``mock``) by the ``upstream_stacks`` marker."""
+    marker = metafunc.definition.get_closest_marker("upstream_stacks")
+    if marker is None or "upstream_stack" not in metafunc.fixturenames:
+        return
+    unknown = set(marker.args) - set(UPSTREAM_STACKS)
+    if unknown:
+        raise ValueError(f"upstream_stacks: {sorted(unknown)} not among {UPSTREAM_STACKS}")
+    if len(marker.args) > 1:
+        metafunc.parametrize("upstream_stack", marker.args, indirect=True)
+
+
+def h11_mock_only(reason: str) -> pytest.MarkDecorator:
+    """For a test in a module run on every stack that needs the h11 mock, or no upstream:
+    faults, its own upstream, or a request the gateway refuses before any upstream call."""
+    return pytest.mark.upstream_stacks("h11-mock", reason=reason)
+
+
+REFUSED_BEFORE_UPSTREAM = h11_mock_only("the gateway answers itself; no upstream is called")
+OWN_UPSTREAM = h11_mock_only("the test serves an upstream of its own, or none")
+
+
+def is_api_header(name: str) -> bool:
+    """A provider's API header that clients act on: ids, rate limits, retry-after, API
+    version. (Cloudflare's alt-svc, strict-transport-security and set-cookie describe the
+    provider's origin, not the gateway's; whether to relay them is not asserted here.)"""
+    return name in ("request-id", "x-request-id", "retry-after") or name.startswith(
+        ("anthropic-", "openai-", "x-ratelimit-")
+    )
+
+
+def assert_provider_headers_relayed(
+    client_headers: list[tuple[bytes, bytes]],
+    upstream_headers: tuple[tuple[str, str], ...],
+    *,
+    body: bytes,
+    stream: bool,
+) -> None:
+    """The client got every API header of the provider, unchanged, and the gateway's own
+    framing: no name twice, one Date that is not the provider's, no Server, and a
+    Content-Length that is the length of the body it got (none on a stream)."""
+    got = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in client_headers]
+    names = [k for k, _ in got]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+    provider = {k.lower(): v for k, v in upstream_headers}
+    expected = {k: v for k, v in provider.items() if is_api_header(k)}
+    assert len(expected) >= 3  # request id and rate limits at least
+    assert {k: v for k, v in got if k in expected} == expected
+    assert "server" not in names
+    assert "connection" not in names or dict(got)["connection"] != provider.get("connection")
+    assert names.count("date") == 1
+    assert dict(got)["date"] != provider.get("date")
+    if stream:
+        assert "content-length" not in names
+    else:
+        assert dict(got)["content-length"] == str(len(body))
+        assert "transfer-encoding" not in names
 
 
 def is_inner_loop(name: str) -> bool:
@@ -185,9 +257,21 @@ def gateway_config(tmp_path: Path, upstream_port: int, **server: Any) -> Config:
 
 
 @pytest.fixture
-async def mock(nursery: trio.Nursery) -> MockUpstream:
+def upstream_stack(request: pytest.FixtureRequest) -> str:
+    """Which implementation serves ``mock``'s scenarios (see ``upstream_stacks``)."""
+    stack: str = getattr(request, "param", "h11-mock")
+    return stack
+
+
+@pytest.fixture
+async def mock(nursery: trio.Nursery, upstream_stack: str) -> MockUpstream:
+    """The scenario upstream. Whichever stack serves it, it records into this object."""
     upstream = MockUpstream()
-    upstream.port = await nursery.start(upstream.serve)  # type: ignore[attr-defined]
+    if upstream_stack == "h11-mock":
+        upstream.port = await nursery.start(upstream.serve)  # type: ignore[attr-defined]
+    else:
+        foreign = ForeignUpstream(upstream, upstream_stack)
+        upstream.port = await nursery.start(foreign.serve)  # type: ignore[attr-defined]
     return upstream
 
 

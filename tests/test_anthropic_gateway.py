@@ -20,8 +20,16 @@ import trio
 from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
 from tests.conftest import is_inner_loop
 
-from .conftest import CENTRAL_KEY, Gateway
+from .conftest import (
+    CENTRAL_KEY,
+    OWN_UPSTREAM,
+    REFUSED_BEFORE_UPSTREAM,
+    UPSTREAM_STACKS,
+    Gateway,
+    assert_provider_headers_relayed,
+)
 
+pytestmark = pytest.mark.upstream_stacks(*UPSTREAM_STACKS)
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 MESSAGE_SCENARIOS = [
     name
@@ -94,6 +102,34 @@ async def test_scenario_is_relayed_and_recorded_exactly(
 
     prompt = only(gateway.store.prompts(interception["id"]))
     assert prompt["provider_response_id"] == usage["provider_response_id"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
+async def test_the_sdk_gets_the_providers_headers_and_the_gateways_framing(
+    gateway: Gateway, stream: bool
+) -> None:
+    """Anthropic's captured header set (capitalised framing, rate limits, request-id) reaches
+    the SDK once each, without the upstream's Content-Length, which no longer fits: the
+    gateway rewrote the message id."""
+    name = "anthropic_captured_headers"
+    client = gateway.anthropic()
+    body = dict(SCENARIOS[name].request or {})
+    headers = {"x-mock-scenario": name}
+    upstream = SCENARIOS[name].upstream
+    sent = (upstream.streaming if stream else upstream.blocking)[0]
+    if stream:
+        async with client.messages.with_streaming_response.create(
+            **body, stream=True, extra_headers=headers
+        ) as response:
+            content = await response.read()
+    else:
+        response = await client.messages.with_raw_response.create(**body, extra_headers=headers)
+        content = response.http_response.content
+        assert (await response.parse()).id != sent.body["id"]  # rewritten, so the length changed
+    assert response.status_code == 200
+    assert response.headers["request-id"] == dict(sent.headers)["request-id"]
+    assert response.headers["anthropic-ratelimit-tokens-remaining"] == "96000"
+    assert_provider_headers_relayed(response.headers.raw, sent.headers, body=content, stream=stream)
 
 
 async def test_request_bytes_headers_and_query_are_forwarded_unchanged(gateway: Gateway) -> None:
@@ -226,6 +262,21 @@ async def test_models_list_and_count_tokens_pass_through(gateway: Gateway) -> No
     assert gateway.store.interceptions() == []  # a passthrough call is no interception
 
 
+async def test_passthrough_gives_the_sdk_one_of_each_header_and_no_server(
+    gateway: Gateway,
+) -> None:
+    """A passthrough answer keeps the provider's headers, but the framing, Date and Server
+    of whatever HTTP stack the upstream runs are not relayed beside the gateway's."""
+    response = await gateway.anthropic().models.with_raw_response.list()
+    assert response.status_code == 200
+    names = [name.decode("latin-1").lower() for name, _ in response.headers.raw]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+    assert "server" not in names
+    assert names.count("date") == 1
+    assert response.headers["request-id"] == "req_011CTzyF6hJ8kL0zX2cV4bN6"
+    assert "trailer" not in names
+
+
 async def test_passthrough_injects_the_central_key_only_when_the_client_has_none(
     gateway: Gateway,
 ) -> None:
@@ -239,6 +290,7 @@ async def test_passthrough_injects_the_central_key_only_when_the_client_has_none
     assert received.header("user-agent") == "bridge"
 
 
+@REFUSED_BEFORE_UPSTREAM
 @pytest.mark.parametrize(
     "path",
     [
@@ -258,6 +310,7 @@ async def test_passthrough_cannot_escape_its_prefix(gateway: Gateway, path: str)
     assert gateway.mock.requests == []
 
 
+@REFUSED_BEFORE_UPSTREAM
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -283,6 +336,7 @@ async def test_bad_bodies_get_400_in_anthropic_shape(
     assert gateway.mock.requests == []
 
 
+@REFUSED_BEFORE_UPSTREAM
 async def test_unknown_routes_get_404(gateway: Gateway) -> None:
     async with httpx2.AsyncClient() as client:
         inside = await client.post(f"{gateway.url}/anthropic/v1/complete", content=b"{}")
@@ -294,6 +348,7 @@ async def test_unknown_routes_get_404(gateway: Gateway) -> None:
     assert gateway.mock.requests == []
 
 
+@REFUSED_BEFORE_UPSTREAM
 @pytest.mark.parametrize(
     ("path", "meant", "base"),
     [
@@ -317,6 +372,7 @@ async def test_a_path_without_the_provider_prefix_says_what_was_meant(
     assert gateway.mock.requests == []
 
 
+@REFUSED_BEFORE_UPSTREAM
 async def test_oversized_body_gets_413_and_the_connection_closes(start_gateway: Any) -> None:
     gateway: Gateway = await start_gateway(server_changes={"max_body_bytes": 2048})
     async with httpx2.AsyncClient() as client:
@@ -330,6 +386,7 @@ async def test_oversized_body_gets_413_and_the_connection_closes(start_gateway: 
     assert gateway.mock.requests == []
 
 
+@OWN_UPSTREAM
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
 async def test_unreachable_upstream_is_502_in_anthropic_shape(
     start_gateway: Any, stream: bool
@@ -345,6 +402,7 @@ async def test_unreachable_upstream_is_502_in_anthropic_shape(
     assert interception["outcome"] == "failed"
 
 
+@REFUSED_BEFORE_UPSTREAM
 async def test_health_and_readiness(gateway: Gateway) -> None:
     async with httpx2.AsyncClient() as client:
         health = await client.get(f"{gateway.url}/healthz")
@@ -383,6 +441,7 @@ async def _resetting_upstream(stream: trio.SocketStream, *, events_before_reset:
     await stream.aclose()  # RST: the upstream dies mid-stream
 
 
+@OWN_UPSTREAM
 async def test_upstream_reset_mid_stream_is_an_error_event_and_fails(
     start_gateway: Any, nursery: trio.Nursery
 ) -> None:
@@ -413,6 +472,50 @@ async def test_upstream_reset_mid_stream_is_an_error_event_and_fails(
     assert usage["input"] == 11  # what was known when the upstream died
 
 
+async def _error_then_silent_upstream(stream: trio.SocketStream) -> None:
+    """Streams some text and an ``overloaded_error`` event, then does not end the body
+    until the gateway hangs up: the end of an upstream stream may come after a client
+    has read its last event and left (an HTTP/1.0 upstream closes a moment later)."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += await stream.receive_some(65536)
+    scenario = SCENARIOS["anthropic_overloaded_midstream"].upstream.streaming[0]
+    assert scenario.wire_chunks[-1].startswith(b"event: error")
+    body = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in scenario.wire_chunks)
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    await stream.send_all(head + body)
+    await _silent_upstream(stream)
+
+
+@OWN_UPSTREAM
+async def test_a_client_that_left_after_the_error_event_got_a_failed_answer(
+    start_gateway: Any, nursery: trio.Nursery
+) -> None:
+    """The record says what the client got: the provider's error, not a disconnect."""
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, _error_then_silent_upstream, 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    gateway: Gateway = await start_gateway(upstream_url=f"http://127.0.0.1:{port}/")
+    body = {**(SCENARIOS["anthropic_overloaded_midstream"].request or {}), "stream": True}
+    received = b""
+    with trio.fail_after(10):
+        async with (
+            httpx2.AsyncClient() as client,
+            client.stream("POST", f"{gateway.url}/anthropic/v1/messages", json=body) as response,
+        ):
+            async for chunk in response.aiter_bytes():
+                received += chunk
+                if b"event: error" in received and received.endswith(b"\n\n"):
+                    break  # the client has the error event and hangs up, as SDKs do
+        await gateway.flush()
+    [row] = gateway.store.interceptions()
+    assert row["outcome"] == "failed", row["error"]
+    assert "overloaded" in row["error"].lower()
+
+
 async def _dated_upstream(stream: trio.SocketStream) -> None:
     """Answers one blocking request the way real providers do: with date and server."""
     request = b""
@@ -438,6 +541,7 @@ async def _dated_upstream(stream: trio.SocketStream) -> None:
     await stream.aclose()
 
 
+@OWN_UPSTREAM
 async def test_the_client_gets_one_date_and_no_server_software(
     start_gateway: Any, nursery: trio.Nursery
 ) -> None:
@@ -463,6 +567,7 @@ async def _silent_upstream(stream: trio.SocketStream) -> None:
         pass
 
 
+@OWN_UPSTREAM
 async def test_a_stalled_passthrough_upstream_is_a_504_naming_the_setting(
     start_gateway: Any, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -508,7 +508,7 @@ def test_every_openai_scenario_the_brief_names_is_present() -> None:
         "failed",
         "malformed_line",
     }
-    chat |= {"mcp_add", "mcp_loop_forever"}
+    chat |= {"mcp_add", "mcp_loop_forever", "captured_headers"}
     responses |= {"mcp_add", "mcp_loop_forever"}
     assert set(CHAT) == {f"openai_chat_{name}" for name in chat}
     assert set(RESPONSES) == {f"openai_responses_{name}" for name in responses}

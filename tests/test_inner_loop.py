@@ -26,7 +26,9 @@ from bridge.dialects import DIALECTS
 from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
 from tests.mcp_servers import RestartableServer, ServerState, build_server, serve_http
 
-from .conftest import Gateway
+from .conftest import UPSTREAM_STACKS, Gateway
+
+pytestmark = pytest.mark.upstream_stacks(*UPSTREAM_STACKS)
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 APIS = {

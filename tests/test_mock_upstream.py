@@ -370,6 +370,34 @@ async def test_raw_stream_bytes_are_sent_verbatim(nursery: trio.Nursery, tmp_pat
             r"field upstream\.streaming\[0\]\.events\[0\]: an error event ends the stream",
         ),
         ({"expect": {"usage": {"inputs": 1}}}, r"field expect\.usage: must be an object"),
+        (
+            {
+                "upstream": {
+                    "blocking": [{"status": 200, "headers": {"Content-Length": "3"}, "body": {}}]
+                }
+            },
+            r"field upstream\.blocking\[0\]\.headers: Content-Length: '3' is not the body's length",
+        ),
+        (
+            {
+                "upstream": {
+                    "blocking": [
+                        {"status": 200, "headers": {"Transfer-Encoding": "chunked"}, "body": {}}
+                    ]
+                }
+            },
+            r"field upstream\.blocking\[0\]\.headers: Transfer-Encoding: only a stream may say",
+        ),
+        (
+            {
+                "upstream": {
+                    "streaming": [
+                        {"status": 200, "headers": {"content-length": "9"}, "events": [{"data": 1}]}
+                    ]
+                }
+            },
+            r"field upstream\.streaming\[0\]\.headers: content-length: a stream is sent chunked",
+        ),
     ],
 )
 def test_loader_names_the_file_and_the_field(
@@ -379,6 +407,32 @@ def test_loader_names_the_file_and_the_field(
     write_fixture(tmp_path, "bad", {**defaults, **fields})
     with pytest.raises(FixtureError, match=r"bad\.json: " + message):
         load_scenarios(tmp_path)
+
+
+async def test_captured_header_names_are_sent_as_spelled(
+    upstream: tuple[MockUpstream, str],
+) -> None:
+    """A captured set keeps its capitals on the wire, and its framing headers are the
+    mock's own (one Content-Length, one Cache-Control), so the gateway sees them as sent.
+    (h11 moves a stream's Transfer-Encoding to the end.)"""
+    _, url = upstream
+    name = "anthropic_captured_headers"
+    upstream_answers = SCENARIOS[name].upstream
+    async with httpx2.AsyncClient(base_url=url, headers=KEY) as client:
+        for stream in (False, True):
+            response = await client.post(
+                "/v1/messages",
+                json=body_for(name, stream=stream),
+                headers={"x-mock-scenario": name},
+            )
+            assert response.status_code == 200
+            fixture = (upstream_answers.streaming if stream else upstream_answers.blocking)[0]
+            sent = [(k.decode(), v.decode()) for k, v in response.headers.raw]
+            chunked = [v for k, v in sent if k.lower() == "transfer-encoding"]
+            assert chunked == (["chunked"] if stream else [])
+            assert [h for h in sent if h[0].lower() != "transfer-encoding"] == [
+                h for h in fixture.headers if h[0].lower() != "transfer-encoding"
+            ]
 
 
 def test_unknown_default_scenario_is_refused() -> None:

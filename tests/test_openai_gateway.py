@@ -16,7 +16,16 @@ import pytest
 from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
 from tests.conftest import is_inner_loop
 
-from .conftest import OPENAI_KEY, Gateway
+from .conftest import (
+    OPENAI_KEY,
+    OWN_UPSTREAM,
+    REFUSED_BEFORE_UPSTREAM,
+    UPSTREAM_STACKS,
+    Gateway,
+    assert_provider_headers_relayed,
+)
+
+pytestmark = pytest.mark.upstream_stacks(*UPSTREAM_STACKS)
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 
@@ -97,6 +106,35 @@ async def test_chat_streaming(gateway: Gateway, name: str) -> None:
         assert text == expect.text
     assert chunks[-1].usage is not None  # include_usage was forced upstream
     assert gateway.mock.requests[-1].json()["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
+async def test_the_sdk_gets_the_providers_headers_and_the_gateways_framing(
+    gateway: Gateway, stream: bool
+) -> None:
+    """OpenAI's captured header set (x-request-id, rate limits, Cloudflare's cookie and
+    framing) reaches the SDK once each, without the upstream's Content-Length, which no
+    longer fits: the gateway rewrote the completion id."""
+    name = "openai_chat_captured_headers"
+    completions = gateway.openai().chat.completions
+    headers = {"x-mock-scenario": name}
+    upstream = SCENARIOS[name].upstream
+    sent = (upstream.streaming if stream else upstream.blocking)[0]
+    if stream:
+        async with completions.with_streaming_response.create(
+            **request_of(name), stream=True, extra_headers=headers
+        ) as response:
+            content = await response.read()
+    else:
+        response = await completions.with_raw_response.create(
+            **request_of(name), extra_headers=headers
+        )
+        content = response.http_response.content
+        assert response.parse().id != sent.body["id"]  # rewritten, so the length changed
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == dict(sent.headers)["x-request-id"]
+    assert response.headers["x-ratelimit-remaining-tokens"] == "3999068"
+    assert_provider_headers_relayed(response.headers.raw, sent.headers, body=content, stream=stream)
 
 
 async def test_chat_stream_ends_with_one_done_of_the_gateway(gateway: Gateway) -> None:
@@ -211,6 +249,7 @@ async def test_responses_in_stream_failures_are_relayed_and_fail(
     assert only(gateway.store.interceptions())["outcome"] == "failed"
 
 
+@REFUSED_BEFORE_UPSTREAM
 async def test_responses_background_is_501_without_calling_upstream(gateway: Gateway) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         await gateway.openai().responses.create(model="gpt-5", input="hi", background=True)
@@ -218,6 +257,7 @@ async def test_responses_background_is_501_without_calling_upstream(gateway: Gat
     assert gateway.mock.requests == []
 
 
+@REFUSED_BEFORE_UPSTREAM
 async def test_responses_websocket_upgrade_gets_426(gateway: Gateway) -> None:
     async with httpx2.AsyncClient() as client:
         response = await client.get(
@@ -290,6 +330,7 @@ async def test_openai_passthrough_injects_the_key_and_keeps_the_path(gateway: Ga
     assert stored.status_code == 404  # the mock has no stored responses; relayed as is
 
 
+@OWN_UPSTREAM
 @pytest.mark.parametrize("route", ["chat/completions", "responses"])
 async def test_unreachable_upstream_is_502_in_openai_shape(start_gateway: Any, route: str) -> None:
     gateway: Gateway = await start_gateway(upstream_url="http://127.0.0.1:1/")

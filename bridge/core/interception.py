@@ -232,6 +232,11 @@ async def _intercept(ix: Interception, sink: ResponseSink, *, ping_interval: flo
             with ix.tracer.span(SPAN_PROCESS_REQUEST):
                 await _run(ix, relay)
             nursery.cancel_scope.cancel()
+        last = ix.turns[-1] if ix.turns else None
+        if ix.failure is None and last is not None and last.error is not None:
+            # The client left after the provider's error event, before the loop saw the
+            # end of that stream: the answer it got is still that error.
+            ix.failure = _stream_failure(last.error)
         final: Outcome
         reason: str | None
         if ix.client_gone and not _answer_delivered(ix, relay):
@@ -280,12 +285,13 @@ async def _deliver(
 def _answer_delivered(ix: Interception, relay: Relay) -> bool:
     """Whether the client was handed the whole answer before it left.
 
-    A client may read the final event (Anthropic's ``message_stop``) and hang up before
-    the gateway has read the upstream's end or written the end of the body: it got
-    everything. That is so when the stream's every frame went out (none cut short) and
-    the last upstream turn completed without an error, with no injected tool call the
-    loop would still run and nothing held back. A blocking answer goes out only after
-    the records are queued, so a client that left before never saw it.
+    A client may read the final event (Anthropic's ``message_stop``, or the provider's
+    ``error`` event) and hang up before the gateway has read the upstream's end or
+    written the end of the body: it got everything. That is so when the stream's every
+    frame went out (none cut short), nothing was held back, and the last upstream turn
+    either ended with an error event or completed with no injected tool call the loop
+    would still run. A blocking answer goes out only after the records are queued, so a
+    client that left before never saw it.
     """
     if not relay.frames_delivered:
         return False
@@ -294,10 +300,14 @@ def _answer_delivered(ix: Interception, relay: Relay) -> bool:
     last = ix.turns[-1] if ix.turns else None
     return (
         last is not None
-        and last.complete
-        and last.error is None
         and not ix.held_back
-        and not any(call.name in ix.injected_names for call in last.tool_calls)
+        and (
+            last.error is not None
+            or (
+                last.complete
+                and not any(call.name in ix.injected_names for call in last.tool_calls)
+            )
+        )
     )
 
 
@@ -379,7 +389,7 @@ async def _loop(ix: Interception, relay: Relay) -> None:
         pending = [call for call in result.tool_calls if call.name in injected]
         if result.error is not None:
             if client_body is None:
-                ix.failure = f"upstream error in stream: {result.error}"
+                ix.failure = _stream_failure(result.error)
             else:  # a blocking body the dialect relays as received, though unreadable
                 ix.failure = result.error
                 await relay.respond(*client_body)
@@ -408,6 +418,11 @@ async def _loop(ix: Interception, relay: Relay) -> None:
         ix.dialect.append_results(document, result, outcomes)
         body = dumps(document)
     await relay.finish(ix.dialect.stream_end_frame())
+
+
+def _stream_failure(error: str) -> str:
+    """The recorded failure of a stream that ended with the provider's error event."""
+    return f"upstream error in stream: {error}"
 
 
 async def _call_upstream(

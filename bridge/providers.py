@@ -62,8 +62,23 @@ _CLIENT_ROUTING = frozenset(
 )
 # Response headers that must not be copied from the upstream to the client.
 # The HTTP server sends its own Date (a response carries one); Server would only tell
-# clients which software the provider runs.
-_RESPONSE_DROP = frozenset({"content-length", "content-encoding", "date", "server"})
+# clients which software the provider runs. The rest are policies of the provider's
+# origin that a client would apply to the gateway's: HSTS (for a year, subdomains
+# included), Alt-Svc (an HTTP/3 endpoint the gateway does not have), cookies scoped to
+# the provider's domain, and Cloudflare's network error reporting.
+_RESPONSE_DROP = frozenset(
+    {
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+        "strict-transport-security",
+        "alt-svc",
+        "set-cookie",
+        "nel",
+        "report-to",
+    }
+)
 
 
 class RouteKind(enum.Enum):

@@ -93,6 +93,12 @@ async def test_capitalised_upstream_headers_on_a_blocking_anthropic_answer(
         "Keep-Alive: timeout=5",
         "Request-Id: req_011CTzqNHs5XqjP4bjPTiQHa",
         "Anthropic-Ratelimit-Requests-Remaining: 49",
+        "Strict-Transport-Security: max-age=31536000; includeSubDomains; preload",
+        'Alt-Svc: h3=":443"; ma=86400',
+        "Set-Cookie: __cf_bm=abc; path=/; domain=.api.anthropic.com; HttpOnly; Secure",
+        'Report-To: {"endpoints":[{"url":"https://a.nel.cloudflare.com/report/v4"}]}',
+        'NEL: {"success_fraction":0,"report_to":"cf-nel","max_age":604800}',
+        "CF-Ray: 8f0a2b3c4d5e6f70-AMS",
     )
     gateway = await wire_gateway(
         start_gateway, nursery, WireServer(answer, close_after_answer=close)
@@ -108,6 +114,11 @@ async def test_capitalised_upstream_headers_on_a_blocking_anthropic_answer(
     assert response.headers["request-id"] == "req_011CTzqNHs5XqjP4bjPTiQHa"
     assert response.headers["anthropic-ratelimit-requests-remaining"] == "49"
     assert not {"server", "x-hop", "keep-alive"} & set(seen)
+    # The provider origin's policies are not the gateway's to hand out.
+    assert not {"strict-transport-security", "alt-svc", "set-cookie", "report-to", "nel"} & set(
+        seen
+    )
+    assert response.headers["cf-ray"] == "8f0a2b3c4d5e6f70-AMS"  # informational: kept
     assert int(response.headers["content-length"]) == len(response.content)
     # The gateway rewrites the id, so the upstream's length would have been wrong.
     assert response.json()["content"][0]["text"] == "Paris."

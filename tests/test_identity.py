@@ -518,6 +518,31 @@ async def test_auth_failures_get_429_with_retry_after_until_the_bucket_refills(
     assert bridge.auth_failures["192.0.2.1"] == 21
 
 
+async def test_auth_failure_counts_are_bounded_in_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Addresses come from strangers (an IPv6 /64 has 2**64): the per-address failure
+    counts keep the most recent ones only."""
+    monkeypatch.setattr("bridge.core.engine.MAX_COUNTED_ADDRESSES", 50)
+    config = Config(
+        auth=AuthConfig(mode="keys", failure_rate=0.0),
+        providers=(ProviderConfig(name="anthropic", type="anthropic", base_url=DEAD, key="k"),),
+    )
+    async with open_bridge(config, store=MemoryStore()) as bridge:
+        for n in range(200):
+            request = Request(
+                "POST",
+                "/anthropic/v1/messages",
+                headers=[("x-api-key", "wrong")],
+                body=b"{}",
+                client_address=f"2001:db8::{n:x}",
+            )
+            assert (await bridge.handle(request)).status == 401
+        assert len(bridge.auth_failures) == 50
+        assert "2001:db8::c7" in bridge.auth_failures  # the latest kept
+        assert "2001:db8::0" not in bridge.auth_failures
+
+
 async def test_a_key_guessing_client_gets_429_over_http(start_gateway: Any) -> None:
     gateway: Gateway = await start_gateway(
         auth=AuthConfig(mode="keys", failure_rate=0.001, failure_burst=5)

@@ -62,6 +62,9 @@ __all__ = ["Admission", "Engine", "open_engine"]
 
 logger = logging.getLogger("bridge.engine")
 
+MAX_COUNTED_ADDRESSES = 65_536
+"""Client addresses :attr:`Engine.auth_failures` keeps counts for, at most."""
+
 
 @dataclass(frozen=True, slots=True)
 class Admission:
@@ -145,6 +148,9 @@ class Engine:
             return await identify(self.config.auth, request.headers, self._find_actor)
         except Unauthorized as exc:
             self.auth_failures[address] += 1
+            if len(self.auth_failures) > MAX_COUNTED_ADDRESSES:
+                # Addresses come from strangers: forget the one counted first.
+                del self.auth_failures[next(iter(self.auth_failures))]
             self.failure_limiter.failed(address)
             self.metrics.auth_failure("missing" if str(exc).startswith("missing") else "invalid")
             raise

@@ -30,9 +30,10 @@ _USER_AGENT_PREFIXES: Final = (
 )
 _ORIGINATORS: Final = {"kilo-code": "Kilo Code", "roo-code": "Roo Code"}
 # The official SDKs (Stainless-generated) send ``Anthropic/Python 2.14.0``,
-# ``OpenAI/JS 4.104.0``...: a program using one is recorded as ``anthropic-python``.
-# Last in line, because tools built on an SDK (Cursor...) say who they are elsewhere.
-_SDK_USER_AGENT: Final = re.compile(r"(anthropic|openai)/([a-z]+)\b")
+# ``AsyncOpenAI/Python 3.57.0``, ``OpenAI/JS 4.104.0``...: a program using one is recorded
+# as ``anthropic-python``. Last in line, because tools built on an SDK (Cursor...) say who
+# they are elsewhere.
+_SDK_USER_AGENT: Final = re.compile(r"(?:async)?(anthropic|openai)/([a-z]+)\b")
 
 # The header carrying each client's session id.
 _SESSION_HEADERS: Final = {

@@ -584,3 +584,13 @@ async def test_a_stalled_passthrough_upstream_is_a_504_naming_the_setting(
             )
     assert response.status_code == 504
     assert "providers.anthropic.response_timeout" in response.json()["error"]["message"]
+
+
+async def test_an_official_sdk_is_recorded_as_the_client(gateway: Gateway) -> None:
+    """The SDKs name themselves in User-Agent (AsyncAnthropic/Python ...): a program using
+    one is recorded as anthropic-python, not Unknown."""
+    await gateway.anthropic().messages.create(
+        model="claude-sonnet-4-6", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+    )
+    await gateway.flush()
+    assert only(gateway.store.interceptions())["client"] == "anthropic-python"

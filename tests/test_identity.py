@@ -311,6 +311,8 @@ async def test_usage_api_is_off_without_an_admin_key(gateway: Gateway) -> None:
         ({"user-agent": "python", "x-cursor-client-version": "1.2"}, "Cursor", None),
         ({"user-agent": "Anthropic/Python 2.14.0"}, "anthropic-python", None),
         ({"user-agent": "OpenAI/Python 3.57.0"}, "openai-python", None),
+        ({"user-agent": "AsyncAnthropic/Python 2.14.0"}, "anthropic-python", None),
+        ({"user-agent": "AsyncOpenAI/Python 3.57.0"}, "openai-python", None),
         ({"user-agent": "Anthropic/JS 0.60.0"}, "anthropic-js", None),
         ({"user-agent": "OpenAI/JS 4.104.0", "x-cursor-client-version": "1"}, "Cursor", None),
         ({"user-agent": "curl/8"}, "Unknown", None),

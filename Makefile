@@ -36,7 +36,7 @@ coverage: install
 	$(BIN)/coverage report --skip-covered --sort=cover
 
 demo: install
-	$(BIN)/python -m bridge.demo
+	$(BIN)/python -m bridge.process.demo
 
 # The real Claude Code and Codex CLIs (from npm) against the gateway and the mock upstream.
 include benchmarks/Makefile.inc

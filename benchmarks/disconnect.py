@@ -20,7 +20,7 @@ from benchmarks.client import Connection, stream_body
 from benchmarks.procstat import fd_count
 from benchmarks.results import Check, Outcome, percentile
 from benchmarks.scenarios import bench_scenarios
-from bridge.mock_upstream import MockUpstream, UpstreamResponse
+from bridge.mock.upstream import MockUpstream, UpstreamResponse
 from bridge.recording.sqlite import SQLiteStore
 
 __all__ = ["CutWatchingMock", "check_records", "storm"]

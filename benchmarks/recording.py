@@ -18,7 +18,7 @@ import trio
 
 from benchmarks.client import Connection, blocking_body
 from benchmarks.results import Check, Outcome
-from bridge.mock_upstream import FIXTURES_DIR, load_scenario
+from bridge.mock.upstream import FIXTURES_DIR, load_scenario
 from bridge.recording import CredentialKind, InterceptionEnded, InterceptionStarted
 from bridge.recording.postgres import PostgresStore
 from bridge.recording.records import Outcome as Ended

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import trio
 
-from bridge.mock_upstream import (
+from bridge.mock.upstream import (
     FIXTURES_DIR,
     MAIN_HISTORY,
     MockUpstream,

@@ -12,7 +12,6 @@ import contextlib
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from bridge.auth import ANONYMOUS, Actor
 from bridge.config import (
     AuthConfig,
     Config,
@@ -35,6 +34,7 @@ from bridge.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from bridge.identity.auth import ANONYMOUS, Actor
 from bridge.recording.memory import MemoryStore
 from bridge.recording.records import (
     CredentialKind,
@@ -49,19 +49,19 @@ from bridge.recording.records import (
 )
 
 if TYPE_CHECKING:
-    from bridge.gateway import Bridge, Response, StreamedResponse, open_bridge
-    from bridge.server import serve
+    from bridge.embed import Bridge, Response, StreamedResponse, open_bridge
+    from bridge.process.server import serve
 
 # The running parts (the engine, its HTTP face, the server) are imported on first use:
 # the command line (``bridgectl keys``, ``bridgectl usage``, ``--help``) needs only the
 # configuration and the stores, and loading the gateway, Quart, hypercorn and the MCP
 # library took it from a tenth of a second to over two.
 _LAZY: dict[str, str] = {
-    "Bridge": "bridge.gateway",
-    "Response": "bridge.gateway",
-    "StreamedResponse": "bridge.gateway",
-    "open_bridge": "bridge.gateway",
-    "serve": "bridge.server",
+    "Bridge": "bridge.embed",
+    "Response": "bridge.embed",
+    "StreamedResponse": "bridge.embed",
+    "open_bridge": "bridge.embed",
+    "serve": "bridge.process.server",
 }
 
 __all__ = [

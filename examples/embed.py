@@ -12,7 +12,7 @@ import json
 import trio
 
 from bridge import Actor, Config, MemoryStore, ProviderConfig, Request, open_bridge
-from bridge.mock_upstream import MockUpstream
+from bridge.mock.upstream import MockUpstream
 
 BODY = {
     "model": "claude-sonnet-4-6",

@@ -33,10 +33,10 @@ from bridge import (
     open_bridge,
 )
 from bridge.config import MCPConfig, ObservabilityConfig
-from bridge.mock_upstream import MockUpstream
+from bridge.mock.upstream import MockUpstream
+from bridge.process.server import hypercorn_config
 from bridge.recording.sqlite import SQLiteStore
-from bridge.server import hypercorn_config
-from bridge.tracing import Tracer
+from bridge.telemetry.tracing import Tracer
 
 from .foreign_upstream import STYLES, ForeignUpstream
 from .postgres import (
@@ -324,7 +324,7 @@ def start_gateway(nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path) -> 
 @pytest.fixture
 def scenario_request() -> Any:
     """The client request body of a fixture scenario."""
-    from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+    from bridge.mock.upstream import FIXTURES_DIR, load_scenarios
 
     scenarios = load_scenarios(FIXTURES_DIR)
 

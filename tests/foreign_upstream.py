@@ -1,6 +1,6 @@
 """The mock's scenarios served by another HTTP stack: the standard library's ``http.server``.
 
-:class:`~bridge.mock_upstream.MockUpstream` writes HTTP with h11: lower-case header names,
+:class:`~bridge.mock.upstream.MockUpstream` writes HTTP with h11: lower-case header names,
 chunked streams, keep-alive. Providers and the proxies in front of them write otherwise:
 Go's net/http, nginx and ``http.server`` send ``Content-Length``, ``Date`` and ``Server``
 with capitals, an HTTP/1.0 answer ends its body by closing the connection, and an HTTP/1.1
@@ -44,7 +44,7 @@ from typing import Any, Final
 
 import trio
 
-from bridge.mock_upstream import MockUpstream, ReceivedRequest
+from bridge.mock.upstream import MockUpstream, ReceivedRequest
 
 __all__ = ["CHUNKED_TRAILERS", "CLOSE_DELIMITED", "STYLES", "ForeignUpstream"]
 

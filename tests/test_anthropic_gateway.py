@@ -17,7 +17,7 @@ import httpx2
 import pytest
 import trio
 
-from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+from bridge.mock.upstream import FIXTURES_DIR, load_scenarios
 from tests.conftest import is_inner_loop
 
 from .conftest import (

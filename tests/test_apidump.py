@@ -1,4 +1,5 @@
-"""Tests for bridge.apidump: file layout, HTTP/1 format, streaming, permissions, no secrets."""
+"""Tests for bridge.telemetry.apidump: file layout, HTTP/1 format, streaming, permissions,
+no secrets."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.apidump import APIDump, _indent_json
 from bridge.config import mask_secret
+from bridge.telemetry.apidump import APIDump, _indent_json
 
 NOW = 1_700_000_000.123  # a fixed clock: file names are predictable
 CLIENT_TOKEN = "sk-ant-oat01-" + "Secret0123456789" * 3

@@ -1,4 +1,4 @@
-"""Tests of bridge.breaker: plain behaviours, then a model-based fuzz on a fake clock.
+"""Tests of bridge.services.breaker: plain behaviours, then a model-based fuzz on a fake clock.
 
 The fuzz drives a real CircuitBreaker and a small, independently written model of
 gobreaker's rules side by side, and checks after every step that they agree on the
@@ -24,7 +24,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from bridge.breaker import (
+from bridge.config import BreakerConfig, ConfigError
+from bridge.services.breaker import (
     Breakers,
     CircuitBreaker,
     Counts,
@@ -32,7 +33,6 @@ from bridge.breaker import (
     StateChange,
     Ticket,
 )
-from bridge.config import BreakerConfig, ConfigError
 
 
 class FakeClock:
@@ -380,7 +380,7 @@ async def test_breakers_default_to_trio_time(autojump_clock: trio.testing.MockCl
 
 @dataclass
 class Model:
-    """gobreaker's rules, written out independently of bridge.breaker.
+    """gobreaker's rules, written out independently of bridge.services.breaker.
 
     ``epoch`` numbers the periods whose outcomes count; ``deadline`` is when the
     current period ends (None: never). Timed rules fire strictly after the deadline.

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
 from bridge.config import ConfigError
+from bridge.process.cli import main
 from bridge.recording.records import (
     CredentialKind,
     InterceptionEnded,
@@ -20,8 +20,8 @@ from bridge.recording.records import (
     Outcome,
     TokenUsage,
 )
+from bridge.recording.reports import format_usage, parse_since
 from bridge.recording.sqlite import SQLiteStore
-from bridge.reports import format_usage, parse_since
 
 from .postgres import free_port
 
@@ -245,7 +245,7 @@ def test_no_command_shows_the_database_password(
     for command in commands:
         main(command)
         shown.append(capsys.readouterr())
-    monkeypatch.setattr("bridge.cli.open_store", lambda _url: _NoKeys())
+    monkeypatch.setattr("bridge.process.cli.open_store", lambda _url: _NoKeys())
     assert main(["keys", "list"]) == 2
     no_keys = capsys.readouterr()
     assert "cannot keep gateway keys" in no_keys.err
@@ -336,8 +336,8 @@ def test_check_config_warns_about_a_provider_without_a_key_and_shows_the_default
 def _serve_without_serving(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Make `bridgectl serve` stop after start-up: the configs it would serve are kept."""
     served: list[object] = []
-    monkeypatch.setattr("bridge.cli.serve_worker", served.append)
-    monkeypatch.setattr("bridge.cli.configure_logging", lambda _config: None)
+    monkeypatch.setattr("bridge.process.cli.serve_worker", served.append)
+    monkeypatch.setattr("bridge.process.cli.configure_logging", lambda _config: None)
     return served
 
 

@@ -1,4 +1,4 @@
-"""Tests for bridge/config.py: defaults, file, environment, validation messages, masking.
+"""Tests for bridge/config/__init__.py: defaults, file, environment, validation messages, masking.
 
 Every test runs in an empty temporary working directory with no BRIDGE_*, ANTHROPIC_*,
 OPENAI_* or COPILOT_* variables in os.environ; most pass their environment explicitly anyway.

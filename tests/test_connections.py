@@ -23,7 +23,7 @@ from hypercorn.protocol.http_stream import HTTPStream
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.hypercorn_fixes import valid_h2_request
+from bridge.process.hypercorn_fixes import valid_h2_request
 
 from .conftest import Gateway
 from .rawhttp import BAD_PATH_HEADERS, h2_frames, h2_request_packet

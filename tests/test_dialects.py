@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from bridge.dialects import DIALECTS
 from bridge.dialects.base import TurnResult
-from bridge.mock_upstream import FIXTURES_DIR, Scenario, load_scenarios
-from bridge.sse import Decoder, Event
+from bridge.mock.upstream import FIXTURES_DIR, Scenario, load_scenarios
+from bridge.protocol.sse import Decoder, Event
 from tests.conftest import is_inner_loop
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)

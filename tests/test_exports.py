@@ -20,8 +20,10 @@ def test_the_command_line_does_not_load_the_gateway() -> None:
     import subprocess
     import sys
 
-    heavy = ("bridge.gateway", "bridge.core.engine", "quart", "hypercorn", "mcp")
-    probe = f"import sys, bridge.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    heavy = ("bridge.embed", "bridge.core.engine", "quart", "hypercorn", "mcp")
+    probe = (
+        f"import sys, bridge.process.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert loaded.stdout.strip() == "[]", loaded.stderr
     assert bridge.open_bridge.__module__ == "bridge"  # and they still load on first use
@@ -50,3 +52,17 @@ def test_the_recording_package_exports_every_store() -> None:
     probe = "import sys, bridge.recording; print('psycopg' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert loaded.stdout.strip() == "False", loaded.stderr
+
+
+def test_the_embedding_api_does_not_load_the_web_framework() -> None:
+    """A Trio program that embeds the gateway (``open_bridge``, ``Bridge.handle``) loads
+    neither Quart nor hypercorn: ``Bridge.asgi_app`` imports them when asked for."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, bridge; bridge.open_bridge; "
+        "print(sorted(m for m in ('quart', 'quart_trio', 'hypercorn') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "[]", loaded.stderr

@@ -46,10 +46,10 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from bridge import Bridge, Config, open_bridge
 from bridge.config import MCPConfig, MCPServerConfig
-from bridge.mock_upstream import FAULTS, FIXTURES_DIR, GARBAGE, MockUpstream, load_scenarios
+from bridge.mock.upstream import FAULTS, FIXTURES_DIR, GARBAGE, MockUpstream, load_scenarios
+from bridge.process.server import hypercorn_config
 from bridge.recording.records import InterceptionEnded, InterceptionStarted, Record, TokenUsage
 from bridge.recording.sqlite import SQLiteStore
-from bridge.server import hypercorn_config
 
 from .conftest import gateway_config
 

@@ -19,9 +19,7 @@ import pytest
 import trio
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from bridge import sse
-from bridge.mcp_tools import TOOL_ID_PREFIX
-from bridge.mock_upstream import (
+from bridge.mock.upstream import (
     FIXTURES_DIR,
     ExpectedUsage,
     MockUpstream,
@@ -29,6 +27,8 @@ from bridge.mock_upstream import (
     SseEvent,
     load_scenarios,
 )
+from bridge.protocol import sse
+from bridge.services.mcp import TOOL_ID_PREFIX
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import trio
 
-from bridge.mock_upstream import FIXTURES_DIR, MockUpstream, load_scenarios
+from bridge.mock.upstream import FIXTURES_DIR, MockUpstream, load_scenarios
 
 from .foreign_upstream import CHUNKED_TRAILERS, CLOSE_DELIMITED, ForeignUpstream
 

@@ -14,9 +14,9 @@ import trio
 import trio.testing
 
 from bridge import Config, MemoryStore, ProviderConfig, Request, open_bridge
-from bridge.auth import BRIDGE_KEY_HEADER, FailureLimiter
-from bridge.clients import guess_client, session_id
 from bridge.config import AuthConfig
+from bridge.dialects.clients import guess_client, session_id
+from bridge.identity.auth import BRIDGE_KEY_HEADER, FailureLimiter
 
 from .conftest import CENTRAL_KEY, OPENAI_KEY, Gateway
 

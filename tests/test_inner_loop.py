@@ -23,7 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from bridge.config import MCPConfig, MCPServerConfig
 from bridge.dialects import DIALECTS
-from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+from bridge.mock.upstream import FIXTURES_DIR, load_scenarios
 from tests.mcp_servers import RestartableServer, ServerState, build_server, serve_http
 
 from .conftest import UPSTREAM_STACKS, Gateway

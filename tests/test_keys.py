@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.cli import main
-from bridge.keys import (
+from bridge.identity.keys import (
     KEY_LENGTH,
     KEY_PREFIX,
     PREFIX_LENGTH,
@@ -27,6 +26,7 @@ from bridge.keys import (
     looks_like_gateway_key,
     resolve_key,
 )
+from bridge.process.cli import main
 from bridge.recording.memory import MemoryStore
 from bridge.recording.postgres import PostgresStore
 from bridge.recording.records import CredentialKind, InterceptionStarted, utcnow
@@ -230,7 +230,9 @@ def counting_compare_digest(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, 
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(hmac, "compare_digest", counting)  # bridge.keys calls hmac.compare_digest
+    monkeypatch.setattr(
+        hmac, "compare_digest", counting
+    )  # bridge.identity.keys calls hmac.compare_digest
     return calls
 
 

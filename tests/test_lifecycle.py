@@ -16,7 +16,7 @@ import trio
 from bridge import AuthConfig, MemoryStore, Outcome, Request, open_bridge, serve
 from bridge.core.relay import Relay
 from bridge.dialects.anthropic import AnthropicMessages
-from bridge.mock_upstream import MockUpstream
+from bridge.mock.upstream import MockUpstream
 
 from .conftest import Gateway, gateway_config
 

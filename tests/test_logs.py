@@ -1,4 +1,4 @@
-"""Tests for bridge.logs: one parseable line per record, and no secret ever written."""
+"""Tests for bridge.telemetry.logs: one parseable line per record, and no secret ever written."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.config import ObservabilityConfig, mask_secret
-from bridge.logs import (
+from bridge.telemetry.logs import (
     NOISY_LOGGERS,
     configure_logging,
     interception_log,

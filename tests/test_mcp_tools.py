@@ -1,4 +1,4 @@
-"""Tests for bridge/mcp_tools.py against real MCP servers (tests/mcp_servers.py).
+"""Tests for bridge/services/mcp.py against real MCP servers (tests/mcp_servers.py).
 
 HTTP servers run under hypercorn's trio worker in the test's nursery on loopback port 0;
 the stdio server is a child process. Waiting is on events (the servers' ServerState, the
@@ -20,9 +20,9 @@ from functools import partial
 import pytest
 import trio
 
-from bridge.auth import Actor
 from bridge.config import MCPConfig, MCPServerConfig
-from bridge.mcp_tools import Tool, ToolHub, ToolResult, open_tool_hub
+from bridge.identity.auth import Actor
+from bridge.services.mcp import Tool, ToolHub, ToolResult, open_tool_hub
 from tests.mcp_servers import ServerState, build_paging_server, build_server, serve_http
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2}

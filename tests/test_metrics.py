@@ -1,4 +1,4 @@
-"""Tests of bridge.metrics: the reference's names, types, labels and buckets; what each
+"""Tests of bridge.telemetry.metrics: the reference's names, types, labels and buckets; what each
 call changes; the rendered exposition; and totals across worker processes.
 
 The multiprocess tests run real worker processes, because prometheus_client picks
@@ -19,8 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from bridge import metrics as metrics_module
-from bridge.metrics import (
+from bridge.telemetry import metrics as metrics_module
+from bridge.telemetry.metrics import (
     DURATION_BUCKETS,
     MAX_LABEL_LENGTH,
     MAX_LABEL_VALUES,
@@ -342,7 +342,7 @@ def test_render_gives_a_parseable_exposition_and_its_content_type() -> None:
 
 # -- multiprocess mode --------------------------------------------------------------------
 
-# A worker loads bridge/metrics.py by path: importing the bridge package would cost
+# A worker loads bridge/telemetry/metrics.py by path: importing the bridge package would cost
 # more than a second per process. It prints its own registry's view of the count.
 WORKER = textwrap.dedent(
     """

@@ -18,7 +18,7 @@ import openai
 import pytest
 import trio
 
-from bridge.mock_upstream import (
+from bridge.mock.upstream import (
     FIXTURES_DIR,
     FixtureError,
     MockUpstream,

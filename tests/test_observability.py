@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import AuthConfig, MemoryStore, Request, open_bridge
 from bridge.config import MCPConfig, MCPServerConfig, ObservabilityConfig
-from bridge.logs import configure_logging
-from bridge.metrics import MAX_LABEL_VALUES, render
-from bridge.mock_upstream import FIXTURES_DIR, MockUpstream, load_scenarios
-from bridge.tracing import Tracer
+from bridge.mock.upstream import FIXTURES_DIR, MockUpstream, load_scenarios
+from bridge.telemetry.logs import configure_logging
+from bridge.telemetry.metrics import MAX_LABEL_VALUES, render
+from bridge.telemetry.tracing import Tracer
 from tests.mcp_servers import build_server, serve_http
 
 from .conftest import CENTRAL_KEY, Gateway, gateway_config

@@ -13,7 +13,7 @@ import httpx2
 import openai
 import pytest
 
-from bridge.mock_upstream import FIXTURES_DIR, load_scenarios
+from bridge.mock.upstream import FIXTURES_DIR, load_scenarios
 from tests.conftest import is_inner_loop
 
 from .conftest import (

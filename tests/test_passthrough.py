@@ -14,7 +14,7 @@ import httpx2
 import pytest
 
 from bridge.config import AuthConfig, ProviderConfig
-from bridge.providers import Provider
+from bridge.dialects.providers import Provider
 from bridge.recording.records import CredentialKind
 
 from .conftest import CENTRAL_KEY, OPENAI_KEY, Gateway

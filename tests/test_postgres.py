@@ -24,9 +24,9 @@ import pytest
 import trio
 
 from bridge import open_bridge
-from bridge.cli import main
 from bridge.config import Config, RecordingConfig
-from bridge.mock_upstream import MockUpstream
+from bridge.mock.upstream import MockUpstream
+from bridge.process.cli import main
 from bridge.recording import (
     InterceptionEnded,
     Outcome,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import _parser
+from bridge.process.cli import _parser
 
 from .processes import mock_process
 

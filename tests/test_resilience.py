@@ -1,4 +1,4 @@
-"""Tests for bridge/resilience.py: retry decisions and delays, the key pool, next_step."""
+"""Tests for bridge/services/resilience.py: retry decisions and delays, the key pool, next_step."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.config import mask_secret
-from bridge.resilience import (
+from bridge.services.resilience import (
     DEFAULT_RATE_LIMIT_REST,
     Key,
     KeyPool,

@@ -1,4 +1,4 @@
-"""Tests for bridge.sse: one table of streams drives the decoder and the encoder.
+"""Tests for bridge.protocol.sse: one table of streams drives the decoder and the encoder.
 
 Every table case is decoded whole, byte by byte, split in two at every offset, and followed
 by trailing data (as h11's tests/test_io.py does). Hypothesis then checks the invariants in
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from bridge.sse import (
+from bridge.protocol.sse import (
     END_OF_STREAM,
     NEED_DATA,
     Decoder,

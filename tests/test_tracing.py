@@ -1,4 +1,5 @@
-"""Tests for bridge.tracing: span names, attributes, parents across Trio tasks, error rules,
+"""Tests for bridge.telemetry.tracing: span names, attributes, parents across Trio tasks,
+error rules,
 and configure_tracing with and without the OTLP environment variables.
 
 Spans go to a private SDK provider with an in-memory exporter: the global provider can be set
@@ -35,7 +36,7 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
-from bridge.tracing import (
+from bridge.telemetry.tracing import (
     CANCELLED_EVENT,
     SPAN_INTERCEPT,
     SPAN_PROCESS_REQUEST,
@@ -374,7 +375,7 @@ SCRIPT = textwrap.dedent(
     """
     import sys, threading, time
     from opentelemetry import trace
-    from bridge.tracing import SPAN_INTERCEPT, SPAN_UPSTREAM, Tracer, configure_tracing
+    from bridge.telemetry.tracing import SPAN_INTERCEPT, SPAN_UPSTREAM, Tracer, configure_tracing
 
     if sys.argv[1] == "app-provider":
         from opentelemetry.sdk.trace import TracerProvider

@@ -1,4 +1,4 @@
-"""The upstream connection pool (bridge.upstream) against real sockets on loopback.
+"""The upstream connection pool (bridge.services.upstream) against real sockets on loopback.
 
 What the gateway relies on: connections are reused, a half-read response closes its
 connection (so a cancelled interception stops the provider), a connection the server
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bridge.errors import UpstreamUnavailable
-from bridge.upstream import UpstreamClient
+from bridge.services.upstream import UpstreamClient
 
 from .wire import WireServer, serve
 

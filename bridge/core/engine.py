@@ -28,14 +28,12 @@ from typing import Protocol
 
 import trio
 
-from bridge.apidump import APIDump
-from bridge.auth import Actor, FailureLimiter, Identity, identify, identity_headers
-from bridge.breaker import Breakers, CircuitBreaker, StateChange
 from bridge.config import Config, mask_url
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.interception import RECORD_DEADLINE, Interception, intercept
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
+from bridge.dialects.providers import Credential, Provider, Route, RouteKind
 from bridge.errors import (
     BridgeError,
     ClientError,
@@ -44,18 +42,20 @@ from bridge.errors import (
     TooManyFailures,
     Unauthorized,
 )
-from bridge.keys import KEY_TOUCH_INTERVAL, KeyStore, looks_like_gateway_key
-from bridge.mcp_tools import ToolHub, open_tool_hub
-from bridge.metrics import Metrics
-from bridge.providers import Credential, Provider, Route, RouteKind
+from bridge.identity.auth import Actor, FailureLimiter, Identity, identify, identity_headers
+from bridge.identity.keys import KEY_TOUCH_INTERVAL, KeyStore, looks_like_gateway_key
 from bridge.recording.deferred import DeferredStore
 from bridge.recording.journal import Journal
 from bridge.recording.recorder import Recorder, open_recorder
 from bridge.recording.records import CredentialKind, PassthroughCall, new_id, utcnow
 from bridge.recording.store import Store, StoreError, open_store
-from bridge.resilience import KeyPool
-from bridge.tracing import SPAN_PASSTHROUGH, Tracer
-from bridge.upstream import UpstreamClient
+from bridge.services.breaker import Breakers, CircuitBreaker, StateChange
+from bridge.services.mcp import ToolHub, open_tool_hub
+from bridge.services.resilience import KeyPool
+from bridge.services.upstream import UpstreamClient
+from bridge.telemetry.apidump import APIDump
+from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.tracing import SPAN_PASSTHROUGH, Tracer
 
 __all__ = ["Admission", "Engine", "open_engine"]
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.auth import Actor
-from bridge.headers import normalize
+from bridge.identity.auth import Actor
+from bridge.protocol.headers import normalize
 
 __all__ = ["Request", "ResponseSink"]
 

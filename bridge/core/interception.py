@@ -29,10 +29,6 @@ from pathlib import Path
 
 import trio
 
-from bridge.apidump import APIDump
-from bridge.auth import Actor
-from bridge.breaker import CircuitBreaker, Ticket
-from bridge.clients import guess_client, session_id
 from bridge.core.exchange import Request, ResponseSink
 from bridge.core.relay import Relay
 from bridge.dialects.base import (
@@ -45,6 +41,8 @@ from bridge.dialects.base import (
     dumps,
     outcome_text,
 )
+from bridge.dialects.clients import guess_client, session_id
+from bridge.dialects.providers import Credential, Route, forwardable_response_headers
 from bridge.errors import (
     BridgeError,
     CircuitOpen,
@@ -53,10 +51,9 @@ from bridge.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
-from bridge.logs import interception_log
-from bridge.mcp_tools import Tool, ToolHub
-from bridge.metrics import Metrics
-from bridge.providers import Credential, Route, forwardable_response_headers
+from bridge.identity.auth import Actor
+from bridge.protocol.sse import Decoder, Event
+from bridge.protocol.sse import UpstreamProtocolError as SSEProtocolError
 from bridge.recording.recorder import Recorder
 from bridge.recording.records import (
     CredentialKind,
@@ -70,10 +67,14 @@ from bridge.recording.records import (
     ToolUsage,
     new_id,
 )
-from bridge.resilience import Key, KeyPool, NoKeyAvailable, next_step
-from bridge.sse import Decoder, Event
-from bridge.sse import UpstreamProtocolError as SSEProtocolError
-from bridge.tracing import (
+from bridge.services.breaker import CircuitBreaker, Ticket
+from bridge.services.mcp import Tool, ToolHub
+from bridge.services.resilience import Key, KeyPool, NoKeyAvailable, next_step
+from bridge.services.upstream import MAX_ERROR_BODY, UpstreamClient, UpstreamResponse
+from bridge.telemetry.apidump import APIDump
+from bridge.telemetry.logs import interception_log
+from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.tracing import (
     SPAN_INTERCEPT,
     SPAN_PROCESS_REQUEST,
     SPAN_RECORD_INTERCEPTION,
@@ -86,7 +87,6 @@ from bridge.tracing import (
     SPAN_UPSTREAM,
     Tracer,
 )
-from bridge.upstream import MAX_ERROR_BODY, UpstreamClient, UpstreamResponse
 
 __all__ = ["RECORD_DEADLINE", "Interception", "intercept"]
 

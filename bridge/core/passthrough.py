@@ -2,7 +2,7 @@
 
 Model lists, token counting, telemetry. The request goes to the provider's base
 URL with the suffix below the route prefix (never another host, never above the
-base path: :meth:`bridge.providers.Provider.route` refuses such paths), and the
+base path: :meth:`bridge.dialects.providers.Provider.route` refuses such paths), and the
 response streams back unchanged. Like an interception, the relay runs in a
 nursery with a watcher of the client, so a client leaving closes the upstream, and
 the provider's ``response_timeout`` and ``stream_idle_timeout`` bound a stalled one.
@@ -15,9 +15,9 @@ from collections.abc import Callable
 import trio
 
 from bridge.core.exchange import Request, ResponseSink
+from bridge.dialects.providers import Headers, Route, forwardable_response_headers
 from bridge.errors import ClientError, UpstreamError
-from bridge.providers import Headers, Route, forwardable_response_headers
-from bridge.upstream import UpstreamClient, UpstreamTimeout
+from bridge.services.upstream import UpstreamClient, UpstreamTimeout
 
 __all__ = ["passthrough"]
 
@@ -32,7 +32,7 @@ async def passthrough(
     error_body: Callable[[int, str], bytes],
 ) -> None:
     """Relay one request and its response, sending ``headers`` upstream (built by
-    :meth:`~bridge.providers.Provider.upstream_headers`); ``error_body`` shapes errors
+    :meth:`~bridge.dialects.providers.Provider.upstream_headers`); ``error_body`` shapes errors
     for the provider.
 
     Failures before the response started are answered here (a 502 for an upstream

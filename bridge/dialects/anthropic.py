@@ -34,7 +34,7 @@ from bridge.dialects.base import (
     tool_parameters,
 )
 from bridge.errors import UpstreamProtocolError
-from bridge.sse import Event, encode, frame
+from bridge.protocol.sse import Event, encode, frame
 
 __all__ = ["AnthropicMessages", "error_type"]
 

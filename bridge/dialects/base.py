@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from bridge.errors import BadRequest
-from bridge.sse import Event
+from bridge.protocol.sse import Event
 
 __all__ = [
     "MAX_NESTING",

@@ -34,7 +34,7 @@ from bridge.dialects.base import (
 )
 from bridge.dialects.openai_common import error_body, error_document, last_text_part, upstream_error
 from bridge.errors import UpstreamProtocolError
-from bridge.sse import Event, frame
+from bridge.protocol.sse import Event, frame
 
 __all__ = ["OpenAIChat", "usage_counts"]
 

@@ -29,7 +29,7 @@ from bridge.dialects.base import (
 )
 from bridge.dialects.openai_common import error_body, upstream_error
 from bridge.errors import BadRequest, NotSupported
-from bridge.sse import Event, encode
+from bridge.protocol.sse import Event, encode
 
 __all__ = ["OpenAIResponses", "response_summary"]
 

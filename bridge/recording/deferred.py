@@ -20,7 +20,7 @@ import datetime as _dt
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from bridge.keys import GatewayKey, KeyStore
+from bridge.identity.keys import GatewayKey, KeyStore
 
 from .records import Record
 from .store import Store, StoreError, UsageRow

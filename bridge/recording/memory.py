@@ -5,7 +5,8 @@ does (idempotent by id, first end wins, same usage report), so a test written ag
 says something true about the real store. A lock makes it safe to read from any thread
 while the recorder writes from a worker thread.
 
-It keeps gateway keys (:mod:`bridge.keys`) as the SQLite store does: the prefix and the hash,
+It keeps gateway keys (:mod:`bridge.identity.keys`) as the SQLite store does: the prefix and
+the hash,
 never the key, and the same answers from the same calls.
 """
 
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Final, TypeVar
 
-from bridge.keys import (
+from bridge.identity.keys import (
     GatewayKey,
     check_new_key,
     generate_key,
@@ -176,7 +177,7 @@ class MemoryStore:
             for group, total in sorted(totals.items())
         ]
 
-    # -- gateway keys (bridge.keys.KeyStore) ----------------------------------------------
+    # -- gateway keys (bridge.identity.keys.KeyStore) ----------------------------------------------
 
     def create_key(self, user: str, metadata: Mapping[str, str]) -> tuple[str, GatewayKey]:
         """Create a key for *user*, as :meth:`bridge.recording.sqlite.SQLiteStore.create_key`."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Final, Self
 
-from bridge.keys import (
+from bridge.identity.keys import (
     GatewayKey,
     check_new_key,
     generate_key,
@@ -138,7 +138,8 @@ SCHEMA: Final[tuple[str, ...]] = (
     );
     CREATE INDEX bridge_model_thoughts_interception_id ON bridge_model_thoughts (interception_id);
     """,
-    # 2: gateway keys (bridge.keys). UNIQUE on prefix is also the index find_key looks up by.
+    # 2: gateway keys (bridge.identity.keys). UNIQUE on prefix is also the index find_key
+    # looks up by.
     """
     CREATE TABLE bridge_gateway_keys (
         id TEXT PRIMARY KEY,
@@ -630,7 +631,7 @@ class SQLStore(abc.ABC):
         """Every passthrough call row, as stored, oldest first."""
         return self._select("bridge_passthrough_calls", None)
 
-    # -- gateway keys (bridge.keys.KeyStore) ----------------------------------------------
+    # -- gateway keys (bridge.identity.keys.KeyStore) ----------------------------------------------
 
     def create_key(self, user: str, metadata: Mapping[str, str]) -> tuple[str, GatewayKey]:
         """Create a key for *user*; only its prefix and hash are stored. Returns
@@ -678,7 +679,7 @@ class SQLStore(abc.ABC):
     def find_key(self, secret: str) -> GatewayKey | None:
         """The active key whose secret is *secret*: found by prefix (an indexed lookup),
         then confirmed by one constant-time comparison of hashes, made even when no row
-        has that prefix (see :func:`bridge.keys.secret_matches`)."""
+        has that prefix (see :func:`bridge.identity.keys.secret_matches`)."""
         prefix = key_prefix(secret)
         row = None
         if prefix is not None:

@@ -20,7 +20,8 @@ Rules:
 * Timestamps are ISO-8601 UTC text of fixed width (microseconds, ``+00:00``), so text
   order is time order. JSON values (metadata, extra counters, tool input) are text,
   booleans 0 or 1.
-* Gateway keys (:mod:`bridge.keys`) live in ``bridge_gateway_keys``: the prefix and the hash,
+* Gateway keys (:mod:`bridge.identity.keys`) live in ``bridge_gateway_keys``: the prefix and
+  the hash,
   never the key. Their methods take the same lock and connection as the records.
 """
 

@@ -27,11 +27,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from bridge.auth import Actor
 from bridge.config import PROVIDER_TYPES, ProviderConfig, mask_secret
 from bridge.errors import MethodNotAllowed, Unauthorized
-from bridge.headers import bearer_token, connection_tokens, header_value
-from bridge.keys import contains_gateway_key
+from bridge.identity.auth import Actor
+from bridge.identity.keys import contains_gateway_key
+from bridge.protocol.headers import bearer_token, connection_tokens, header_value
 from bridge.recording.records import CredentialKind
 
 __all__ = [

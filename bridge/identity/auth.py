@@ -29,7 +29,7 @@ from typing import Protocol
 
 from bridge.config import AuthConfig
 from bridge.errors import Unauthorized
-from bridge.headers import bearer_token, header_value
+from bridge.protocol.headers import bearer_token, header_value
 
 __all__ = [
     "ANONYMOUS",

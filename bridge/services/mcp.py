@@ -51,8 +51,8 @@ from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from bridge.auth import Actor
 from bridge.config import ACTOR_REFERENCE, MCPConfig, MCPServerConfig, mask_url, mask_urls_in
+from bridge.identity.auth import Actor
 
 __all__ = [
     "BACKOFF_INITIAL",

@@ -40,10 +40,10 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from prometheus_client.multiprocess import mark_process_dead
 
-from bridge import hypercorn_fixes
 from bridge.config import Config, ConfigError
-from bridge.gateway import open_bridge
-from bridge.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from bridge.embed import open_bridge
+from bridge.process import hypercorn_fixes
+from bridge.telemetry.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
 __all__ = ["ListenError", "hypercorn_config", "listen", "run_workers", "serve"]
 
@@ -65,7 +65,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     # A client not reading this long is dropped, even inside hypercorn's shielded writes.
     setattr(hc, hypercorn_fixes.WRITE_TIMEOUT_ATTRIBUTE, server.client_write_timeout)
     setattr(hc, hypercorn_fixes.HEADER_TIMEOUT_ATTRIBUTE, server.header_timeout)
-    # HTTP/2 is more code facing every client; off unless asked (bridge/hypercorn_fixes.py).
+    # HTTP/2 is more code facing every client; off unless asked (bridge/process/hypercorn_fixes.py).
     setattr(hc, hypercorn_fixes.HTTP2_ATTRIBUTE, server.http2)
     hc.alpn_protocols = ["h2", "http/1.1"] if server.http2 else ["http/1.1"]
     hc.read_timeout = None

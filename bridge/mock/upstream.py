@@ -77,7 +77,7 @@ __all__ = [
     "main",
 ]
 
-FIXTURES_DIR: Final[Path] = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES_DIR: Final[Path] = Path(__file__).resolve().parents[2] / "fixtures"
 """The repository's ``fixtures/`` directory, the default scenario source."""
 
 APIS: Final[frozenset[str]] = frozenset({"anthropic.messages", "openai.chat", "openai.responses"})

@@ -42,7 +42,7 @@ import httpx2
 import trio
 
 from bridge.errors import BadRequest, UpstreamProtocolError, UpstreamUnavailable
-from bridge.headers import header_value
+from bridge.protocol.headers import header_value
 
 __all__ = ["UpstreamClient", "UpstreamResponse", "UpstreamTimeout"]
 

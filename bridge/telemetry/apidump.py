@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Final
 
 from bridge.config import mask_secret
-from bridge.logs import redact_text
+from bridge.telemetry.logs import redact_text
 
 __all__ = [
     "REDACTED_REQUEST_HEADERS",

@@ -108,7 +108,7 @@ _SECRET_IN_TEXT: Final = re.compile(
     r"|(?P<key>(?<![A-Za-z0-9_-])(?:"
     r"sk-ant-[A-Za-z0-9_-]{6,}"  # Anthropic
     r"|sk-[A-Za-z0-9_-]{6,}"  # OpenAI (sk-..., sk-proj-...)
-    r"|bk-[A-Za-z0-9_-]{6,}"  # gateway keys (bridge.keys)
+    r"|bk-[A-Za-z0-9_-]{6,}"  # gateway keys (bridge.identity.keys)
     r"|gh[opsur]_[A-Za-z0-9]{6,}"  # GitHub OAuth / app / user-to-server tokens (Copilot)
     r"|github_pat_[A-Za-z0-9_]{6,}"  # GitHub fine-grained personal access tokens
     r"))",

@@ -15,19 +15,22 @@ import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
-from bridge.app import ASGIApp, make_asgi_app
-from bridge.breaker import Breakers
 from bridge.config import Config
 from bridge.core.engine import Engine, open_engine
 from bridge.core.exchange import Request
 from bridge.errors import UpstreamUnavailable
-from bridge.metrics import Metrics
 from bridge.recording.recorder import Recorder
 from bridge.recording.store import Store
-from bridge.tracing import Tracer
+from bridge.services.breaker import Breakers
+from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.tracing import Tracer
+
+if TYPE_CHECKING:
+    from bridge.http.app import ASGIApp
 
 __all__ = ["Bridge", "Response", "StreamedResponse", "open_bridge"]
 
@@ -167,6 +170,10 @@ class Bridge:
     def asgi_app(self) -> ASGIApp:
         """The gateway as an ASGI application, to mount in any ASGI server."""
         if self._asgi_app is None:
+            # Imported here: Quart loads only for a program that serves HTTP, not for one
+            # that embeds the gateway through handle() and stream().
+            from bridge.http.app import make_asgi_app
+
             self._asgi_app = make_asgi_app(self._engine)
         return self._asgi_app
 

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from bridge.headers import header_value
+from bridge.protocol.headers import header_value
 
 __all__ = ["guess_client", "session_id"]
 

@@ -37,6 +37,7 @@ from quart_trio import QuartTrio
 from bridge.config import ConfigError
 from bridge.core.engine import Engine
 from bridge.core.exchange import Request
+from bridge.dialects.providers import suggest_route
 from bridge.errors import (
     BridgeError,
     ClientError,
@@ -45,10 +46,9 @@ from bridge.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
-from bridge.headers import bearer_token
-from bridge.metrics import render
-from bridge.providers import suggest_route
-from bridge.reports import format_usage, parse_since, usage_records
+from bridge.protocol.headers import bearer_token
+from bridge.recording.reports import format_usage, parse_since, usage_records
+from bridge.telemetry.metrics import render
 
 __all__ = ["ASGIApp", "make_asgi_app"]
 

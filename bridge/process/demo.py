@@ -29,10 +29,10 @@ from bridge.config import (
     RecordingConfig,
     ServerConfig,
 )
-from bridge.mock_upstream import MockUpstream
+from bridge.mock.upstream import MockUpstream
+from bridge.process.server import serve
+from bridge.recording.reports import format_usage
 from bridge.recording.store import open_store
-from bridge.reports import format_usage
-from bridge.server import serve
 
 __all__ = ["main"]
 

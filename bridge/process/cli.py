@@ -31,11 +31,11 @@ from bridge.config import (
     missing_key_warnings,
     render_config,
 )
-from bridge.keys import KEY_TOUCH_INTERVAL, GatewayKey, KeyStore, resolve_key
-from bridge.logs import configure_logging
+from bridge.identity.keys import KEY_TOUCH_INTERVAL, GatewayKey, KeyStore, resolve_key
+from bridge.recording.reports import format_usage, parse_since
 from bridge.recording.store import GROUP_BY, StoreError, check_group_by, open_store
-from bridge.reports import format_usage, parse_since
-from bridge.tracing import configure_tracing
+from bridge.telemetry.logs import configure_logging
+from bridge.telemetry.tracing import configure_tracing
 
 __all__ = ["main"]
 
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keys":
             return _keys(args)
         if args.command == "mock-upstream":
-            from bridge.mock_upstream import main as mock_main
+            from bridge.mock.upstream import main as mock_main
 
             mock_main(args.port, args.host)
             return 0
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bridge.server import hypercorn_config, listen, run_workers
+    from bridge.process.server import hypercorn_config, listen, run_workers
 
     flags = {
         "server.host": ("--host", args.host),
@@ -182,7 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def serve_worker_process(config: Config) -> None:
-    """:func:`serve_worker` as one of :func:`~bridge.server.run_workers`' processes.
+    """:func:`serve_worker` as one of :func:`~bridge.process.server.run_workers`' processes.
 
     A database or configuration that stops the start-up is one line and exit status 2,
     as :func:`main` makes it with one worker, not a traceback from each worker.
@@ -196,7 +196,7 @@ def serve_worker_process(config: Config) -> None:
 
 def serve_worker(config: Config) -> None:
     """One gateway process: logging, tracing, then serve until a signal."""
-    from bridge.server import serve
+    from bridge.process.server import serve
 
     configure_logging(config.observability)
     stop_tracing = configure_tracing()

@@ -1,0 +1,1 @@
+"""The gateway over HTTP: the ASGI entry that owns bridged requests, Quart for the rest."""

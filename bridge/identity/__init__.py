@@ -1,0 +1,1 @@
+"""Who is asking: actors, authentication, gateway keys. Pure; below the core."""

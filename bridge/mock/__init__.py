@@ -1,0 +1,1 @@
+"""A deterministic fake provider, replaying the scenarios in fixtures/."""

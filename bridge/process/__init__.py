@@ -1,0 +1,1 @@
+"""The gateway as a program: the command line, the server and its workers, the demo."""

@@ -1,0 +1,1 @@
+"""Wire formats, sans-I/O: server-sent events, header lists."""

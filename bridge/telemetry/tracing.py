@@ -45,9 +45,6 @@ __all__ = [
     "ATTR_AWS_BEDROCK",
     "ATTR_INTERCEPTION_ID",
     "ATTR_MODEL",
-    "ATTR_PASSTHROUGH_METHOD",
-    "ATTR_PASSTHROUGH_UPSTREAM_URL",
-    "ATTR_PASSTHROUGH_URL",
     "ATTR_PROVIDER",
     "ATTR_REQUEST_PATH",
     "ATTR_STREAMING",
@@ -91,9 +88,6 @@ ATTR_PROVIDER = "provider"
 ATTR_MODEL = "model"
 ATTR_STREAMING = "streaming"
 ATTR_AWS_BEDROCK = "aws_bedrock"
-ATTR_PASSTHROUGH_URL = "passthrough_url"
-ATTR_PASSTHROUGH_UPSTREAM_URL = "passthrough_upstream_url"
-ATTR_PASSTHROUGH_METHOD = "passthrough_method"
 
 _DISABLED: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
 """What :meth:`Tracer.span` gives while no tracer provider is installed."""

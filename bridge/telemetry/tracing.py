@@ -1,12 +1,12 @@
-"""OpenTelemetry spans for interceptions and passthrough, named as in the reference.
+"""OpenTelemetry spans for interceptions and passthrough, under stable names.
 
 The core opens spans only through :class:`Tracer`, never through the OpenTelemetry API
 directly, so span names, attribute keys and the error rules live in this one module.
 
 Rules:
 
-1. Span names and attribute keys are those of the reference (reference-behaviour.md,
-   section 8), exactly: dashboards and tests written against the Go gateway keep working.
+1. Span names and attribute keys are those of docs/behaviour.md §10.1, exactly: dashboards
+   and tests written against the Go gateway (coder/aibridge) keep working.
 2. Disabled costs (almost) nothing. With no SDK provider installed, the API hands out
    non-recording spans; :meth:`Tracer.span` then skips the context switch too, so a span is a
    few hundred nanoseconds (see ``test_a_disabled_span_is_cheap``).
@@ -67,7 +67,7 @@ __all__ = [
 
 logger = logging.getLogger("bridge.tracing")
 
-# Span names (reference section 8).
+# Span names (docs/behaviour.md §10.1).
 SPAN_INTERCEPT = "Intercept"
 SPAN_PROCESS_REQUEST = "Intercept.ProcessRequest"
 SPAN_UPSTREAM = "Intercept.ProcessRequest.Upstream"
@@ -80,7 +80,7 @@ SPAN_RECORD_TOOL_USAGE = "Intercept.RecordToolUsage"
 SPAN_RECORD_MODEL_THOUGHT = "Intercept.RecordModelThought"
 SPAN_PASSTHROUGH = "Passthrough"
 
-# Attribute keys (reference section 8).
+# Attribute keys (docs/behaviour.md §10.1).
 ATTR_REQUEST_PATH = "request_path"
 ATTR_INTERCEPTION_ID = "interception_id"
 ATTR_USER_ID = "user_id"

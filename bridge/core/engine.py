@@ -152,7 +152,7 @@ class Engine:
                 # Addresses come from strangers: forget the one counted first.
                 del self.auth_failures[next(iter(self.auth_failures))]
             self.failure_limiter.failed(address)
-            self.metrics.auth_failure("missing" if str(exc).startswith("missing") else "invalid")
+            self.metrics.auth_failure("missing" if exc.missing else "invalid")
             raise
 
     async def _find_actor(self, secret: str) -> Actor | None:

@@ -68,7 +68,7 @@ from bridge.recording.records import (
     new_id,
 )
 from bridge.services.breaker import CircuitBreaker, Ticket
-from bridge.services.mcp import Tool, ToolHub
+from bridge.services.mcp import Tool, ToolFailure, ToolHub
 from bridge.services.resilience import Key, KeyPool, NoKeyAvailable, next_step
 from bridge.services.upstream import MAX_ERROR_BODY, UpstreamClient, UpstreamResponse
 from bridge.telemetry.apidump import APIDump
@@ -656,7 +656,7 @@ async def _run_tool(ix: Interception, response_id: str, call: ToolCall) -> ToolO
         ix.waited += seconds
         if ix.metrics is not None:
             kind = "ok" if result.error is None and not result.is_error else "error"
-            if result.error is not None and "timed out" in result.error:
+            if result.failure is ToolFailure.TIMEOUT:
                 kind = "timeout"
             ix.metrics.mcp_tool_call(
                 server=tool.server, name=tool.name, outcome=kind, seconds=seconds

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +28,8 @@ import trio
 
 from bridge.config import Config, mask_url
 from bridge.core.exchange import Request, ResponseSink
-from bridge.core.interception import RECORD_DEADLINE, Interception, intercept
+from bridge.core.interception import RECORD_DEADLINE, Interception, Services, intercept
+from bridge.core.observer import Observer
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
 from bridge.dialects.providers import Credential, Provider, Route, RouteKind
@@ -125,8 +126,19 @@ class Engine:
         """Answers 429 to an address that failed authentication too often."""
         self._trusted = tuple(ipaddress.ip_network(n) for n in config.server.trusted_proxies)
         self._touched: dict[str, float] = {}
-        self._sleep: Callable[[float], Awaitable[None]] = trio.sleep
-        """How upstream retries wait; tests replace it to observe the delays."""
+        observer = Observer(self.metrics, self.tracer)
+        self._services = {
+            name: Services(
+                upstream=upstream,
+                recorder=recorder,
+                hub=hub,
+                pool=self.pools.get(name),
+                observer=observer,
+                dump=self.dump,
+            )
+            for name, upstream in upstreams.items()
+        }
+        """What the interceptions of each provider use (built once, shared by them)."""
 
     async def _identify(self, request: Request) -> Identity:
         """Who sent ``request``: its own actor (embedding), or by the auth mode.
@@ -348,22 +360,15 @@ class Engine:
                 parsed=parsed,
                 dialect=bridged,
                 credential=self._credential(route, request, identity),
-                upstream=self._upstreams[route.provider.name],
-                recorder=self.recorder,
+                services=self._services[route.provider.name],
                 strip_headers=strip,
                 trusted_peer=trusted_peer,
-                hub=self.hub,
                 tools=tools,
+                breaker=self._breaker(route, parsed.model),
                 max_iterations=self.config.mcp.max_iterations,
                 call_timeout=self.config.mcp.call_timeout,
-                breaker=self._breaker(route, parsed.model),
-                pool=self.pools.get(route.provider.name),
                 max_retries=route.provider.config.max_retries,
                 client_write_timeout=self.config.server.client_write_timeout,
-                sleep=self._sleep,
-                metrics=self.metrics,
-                tracer=self.tracer,
-                dump=self.dump,
             )
             await intercept(ix, sink, ping_interval=self.config.server.ping_interval)
         except (ClientError, GatewayUnavailable) as exc:

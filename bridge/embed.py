@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from bridge.config import Config
-from bridge.core.engine import Engine, open_engine
+from bridge.core.engine import Engine
 from bridge.core.exchange import Request
+from bridge.core.wiring import open_engine
 from bridge.errors import UpstreamUnavailable
 from bridge.recording.recorder import Recorder
 from bridge.recording.store import Store

@@ -75,9 +75,17 @@ class BadRequest(ClientError):
 
 
 class Unauthorized(ClientError):
-    """Credentials are missing or wrong (401)."""
+    """Credentials are missing or wrong (401).
+
+    ``missing``: no credential was sent at all (rather than a wrong one); the
+    ``auth_failures_total`` metric tells the two apart by it.
+    """
 
     status_hint = 401
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class NotFound(ClientError):

@@ -16,7 +16,8 @@ import trio.testing
 from bridge import Config, MemoryStore, ProviderConfig, Request, open_bridge
 from bridge.config import AuthConfig
 from bridge.dialects.clients import guess_client, session_id
-from bridge.identity.auth import BRIDGE_KEY_HEADER, FailureLimiter
+from bridge.errors import Unauthorized
+from bridge.identity.auth import BRIDGE_KEY_HEADER, FailureLimiter, identify
 
 from .conftest import CENTRAL_KEY, OPENAI_KEY, Gateway
 
@@ -603,3 +604,24 @@ async def test_a_gateway_key_request_without_a_provider_key_gets_401_naming_the_
     )
     await byok.messages.create(**ANTHROPIC_BODY)  # type: ignore[arg-type]
     assert gateway.mock.requests[-1].header("authorization") == f"Bearer {own}"  # this SDK's way
+
+
+@pytest.mark.parametrize(
+    ("config", "headers", "missing"),
+    [
+        (AuthConfig(mode="keys"), [], True),
+        (AuthConfig(mode="keys"), [("x-api-key", "bk-nobody")], False),
+        (AuthConfig(mode="header", header="X-User"), [], True),
+    ],
+)
+async def test_a_refusal_says_by_type_whether_the_credential_was_missing(
+    config: AuthConfig, headers: list[tuple[str, str]], missing: bool
+) -> None:
+    """The auth-failure metric's reason comes from the error's field, not its wording."""
+
+    async def nobody(secret: str) -> None:
+        return None
+
+    with pytest.raises(Unauthorized) as refused:
+        await identify(config, headers, nobody)
+    assert refused.value.missing is missing

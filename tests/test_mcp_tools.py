@@ -8,6 +8,7 @@ through open_tool_hub's keyword arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ import trio
 
 from bridge.config import MCPConfig, MCPServerConfig
 from bridge.identity.auth import Actor
-from bridge.services.mcp import Tool, ToolHub, ToolResult, open_tool_hub
+from bridge.services.mcp import Tool, ToolFailure, ToolHub, ToolResult, open_tool_hub
 from tests.conftest import note
 from tests.mcp_servers import ServerState, build_paging_server, build_server, serve_http
 
@@ -158,6 +159,17 @@ async def test_a_timeout_becomes_an_error_result(hub: ToolHub, server: HttpServe
     }
     with trio.fail_after(5):  # the server was told to stop
         await server.state.slow_cancelled.wait()
+
+
+async def test_an_invocation_error_says_its_kind_by_type(hub: ToolHub) -> None:
+    """Metrics tell a timeout from other invocation errors by this field, not by wording."""
+    slow = await hub.call(tool(hub, "bmcp_test_slow"), {"seconds": 30}, timeout=0.05)
+    assert slow.failure is ToolFailure.TIMEOUT
+    elsewhere = dataclasses.replace(tool(hub, "bmcp_test_add"), server="gone")
+    unknown = await hub.call(elsewhere, {"a": 1, "b": 2}, timeout=10)
+    assert unknown.failure is ToolFailure.UNKNOWN_SERVER
+    added = await hub.call(tool(hub, "bmcp_test_add"), {"a": 1, "b": 2}, timeout=10)
+    assert added.failure is None
 
 
 async def test_cancelling_the_caller_cancels_the_call_on_the_server(

@@ -19,10 +19,8 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -30,7 +28,8 @@ import trio
 
 from bridge.config import Config, mask_url
 from bridge.core.exchange import Request, ResponseSink
-from bridge.core.interception import RECORD_DEADLINE, Interception, intercept
+from bridge.core.interception import RECORD_DEADLINE, Interception, Services, intercept
+from bridge.core.observer import Observer
 from bridge.core.passthrough import passthrough
 from bridge.dialects import DIALECTS
 from bridge.dialects.providers import Credential, Provider, Route, RouteKind
@@ -44,20 +43,18 @@ from bridge.errors import (
 )
 from bridge.identity.auth import Actor, FailureLimiter, Identity, identify, identity_headers
 from bridge.identity.keys import KEY_TOUCH_INTERVAL, KeyStore, looks_like_gateway_key
-from bridge.recording.deferred import DeferredStore
-from bridge.recording.journal import Journal
-from bridge.recording.recorder import Recorder, open_recorder
+from bridge.recording.recorder import Recorder
 from bridge.recording.records import CredentialKind, PassthroughCall, new_id, utcnow
-from bridge.recording.store import Store, StoreError, open_store
+from bridge.recording.store import Store, StoreError
 from bridge.services.breaker import Breakers, CircuitBreaker, StateChange
-from bridge.services.mcp import ToolHub, open_tool_hub
+from bridge.services.mcp import ToolHub
 from bridge.services.resilience import KeyPool
 from bridge.services.upstream import UpstreamClient
 from bridge.telemetry.apidump import APIDump
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.tracing import SPAN_PASSTHROUGH, Tracer
 
-__all__ = ["Admission", "Engine", "open_engine"]
+__all__ = ["Admission", "Engine"]
 
 
 logger = logging.getLogger("bridge.engine")
@@ -75,7 +72,10 @@ class Admission:
 
 
 class Engine:
-    """Routes, authenticates and runs requests. Create it with :func:`open_engine`."""
+    """Routes, authenticates and runs requests.
+
+    Create it with :func:`~bridge.core.wiring.open_engine`, which also opens what it uses.
+    """
 
     def __init__(
         self,
@@ -126,8 +126,19 @@ class Engine:
         """Answers 429 to an address that failed authentication too often."""
         self._trusted = tuple(ipaddress.ip_network(n) for n in config.server.trusted_proxies)
         self._touched: dict[str, float] = {}
-        self._sleep: Callable[[float], Awaitable[None]] = trio.sleep
-        """How upstream retries wait; tests replace it to observe the delays."""
+        observer = Observer(self.metrics, self.tracer)
+        self._services = {
+            name: Services(
+                upstream=upstream,
+                recorder=recorder,
+                hub=hub,
+                pool=self.pools.get(name),
+                observer=observer,
+                dump=self.dump,
+            )
+            for name, upstream in upstreams.items()
+        }
+        """What the interceptions of each provider use (built once, shared by them)."""
 
     async def _identify(self, request: Request) -> Identity:
         """Who sent ``request``: its own actor (embedding), or by the auth mode.
@@ -152,7 +163,7 @@ class Engine:
                 # Addresses come from strangers: forget the one counted first.
                 del self.auth_failures[next(iter(self.auth_failures))]
             self.failure_limiter.failed(address)
-            self.metrics.auth_failure("missing" if str(exc).startswith("missing") else "invalid")
+            self.metrics.auth_failure("missing" if exc.missing else "invalid")
             raise
 
     async def _find_actor(self, secret: str) -> Actor | None:
@@ -349,22 +360,15 @@ class Engine:
                 parsed=parsed,
                 dialect=bridged,
                 credential=self._credential(route, request, identity),
-                upstream=self._upstreams[route.provider.name],
-                recorder=self.recorder,
+                services=self._services[route.provider.name],
                 strip_headers=strip,
                 trusted_peer=trusted_peer,
-                hub=self.hub,
                 tools=tools,
+                breaker=self._breaker(route, parsed.model),
                 max_iterations=self.config.mcp.max_iterations,
                 call_timeout=self.config.mcp.call_timeout,
-                breaker=self._breaker(route, parsed.model),
-                pool=self.pools.get(route.provider.name),
                 max_retries=route.provider.config.max_retries,
                 client_write_timeout=self.config.server.client_write_timeout,
-                sleep=self._sleep,
-                metrics=self.metrics,
-                tracer=self.tracer,
-                dump=self.dump,
             )
             await intercept(ix, sink, ping_interval=self.config.server.ping_interval)
         except (ClientError, GatewayUnavailable) as exc:
@@ -533,66 +537,3 @@ class _GenericErrors:
 
 
 _GENERIC = _GenericErrors()
-
-
-@asynccontextmanager
-async def open_engine(
-    config: Config, *, store: Store | None = None, tracer: Tracer | None = None
-) -> AsyncIterator[Engine]:
-    """Open the store, the recorder and the upstream pools; close them in reverse.
-
-    If the database cannot be opened and ``recording.journal_dir`` is set, the gateway
-    starts anyway: records go to the journal and the recorder's writer opens the store
-    once the database is back (see :class:`~bridge.recording.deferred.DeferredStore`).
-    Without a journal it fails at once, saying so.
-
-    On exit, in-flight work is the caller's to have finished or cancelled; the
-    recorder then drains every queued record to the store before this returns.
-    """
-    async with AsyncExitStack() as stack:
-        recording = config.recording
-        journal = Journal(recording.journal_dir) if recording.journal_dir else None
-        if store is None:
-            store = await _open_store(recording.database, journal)
-        recorder = await stack.enter_async_context(
-            open_recorder(
-                store,
-                queue_size=recording.queue_size,
-                batch_size=recording.batch_size,
-                journal=journal,
-            )
-        )
-        # Housekeeping that lives as long as the engine: sweeping idle upstream
-        # connections. Cancelled (callbacks run last in, first out) before it is awaited.
-        housekeeping = await stack.enter_async_context(trio.open_nursery())
-        stack.callback(housekeeping.cancel_scope.cancel)
-        upstreams: dict[str, UpstreamClient] = {}
-        for provider in config.providers:
-            client = UpstreamClient(connect_timeout=provider.connect_timeout)
-            stack.push_async_callback(client.aclose)
-            housekeeping.start_soon(client.keep_tidy)
-            upstreams[provider.name] = client
-        hub = None
-        if config.mcp.servers:
-            hub = await stack.enter_async_context(open_tool_hub(config.mcp))
-        yield Engine(config, recorder, store, upstreams, hub, tracer=tracer)
-
-
-async def _open_store(database: str, journal: Journal | None) -> Store:
-    """The store *database* names; with a journal, a deferred one if it cannot be opened."""
-    try:
-        return await trio.to_thread.run_sync(open_store, database)
-    except StoreError as exc:
-        if journal is None:
-            raise StoreError(
-                f"{exc}. To start anyway and ride out a database outage, set"
-                " recording.journal_dir: records then wait on local disk until the database"
-                " is back"
-            ) from exc
-        logger.error(
-            "the recording database cannot be opened: %s; starting anyway, recording to the"
-            " journal in %s until it can be",
-            exc,
-            journal.directory,
-        )
-        return DeferredStore(partial(open_store, database), exc)

@@ -85,7 +85,8 @@ async def identify(
         if not user:
             raise Unauthorized(
                 f"missing {config.header} header: this gateway expects a trusted proxy "
-                "to name the user (auth.mode = header)"
+                "to name the user (auth.mode = header)",
+                missing=True,
             )
         return Identity(Actor(user), strip=(name,))
     if config.mode != "keys":
@@ -102,7 +103,8 @@ async def identify(
         raise Unauthorized(
             "missing gateway key: send it as x-api-key or 'Authorization: Bearer', or in "
             "X-Bridge-Key when you bring your own provider key (create one with "
-            "`bridgectl keys create --user NAME`)"
+            "`bridgectl keys create --user NAME`)",
+            missing=True,
         )
     actor = await lookup(secret) if lookup is not None else None
     if actor is None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import enum
 import logging
 import math
 import re
@@ -98,6 +99,21 @@ class Tool:
     input_schema: dict[str, Any]  # the tool's inputSchema as JSON (properties, required...)
 
 
+class ToolFailure(enum.Enum):
+    """Why a tool could not be called at all (the kind of :attr:`ToolResult.error`)."""
+
+    UNKNOWN_SERVER = "unknown_server"
+    """The tool names a server the hub does not have."""
+    NO_SESSION = "no_session"
+    """The server needs actor details that the request lacks."""
+    NOT_CONNECTED = "not_connected"
+    """The server has no session to call on."""
+    TIMEOUT = "timeout"
+    """The call did not return within its timeout."""
+    CALL_FAILED = "call_failed"
+    """The transport or the server failed the call."""
+
+
 @dataclass(frozen=True, slots=True)
 class ToolResult:
     """The outcome of one tool call.
@@ -110,6 +126,8 @@ class ToolResult:
     structured: Any | None
     is_error: bool
     error: str | None = None
+    failure: ToolFailure | None = None
+    """The kind of :attr:`error`, for metrics; ``None`` when the tool was called."""
 
     def as_json(self) -> dict[str, Any]:
         """The result as an MCP ``CallToolResult`` JSON object.
@@ -126,8 +144,8 @@ class ToolResult:
         return result
 
 
-def _failure(message: str) -> ToolResult:
-    return ToolResult(content=(), structured=None, is_error=True, error=message)
+def _failure(kind: ToolFailure, message: str) -> ToolResult:
+    return ToolResult(content=(), structured=None, is_error=True, error=message, failure=kind)
 
 
 def _describe(exc: BaseException) -> str:
@@ -312,19 +330,23 @@ class ToolHub:
         """
         server = next((s for s in self._config.servers if s.name == tool.server), None)
         if server is None:
-            return _failure(f"unknown MCP server {tool.server!r} for tool {tool.id!r}")
+            return _failure(
+                ToolFailure.UNKNOWN_SERVER,
+                f"unknown MCP server {tool.server!r} for tool {tool.id!r}",
+            )
         session = self._session(server, actor)
         if session is None:
             return _failure(
+                ToolFailure.NO_SESSION,
                 f"MCP server {server.name!r} needs actor details that this request lacks"
-                " (its headers reference the actor)"
+                " (its headers reference the actor)",
             )
         session.in_flight += 1
         session.last_used = trio.current_time()
         try:
             with trio.move_on_after(timeout):
                 return await self._call(session, tool, arguments)
-            return _failure(f"tool call timed out after {timeout:g} s")
+            return _failure(ToolFailure.TIMEOUT, f"tool call timed out after {timeout:g} s")
         finally:
             session.in_flight -= 1
             session.last_used = trio.current_time()
@@ -346,7 +368,10 @@ class ToolHub:
             client = await self._client(session)
             if client is None:
                 reason = f": {session.last_error}" if session.last_error else ""
-                return _failure(f"MCP server {server.name!r} is not connected{reason}")
+                return _failure(
+                    ToolFailure.NOT_CONNECTED,
+                    f"MCP server {server.name!r} is not connected{reason}",
+                )
             token = object()
             reset = _CALL.set(token)
             try:
@@ -367,7 +392,7 @@ class ToolHub:
                 # session's transport is closed as soon as the refusal is seen.
                 error = _REFUSED if refused else _describe(exc)
                 logger.warning("MCP tool %r of server %r failed: %s", tool.name, server.name, error)
-                return _failure(f"calling tool {tool.name!r}: {error}")
+                return _failure(ToolFailure.CALL_FAILED, f"calling tool {tool.name!r}: {error}")
             finally:
                 _CALL.reset(reset)
                 session.refused.discard(token)

@@ -85,6 +85,7 @@ __all__ = [
     "OTHER",
     "RECORD_OUTCOMES",
     "TTFB_BUCKETS",
+    "InterceptionMetrics",
     "Metrics",
     "prepare_multiprocess_dir",
     "render",
@@ -146,7 +147,74 @@ _GaugeMode = Literal["livesum", "livemax"]
 _multiprocess_owners: set[tuple[int, str]] = set()
 
 
-class Metrics:
+class InterceptionMetrics:
+    """The calls an interception makes: what the core depends on.
+
+    This base counts nothing: an instance of it is the null metrics of a core run
+    without metrics (as :class:`~bridge.telemetry.tracing.Tracer` works without a
+    provider), so that the core never checks whether it has any. :class:`Metrics`
+    overrides every call.
+    """
+
+    __slots__ = ()
+
+    def model_served(self, *, provider: str, model: str) -> None:
+        pass
+
+    def interception_started(self, *, provider: str, model: str, route: str) -> None:
+        pass
+
+    def interception_ended(
+        self,
+        *,
+        provider: str,
+        model: str,
+        route: str,
+        method: str,
+        initiator_id: str,
+        client: str,
+        status: str,
+        duration: float,
+        added: float,
+    ) -> None:
+        pass
+
+    def upstream_ttfb(self, *, provider: str, model: str, seconds: float) -> None:
+        pass
+
+    def prompt(self, *, provider: str, model: str, initiator_id: str, client: str) -> None:
+        pass
+
+    def tokens(
+        self,
+        *,
+        provider: str,
+        model: str,
+        initiator_id: str,
+        client: str,
+        counts: Mapping[str, int],
+    ) -> None:
+        pass
+
+    def injected_tool_invocation(
+        self, *, provider: str, model: str, server: str, name: str
+    ) -> None:
+        pass
+
+    def non_injected_tool_selection(self, *, provider: str, model: str, name: str) -> None:
+        pass
+
+    def mcp_tool_call(self, *, server: str, name: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def breaker_rejected(self, *, provider: str, endpoint: str, model: str) -> None:
+        pass
+
+    def provider_key_refused(self, *, provider: str, status: int) -> None:
+        pass
+
+
+class Metrics(InterceptionMetrics):
     """Every metric of the gateway, in its own CollectorRegistry, under an optional prefix.
 
     Each metric is an attribute named like the metric without the prefix; the

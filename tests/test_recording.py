@@ -21,6 +21,7 @@ import pytest
 import trio
 import trio.testing
 
+from bridge.protocol.usage import TOKEN_COUNTERS, TokenCounts
 from bridge.recording import (
     CredentialKind,
     InterceptionEnded,
@@ -224,6 +225,14 @@ async def test_records_round_trip_through_the_recorder_into_sql(sql_database: SQ
             ("hmm", "thinking")
         ]
         assert reopened.token_usages("another-interception") == []
+
+
+def test_a_token_record_has_the_shared_counters_as_its_fields_in_order() -> None:
+    """TokenUsage spells the counters out (they are its columns); they must be TokenCounts'."""
+    names = tuple(f.name for f in dataclasses.fields(TokenUsage))
+    assert names[2 : 2 + len(TOKEN_COUNTERS) + 1] == (*TOKEN_COUNTERS, "extra")
+    counts = TokenCounts(1, 2, 3, 4, 5, 6, 7, 8, extra={"x": 9})
+    assert TokenUsage.of("ix", "r", counts).counts == counts
 
 
 async def test_records_round_trip_through_the_recorder_into_memory() -> None:

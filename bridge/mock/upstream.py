@@ -56,6 +56,8 @@ from typing import Any, Final
 import h11
 import trio
 
+from bridge.protocol.usage import TOKEN_COUNTERS, TokenCounts
+
 __all__ = [
     "APIS",
     "FAULTS",
@@ -118,16 +120,8 @@ MAIN_HISTORY: Final[int] = 100
 RECEIVE_SIZE: Final[int] = 65536
 """Bytes asked of the socket per read."""
 
-_USAGE_KEYS: Final[tuple[str, ...]] = (
-    "input",
-    "output",
-    "cache_read",
-    "cache_write",
-    "cache_write_5m",
-    "cache_write_1h",
-    "web_search_requests",
-    "reasoning",
-)
+_USAGE_KEYS: Final[tuple[str, ...]] = TOKEN_COUNTERS
+"""The keys of ``expect.usage`` (``extra`` is not one: fixtures state the named counters)."""
 _TOP_KEYS: Final[frozenset[str]] = frozenset(
     {"name", "description", "api", "request", "upstream", "expect"}
 )
@@ -186,19 +180,8 @@ class Upstream:
     get: UpstreamResponse | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ExpectedUsage:
-    """The true token totals of a scenario, as the gateway must record them."""
-
-    input: int = 0
-    output: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-    cache_write_5m: int = 0
-    cache_write_1h: int = 0
-    web_search_requests: int = 0
-    reasoning: int = 0
-    """Reasoning tokens (OpenAI), already counted inside ``output``."""
+ExpectedUsage = TokenCounts
+"""The true token totals of a scenario, as the gateway must record them."""
 
 
 @dataclass(frozen=True, slots=True)

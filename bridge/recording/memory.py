@@ -27,6 +27,7 @@ from bridge.identity.keys import (
     key_prefix,
     secret_matches,
 )
+from bridge.protocol.usage import TOKEN_COUNTERS
 
 from .records import (
     InterceptionEnded,
@@ -39,7 +40,15 @@ from .records import (
     ToolUsage,
     utcnow,
 )
-from .store import FAILED_OUTCOMES, GROUP_COLUMNS, UsageRow, as_utc, check_group_by, meta_key
+from .store import (
+    FAILED_OUTCOMES,
+    GROUP_COLUMNS,
+    USAGE_COLUMNS,
+    UsageRow,
+    as_utc,
+    check_group_by,
+    meta_key,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -152,28 +161,22 @@ class MemoryStore:
         picked = [i for i in self.interceptions if start is None or as_utc(i.started_at) >= start]
         group_of = {i.id: tuple(_group_value(i, name) for name in names) for i in picked}
         ended = self.ended
-        totals: dict[tuple[str, ...], list[int]] = {}
+        totals: dict[tuple[str, ...], dict[str, int]] = {}
         for interception in picked:
-            total = totals.setdefault(group_of[interception.id], [0] * 11)
-            total[0] += 1
+            total = totals.setdefault(group_of[interception.id], dict.fromkeys(USAGE_COLUMNS, 0))
+            total["interceptions"] += 1
             end = ended.get(interception.id)
-            total[1] += end is not None and end.outcome in FAILED_OUTCOMES
+            total["failures"] += end is not None and end.outcome in FAILED_OUTCOMES
         for usage in self.token_usages:
             if usage.interception_id in group_of:
                 total = totals[group_of[usage.interception_id]]
-                total[2] += usage.input
-                total[3] += usage.output
-                total[4] += usage.cache_read
-                total[5] += usage.cache_write
-                total[6] += usage.reasoning
-                total[8] += usage.cache_write_5m
-                total[9] += usage.cache_write_1h
-                total[10] += usage.web_search_requests
+                for name in TOKEN_COUNTERS:
+                    total[name] += getattr(usage, name)
         for tool in self.tool_usages:
             if tool.interception_id in group_of:
-                totals[group_of[tool.interception_id]][7] += 1
+                totals[group_of[tool.interception_id]]["tool_calls"] += 1
         return [
-            UsageRow(dict(zip(names, group, strict=True)), *total)
+            UsageRow(dict(zip(names, group, strict=True)), **total)
             for group, total in sorted(totals.items())
         ]
 

@@ -56,6 +56,7 @@ from typing import Any, Final
 import h11
 import trio
 
+from bridge.protocol.headers import find_header
 from bridge.protocol.usage import TOKEN_COUNTERS, TokenCounts
 
 __all__ = [
@@ -255,11 +256,7 @@ class ReceivedRequest:
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
-        wanted = name.lower()
-        for key, value in self.headers:
-            if key == wanted:
-                return value
-        return None
+        return find_header(self.headers, name)
 
     def json(self) -> Any:
         """The body parsed as JSON."""

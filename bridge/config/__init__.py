@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 from urllib.parse import unquote, urlsplit
 
+from bridge.errors import ConfigError
+
 __all__ = [
     "ACTOR_REFERENCE",
     "AUTH_MODES",
@@ -91,14 +93,6 @@ AUTH_MODES: Final[Mapping[str, str]] = types.MappingProxyType(
         "none": "every request is made by the actor 'anonymous'",
     }
 )
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the key, the bad value and the rule.
-
-    Also raised by :meth:`Config.provider` for an unknown provider name, so that a caller
-    choosing a provider by name gets the same "did you mean" help as a config file author.
-    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from bridge.config import mask_url
+from bridge.errors import StoreError
 from bridge.protocol.usage import TOKEN_COUNTERS
 
 from .records import Outcome, Record
@@ -44,10 +45,6 @@ __all__ = [
     "meta_key",
     "open_store",
 ]
-
-
-class StoreError(Exception):
-    """A store cannot be opened or used: a bad URL, an unreadable file, an unknown schema."""
 
 
 class Store(Protocol):

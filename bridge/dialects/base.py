@@ -26,8 +26,8 @@ from bridge.protocol.usage import TokenCounts
 __all__ = [
     "MAX_NESTING",
     "Dialect",
-    "Exchange",
     "InjectedTool",
+    "InterceptionState",
     "ParsedRequest",
     "TokenCounts",
     "ToolCall",
@@ -123,7 +123,7 @@ class TurnResult:
     message, a Response object), to be appended to the conversation by the loop."""
 
 
-class Exchange(Protocol):
+class InterceptionState(Protocol):
     """The state of one interception across its upstream calls (the inner loop).
 
     It knows which tool names are injected, so that its turns hold back from the
@@ -192,7 +192,7 @@ class Dialect(Protocol):
         """Continue the conversation in ``document``: the model's answer, then the results."""
         ...
 
-    def open_exchange(self, interception_id: str, injected: frozenset[str]) -> Exchange:
+    def open_exchange(self, interception_id: str, injected: frozenset[str]) -> InterceptionState:
         """Fresh state for one interception; ``injected`` are the injected tool names."""
         ...
 

@@ -2,7 +2,7 @@
 readers, usage report and gateway-key methods built on them.
 
 SQLite (:mod:`.sqlite`) and PostgreSQL (:mod:`.postgres`) keep the same tables, columns,
-indexes and migrations, written once here as :data:`SCHEMA`. A :class:`Dialect` says what
+indexes and migrations, written once here as :data:`SCHEMA`. A :class:`SQLDialect` says what
 differs: the column types (PostgreSQL gets ``TIMESTAMPTZ``, ``BOOLEAN``, ``JSON`` and
 ``BIGINT`` where SQLite has text and integers), how a timestamp and a flag are passed,
 the parameter marker, the collation that sorts text by code point, and the order rows were
@@ -66,7 +66,7 @@ from .store import (
     meta_key,
 )
 
-__all__ = ["SCHEMA", "Dialect", "SQLStore", "WriteGroups", "iso_timestamp", "json_text"]
+__all__ = ["SCHEMA", "SQLDialect", "SQLStore", "WriteGroups", "iso_timestamp", "json_text"]
 
 SCHEMA: Final[tuple[str, ...]] = (
     # 1: the initial schema.
@@ -172,7 +172,7 @@ SCHEMA: Final[tuple[str, ...]] = (
     """,
 )
 """The migration scripts, with the dialect's column types as ``{flag}``, ``{json}``, ``{ts}``
-and ``{int}``: rendered by :meth:`Dialect.migrations`. Append only, never edit a released one."""
+and ``{int}``: rendered by :meth:`SQLDialect.migrations`. Append only, never edit a released one."""
 
 _VERSIONS_TABLE: Final = (
     "CREATE TABLE IF NOT EXISTS schema_migrations"
@@ -199,7 +199,7 @@ def json_text(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Dialect:
+class SQLDialect:
     """What one database spells differently; everything else in this module is shared."""
 
     types: Mapping[str, str]
@@ -255,7 +255,7 @@ _INSERTS: Final[dict[type[Record], str]] = {
 _WRITE_ORDER: Final = tuple(_INSERTS)
 
 
-def _row(record: Record, dialect: Dialect) -> tuple[Any, ...]:
+def _row(record: Record, dialect: SQLDialect) -> tuple[Any, ...]:
     """The SQL parameters of *record*, in the column order of :data:`_INSERTS`."""
     ts = dialect.timestamp
     match record:
@@ -378,7 +378,7 @@ class SQLStore(abc.ABC):
     lookups and the test readers may come from others.
     """
 
-    dialect: ClassVar[Dialect]
+    dialect: ClassVar[SQLDialect]
     encoding_errors: ClassVar[tuple[type[Exception], ...]] = (UnicodeEncodeError,)
     """What the driver raises for text the database cannot hold: the batch is cleaned and
     written again (see the module rules)."""

@@ -2,8 +2,9 @@
 
 It follows the store rules of :mod:`bridge.recording.store` exactly as the SQLite store
 does (idempotent by id, first end wins, same usage report), so a test written against it
-says something true about the real store. A lock makes it safe to read from any thread
-while the recorder writes from a worker thread.
+says something true about the real store. Its readers are the SQL stores' too (same
+methods, same rows, valued as SQLite gives them back), so one test reads any store. A lock
+makes it safe to read from any thread while the recorder writes from a worker thread.
 
 It keeps gateway keys (:mod:`bridge.identity.keys`) as the SQLite store does: the prefix and
 the hash,
@@ -17,7 +18,7 @@ import datetime as _dt
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from bridge.identity.keys import (
     GatewayKey,
@@ -40,6 +41,8 @@ from .records import (
     ToolUsage,
     utcnow,
 )
+from .sql import END_COLUMNS, stored_row
+from .sqlite import DIALECT as SQLITE
 from .store import (
     FAILED_OUTCOMES,
     GROUP_COLUMNS,
@@ -55,6 +58,12 @@ __all__ = ["MemoryStore"]
 _Kept = TypeVar(
     "_Kept", InterceptionStarted, TokenUsage, PromptUsage, ToolUsage, ModelThought, PassthroughCall
 )
+
+_TIME_FIELDS: Final[dict[type[Record], str]] = {
+    InterceptionStarted: "started_at",
+    PassthroughCall: "started_at",
+}
+_NOT_ENDED: Final = dict.fromkeys(END_COLUMNS)
 
 _KINDS: Final = (
     InterceptionStarted,
@@ -115,41 +124,43 @@ class MemoryStore:
             record for record in kept if getattr(record, "interception_id", None) == interception_id
         ]
 
-    @property
-    def interceptions(self) -> list[InterceptionStarted]:
-        """Every interception started, oldest first."""
-        return self._all(InterceptionStarted)
+    # The readers of SQLStore, with the same rows: dicts of the table's columns, valued as
+    # the SQLite store gives them back (timestamps as ISO text, flags as 0/1, JSON as text),
+    # oldest first, so that one test reads any store.
 
-    @property
-    def ended(self) -> dict[str, InterceptionEnded]:
-        """Interception id -> its (first) end."""
+    def _rows(self, kind: type[_Kept], interception_id: str | None) -> list[dict[str, Any]]:
+        kept = self._all(kind, interception_id)
+        kept.sort(key=lambda record: as_utc(getattr(record, _TIME_FIELDS.get(kind, "created_at"))))
+        return [stored_row(record, SQLITE) for record in kept]
+
+    def interceptions(self) -> list[dict[str, Any]]:
+        """Every interception row, with its end's columns (``None`` until it ended)."""
         with self._lock:
-            return dict(self._ended)
+            ended = dict(self._ended)
+        return [
+            row | (stored_row(ended[row["id"]], SQLITE) if row["id"] in ended else _NOT_ENDED)
+            for row in self._rows(InterceptionStarted, None)
+        ]
 
-    @property
-    def token_usages(self) -> list[TokenUsage]:
-        """Every token-usage record."""
-        return self._all(TokenUsage)
+    def token_usages(self, interception_id: str | None = None) -> list[dict[str, Any]]:
+        """Token-usage rows of one interception or of all."""
+        return self._rows(TokenUsage, interception_id)
 
-    @property
-    def prompts(self) -> list[PromptUsage]:
-        """Every prompt record."""
-        return self._all(PromptUsage)
+    def prompts(self, interception_id: str | None = None) -> list[dict[str, Any]]:
+        """Prompt rows of one interception or of all."""
+        return self._rows(PromptUsage, interception_id)
 
-    @property
-    def tool_usages(self) -> list[ToolUsage]:
-        """Every tool-usage record."""
-        return self._all(ToolUsage)
+    def tool_usages(self, interception_id: str | None = None) -> list[dict[str, Any]]:
+        """Tool-usage rows of one interception or of all."""
+        return self._rows(ToolUsage, interception_id)
 
-    @property
-    def model_thoughts(self) -> list[ModelThought]:
-        """Every model-thought record."""
-        return self._all(ModelThought)
+    def model_thoughts(self, interception_id: str | None = None) -> list[dict[str, Any]]:
+        """Model-thought rows of one interception or of all."""
+        return self._rows(ModelThought, interception_id)
 
-    @property
-    def passthrough_calls(self) -> list[PassthroughCall]:
-        """Every passthrough call, in the order written."""
-        return self._all(PassthroughCall)
+    def passthrough_calls(self) -> list[dict[str, Any]]:
+        """Every passthrough call row."""
+        return self._rows(PassthroughCall, None)
 
     def usage(
         self, *, since: _dt.datetime | None = None, by: Sequence[str] = ("user",)
@@ -158,21 +169,26 @@ class MemoryStore:
         over the records in memory."""
         names = check_group_by(by)
         start = None if since is None else as_utc(since)
-        picked = [i for i in self.interceptions if start is None or as_utc(i.started_at) >= start]
+        picked = [
+            i
+            for i in self._all(InterceptionStarted)
+            if start is None or as_utc(i.started_at) >= start
+        ]
         group_of = {i.id: tuple(_group_value(i, name) for name in names) for i in picked}
-        ended = self.ended
+        with self._lock:
+            ended = dict(self._ended)
         totals: dict[tuple[str, ...], dict[str, int]] = {}
         for interception in picked:
             total = totals.setdefault(group_of[interception.id], dict.fromkeys(USAGE_COLUMNS, 0))
             total["interceptions"] += 1
             end = ended.get(interception.id)
             total["failures"] += end is not None and end.outcome in FAILED_OUTCOMES
-        for usage in self.token_usages:
+        for usage in self._all(TokenUsage):
             if usage.interception_id in group_of:
                 total = totals[group_of[usage.interception_id]]
                 for name in TOKEN_COUNTERS:
                     total[name] += getattr(usage, name)
-        for tool in self.tool_usages:
+        for tool in self._all(ToolUsage):
             if tool.interception_id in group_of:
                 totals[group_of[tool.interception_id]]["tool_calls"] += 1
         return [

@@ -66,7 +66,16 @@ from .store import (
     meta_key,
 )
 
-__all__ = ["SCHEMA", "SQLDialect", "SQLStore", "WriteGroups", "iso_timestamp", "json_text"]
+__all__ = [
+    "END_COLUMNS",
+    "SCHEMA",
+    "SQLDialect",
+    "SQLStore",
+    "WriteGroups",
+    "iso_timestamp",
+    "json_text",
+    "stored_row",
+]
 
 SCHEMA: Final[tuple[str, ...]] = (
     # 1: the initial schema.
@@ -253,6 +262,24 @@ _INSERTS: Final[dict[type[Record], str]] = {
 }
 # Starts first and ends last, so that a batch holding a whole interception records it whole.
 _WRITE_ORDER: Final = tuple(_INSERTS)
+
+_COLUMNS: Final[dict[type[Record], tuple[str, ...]]] = {
+    kind: tuple(name.strip() for name in sql.split("(", 1)[1].split(")", 1)[0].split(","))
+    for kind, sql in _INSERTS.items()
+    if kind is not InterceptionEnded
+}
+"""The columns each record kind fills, read from its statement in :data:`_INSERTS`."""
+
+END_COLUMNS: Final = ("ended_at", "outcome", "error")
+"""The columns of an interception's row that its :class:`InterceptionEnded` fills."""
+
+
+def stored_row(record: Record, dialect: SQLDialect) -> dict[str, Any]:
+    """The row *record* becomes, as column -> value (the values as :func:`_row` writes
+    them); for an :class:`InterceptionEnded`, the columns it sets on its interception."""
+    if isinstance(record, InterceptionEnded):
+        return dict(zip(END_COLUMNS, _row(record, dialect)[:3], strict=True))
+    return dict(zip(_COLUMNS[type(record)], _row(record, dialect), strict=True))
 
 
 def _row(record: Record, dialect: SQLDialect) -> tuple[Any, ...]:

@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 
 from bridge.identity.keys import (
     GatewayKey,
+    KeyStore,
     check_new_key,
     generate_key,
     hash_key,
@@ -75,8 +76,12 @@ _KINDS: Final = (
 )
 
 
-class MemoryStore:
-    """Records kept in lists, in the order they were first written."""
+class MemoryStore(KeyStore):
+    """Records kept in lists, in the order they were first written.
+
+    It implements identity's :class:`~bridge.identity.keys.KeyStore` by name, so that
+    mypy checks it against that protocol.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Final, Self
 
 from bridge.identity.keys import (
     GatewayKey,
+    KeyStore,
     check_new_key,
     generate_key,
     hash_key,
@@ -396,7 +397,7 @@ _TIME_COLUMNS: Final = {  # the others: created_at
 }
 
 
-class SQLStore(abc.ABC):
+class SQLStore(abc.ABC, KeyStore):
     """The store rules (see :mod:`bridge.recording.store`) over a SQL database; a subclass
     says how to reach it.
 

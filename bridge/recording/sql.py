@@ -45,6 +45,7 @@ from bridge.identity.keys import (
     key_prefix,
     secret_matches,
 )
+from bridge.protocol.usage import TOKEN_COUNTERS
 
 from .records import (
     InterceptionEnded,
@@ -60,6 +61,7 @@ from .records import (
 from .store import (
     FAILED_OUTCOMES,
     GROUP_COLUMNS,
+    USAGE_COLUMNS,
     StoreError,
     UsageRow,
     as_utc,
@@ -573,11 +575,7 @@ class SQLStore(abc.ABC, KeyStore):
         sql = f"""
             WITH picked AS (SELECT * FROM bridge_interceptions {where}),
             tokens AS (
-                SELECT t.interception_id, SUM(t.input) AS input, SUM(t.output) AS output,
-                    SUM(t.cache_read) AS cache_read, SUM(t.cache_write) AS cache_write,
-                    SUM(t.reasoning) AS reasoning, SUM(t.cache_write_5m) AS cache_write_5m,
-                    SUM(t.cache_write_1h) AS cache_write_1h,
-                    SUM(t.web_search_requests) AS web_search_requests
+                SELECT t.interception_id, {", ".join(f"SUM(t.{c}) AS {c}" for c in TOKEN_COUNTERS)}
                 FROM bridge_token_usages AS t JOIN picked AS p ON p.id = t.interception_id
                 GROUP BY t.interception_id
             ),
@@ -590,15 +588,8 @@ class SQLStore(abc.ABC, KeyStore):
                 COUNT(*),
                 CAST(COALESCE(SUM(CASE WHEN i.outcome IN ({", ".join("?" for _ in failed)})
                     THEN 1 ELSE 0 END), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.input), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.output), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.cache_read), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.cache_write), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.reasoning), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tools.calls), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.cache_write_5m), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.cache_write_1h), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.web_search_requests), 0) AS BIGINT)
+                {"".join(f"CAST(COALESCE(SUM(tokens.{c}), 0) AS BIGINT), " for c in TOKEN_COUNTERS)}
+                CAST(COALESCE(SUM(tools.calls), 0) AS BIGINT)
             FROM picked AS i
             LEFT JOIN tokens ON tokens.interception_id = i.id
             LEFT JOIN tools ON tools.interception_id = i.id
@@ -608,7 +599,10 @@ class SQLStore(abc.ABC, KeyStore):
         _, result = self._fetch(sql, params)
         width = len(names)
         return [
-            UsageRow(dict(zip(names, row[:width], strict=True)), *row[width:])
+            UsageRow(
+                dict(zip(names, row[:width], strict=True)),
+                **dict(zip(USAGE_COLUMNS, row[width:], strict=True)),
+            )
             for row in result
             if row[width] > 0  # without a grouping, an empty table still gives one row
         ]

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint fmt typecheck coverage demo e2e clean
+.PHONY: install run test test-fast lint fmt typecheck coverage demo e2e clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ run: install
 
 test: install lint
 	$(BIN)/python -m pytest -q
+
+# The same without the tests marked slow (real-time soaks, load, worker processes).
+test-fast: install lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check bridge tests benchmarks examples

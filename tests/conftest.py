@@ -124,6 +124,16 @@ def assert_provider_headers_relayed(
         assert "transfer-encoding" not in names
 
 
+_NOTES = logging.getLogger("tests.notes")
+_NOTES.setLevel(logging.INFO)
+
+
+def note(message: str) -> None:
+    """Keep what a test measured for whoever reads the run: ``pytest -rA`` shows it under
+    "Captured log call" (tests never print)."""
+    _NOTES.info(message)
+
+
 def is_inner_loop(name: str) -> bool:
     """Scenarios that call injected MCP tools: they need an MCP server (test_inner_loop)."""
     return "_mcp_" in name

@@ -257,7 +257,7 @@ def test_no_command_shows_the_database_password(
     assert DB_PASSWORD not in everything
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])
 def test_serve_without_its_database_nor_a_journal_exits_2_saying_what_to_do(
     tmp_path: Path, workers: str
 ) -> None:

@@ -51,7 +51,7 @@ from bridge.process.server import hypercorn_config
 from bridge.recording.records import InterceptionEnded, InterceptionStarted, Record, TokenUsage
 from bridge.recording.sqlite import SQLiteStore
 
-from .conftest import gateway_config
+from .conftest import gateway_config, note
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 
@@ -437,7 +437,7 @@ async def test_upstream_faults_end_cleanly_and_record_what_was_sent(
         assert len(new) == 1, (new, [rig.store.outcomes.get(i) for i in new], len(before))
         [ix] = new
         sent = usage_sent(api, chunks_sent(api, stream=stream, fault=fault, after=CUT_AFTER))
-        print(
+        note(
             f"{api:9} {'stream' if stream else 'block':6} {fault:21}"
             f" outcome={rig.store.outcomes[ix]:19} tokens recorded={rig.store.tokens.get(ix)}"
             f" sent={sent} error={rig.store.errors[ix]!r}"
@@ -515,7 +515,7 @@ async def test_upstream_stalls_time_out_with_504_or_an_error_event(
         [ix] = set(rig.store.started) - before
         error = rig.store.errors[ix]
         sent = usage_sent(api, chunks_sent(api, stream=stream, fault=fault, after=CUT_AFTER))
-        print(
+        note(
             f"{api:9} {'stream' if stream else 'block':6} {fault:21}"
             f" outcome={rig.store.outcomes[ix]} tokens recorded={rig.store.tokens.get(ix)}"
             f" sent={sent} error={error!r}"
@@ -589,6 +589,7 @@ async def unlock_database(locker: subprocess.Popen[bytes]) -> None:
     locker.stdout.close()
 
 
+@pytest.mark.slow
 async def test_database_down_during_load_spills_to_the_journal_and_replays_in_order(
     nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path
 ) -> None:
@@ -637,7 +638,7 @@ async def test_database_down_during_load_spills_to_the_journal_and_replays_in_or
                 async with httpx2.AsyncClient() as probe:
                     ready = (await probe.get(f"{rig.url}/readyz")).json()["checks"]["recorder"]
                     scraped = (await probe.get(f"{rig.url}/metrics")).text
-                print(f"\nduring the outage: /readyz recorder check {ready}")
+                note(f"during the outage: /readyz recorder check {ready}")
                 # Requests still in flight keep spilling: the later look sees no less.
                 assert ready["journal_pending"] is True
                 assert 0 < ready["journal_records"] <= stats.journal_records
@@ -665,7 +666,7 @@ async def test_database_down_during_load_spills_to_the_journal_and_replays_in_or
         replay_writes.append(write)
         count += write[2]
     seconds = replay_writes[-1][1] - replay_writes[0][0]
-    print(
+    note(
         f"database down during load: {requests} requests, {stats.spilled} records spilled"
         f" ({stats.failures} failed writes), {stats.replayed} replayed in"
         f" {seconds * 1000:.1f} ms: {stats.replayed / seconds:,.0f} records/s"
@@ -682,7 +683,7 @@ async def test_database_down_during_load_spills_to_the_journal_and_replays_in_or
             assert ix in seen, f"a {kind} reached the database before its interception"
     rows = rig.store.inner.interceptions()
     ended = [row for row in rows if row["ended_at"] is not None]
-    print(f"database down: ended records {len(ended)} of {len(rows)} expected")
+    note(f"database down: ended records {len(ended)} of {len(rows)} expected")
     assert len(ended) == len(rows) == len(APIS) + requests + 1
 
 
@@ -725,6 +726,7 @@ def drain_now(stream: trio.SocketStream) -> bytes:
     return received
 
 
+@pytest.mark.slow
 async def test_a_thousand_clients_leaving_at_random_moments_leak_nothing(rig: Rig) -> None:
     """1,000 streams, each read for a random number of bytes (seeded) before the client
     closes (a quarter with a reset): every interception ends once, nothing leaks, and
@@ -777,8 +779,8 @@ async def test_a_thousand_clients_leaving_at_random_moments_leak_nothing(rig: Ri
         for ix in storm
         if got_end[rig.store.user_agents[ix]] != (rig.store.outcomes[ix] == "completed")
     )
-    print(
-        f"\ndisconnect storm: {clients} clients, {len(storm)} interceptions,"
+    note(
+        f"disconnect storm: {clients} clients, {len(storm)} interceptions,"
         f" {sum(rig.store.ended[ix] for ix in storm)} ended records (expected {clients});"
         f" outcomes {dict(outcomes)}; {read_all} got message_stop;"
         f" outcome unlike what the client got (got it, outcome): {dict(mismatched)};"
@@ -902,8 +904,8 @@ async def test_a_client_that_stops_reading_is_dropped_and_pins_no_memory(
     finally:
         await stream.aclose()  # (on failure, frees a gateway stuck writing to it)
     [ix] = [ix for ix in rig.store.started if ix not in rig.baseline_ids]
-    print(
-        f"\nslow reader: outcome {rig.store.outcomes[ix]}; the 8 MiB upstream stream was"
+    note(
+        f"slow reader: outcome {rig.store.outcomes[ix]}; the 8 MiB upstream stream was"
         f" cut before its end; RSS {before:.1f} MiB before,"
         f" {during:.1f} MiB while stalled ({during - before:+.1f})"
     )
@@ -939,6 +941,7 @@ async def test_a_client_sending_its_body_byte_by_byte_is_served_and_leaks_nothin
 # --------------------------------------------------------------------------- MCP
 
 
+@pytest.mark.slow
 async def test_an_mcp_server_killed_mid_call_ends_the_interception_cleanly(
     nursery: trio.Nursery, mock: MockUpstream, tmp_path: Path
 ) -> None:
@@ -1000,8 +1003,8 @@ async def test_an_mcp_server_killed_mid_call_ends_the_interception_cleanly(
     await rig.quiesce()
     [ix] = [ix for ix in rig.store.started if ix not in rig.baseline_ids]
     [tool] = rig.store.inner.tool_usages(ix)
-    print(
-        f"\nMCP server killed mid-call: outcome {rig.store.outcomes[ix]},"
+    note(
+        f"MCP server killed mid-call: outcome {rig.store.outcomes[ix]},"
         f" tool error {tool['invocation_error']!r}"
     )
     assert rig.store.outcomes[ix] == "completed"  # the model was told the tool failed

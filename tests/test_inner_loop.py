@@ -26,7 +26,7 @@ from bridge.dialects import DIALECTS
 from bridge.mock.upstream import FIXTURES_DIR, load_scenarios
 from tests.mcp_servers import RestartableServer, ServerState, build_server, serve_http
 
-from .conftest import UPSTREAM_STACKS, Gateway
+from .conftest import UPSTREAM_STACKS, Gateway, note
 
 pytestmark = pytest.mark.upstream_stacks(*UPSTREAM_STACKS)
 
@@ -277,7 +277,7 @@ async def test_client_disconnect_cancels_the_tool_call_on_the_mcp_server(
         await chunks.aclose()
     with trio.fail_after(10):
         await state.slow_cancelled.wait()
-    print(f"client disconnect -> MCP server cancelled: {(state.cancelled_at - cut) * 1000:.1f} ms")
+    note(f"client disconnect -> MCP server cancelled: {(state.cancelled_at - cut) * 1000:.1f} ms")
     await gateway.flush()
     [interception] = gateway.store.interceptions()
     assert interception["outcome"] == "client_disconnected"

@@ -23,6 +23,7 @@ import trio
 from bridge.config import MCPConfig, MCPServerConfig
 from bridge.identity.auth import Actor
 from bridge.services.mcp import Tool, ToolHub, ToolResult, open_tool_hub
+from tests.conftest import note
 from tests.mcp_servers import ServerState, build_paging_server, build_server, serve_http
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2}
@@ -176,7 +177,7 @@ async def test_cancelling_the_caller_cancels_the_call_on_the_server(
             nursery.cancel_scope.cancel()
         await server.state.slow_cancelled.wait()
     delay = server.state.cancelled_at - cancelled_at
-    print(f"cancel to server-side cancellation: {delay * 1000:.1f} ms")
+    note(f"cancel to server-side cancellation: {delay * 1000:.1f} ms")
     assert delay < 2
     # The session survives the cancellation.
     result = await hub.call(tool(hub, "bmcp_test_add"), {"a": 1, "b": 1}, timeout=10)

@@ -31,7 +31,7 @@ from bridge.telemetry.metrics import (
     render,
 )
 
-# name -> (type, labels): section 7 of reference-behaviour.md, then ours.
+# name -> (type, labels): the stable names (docs/behaviour.md §10.2), then ours.
 EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "interceptions_total": (
         "counter",

@@ -300,6 +300,7 @@ async def test_secrets_in_mcp_server_urls_never_show(
 BOMB = 10_000
 
 
+@pytest.mark.slow
 async def test_label_bombing_leaves_metrics_bounded(
     mock: MockUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

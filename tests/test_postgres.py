@@ -43,7 +43,7 @@ from bridge.recording.journal import Journal
 from bridge.recording.postgres import PostgresStore
 from bridge.recording.sqlite import SQLiteStore
 
-from .conftest import gateway_config, run_gateway
+from .conftest import gateway_config, note, run_gateway
 from .postgres import Cluster, free_port, start_test_cluster
 from .test_faults import ReplayWatch
 from .test_recording import counts, outcomes, started, usage_fixture, whole_interception
@@ -455,8 +455,8 @@ async def test_postgresql_stopped_during_load_spills_then_replays_without_loss_o
     assert stats.written + stats.spilled == stats.submitted
     assert_recorded_once(own_cluster.url(), ids)
     replayed, seconds = sum(n for n, _ in replays), sum(s for _, s in replays)
-    print(
-        f"\nPostgreSQL stopped during load: {len(ids)} requests, {stats.submitted} records,"
+    note(
+        f"PostgreSQL stopped during load: {len(ids)} requests, {stats.submitted} records,"
         f" {stats.written} written directly, {stats.spilled} spilled ({stats.failures} failed"
         f" attempts), {replayed} replayed in {seconds * 1000:.1f} ms:"
         f" {replayed / seconds:,.0f} records/s"

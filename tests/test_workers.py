@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import (
@@ -66,6 +67,7 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]
             assert process.wait(timeout=30) == 0
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_port_and_report_all_totals(tmp_path: Path) -> None:
     with two_workers(tmp_path) as (_, url):
         body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -75,6 +77,7 @@ def test_two_workers_share_the_port_and_report_all_totals(tmp_path: Path) -> Non
         assert {total(text, "interceptions_total") for text in scrapes} == {20.0}
 
 
+@pytest.mark.slow
 def test_http2_packets_with_a_non_ascii_path_end_no_worker(tmp_path: Path) -> None:
     """Once, one such packet made a worker exit; two ended `bridge serve --workers 2`."""
     with two_workers(tmp_path) as (process, url):

@@ -113,9 +113,10 @@ class ProviderType:
     token), or an API-key header such as Anthropic's ``x-api-key``, which a client may
     then use too (ahead of a bearer token). ``route_suffix`` follows ``/<name>`` in the
     route prefix: OpenAI's base URL includes its version, so its routes sit under
-    ``/<name>/v1`` (reference 1.2) and the rest of the path joins the base URL unchanged.
-    ``error_dialect`` is the dialect whose error shape the provider's non-bridged answers
-    use. (What each type serves, its route table, is in ``bridge/dialects/providers.py``.)
+    ``/<name>/v1`` (docs/behaviour.md §1.2) and the rest of the path joins the base URL
+    unchanged. ``error_dialect`` is the dialect whose error shape the provider's non-bridged
+    answers use. (What each type serves, its route table, is in
+    ``bridge/dialects/providers.py``.)
     """
 
     name: str
@@ -169,7 +170,7 @@ DEFAULT_PROVIDERS: Final = ("anthropic", "openai", "copilot")
 
 
 def mask_secret(secret: str) -> str:
-    """Mask a key the way the reference does (reference-behaviour.md 1.4).
+    """Mask a key for display (docs/behaviour.md §2.4), as coder/aibridge does.
 
     Reveal 4 characters at each end from 20 characters on, 2 from 10, 1 from 5, else none;
     a secret too short to reveal anything becomes ``"..."`` and the empty string stays empty:
@@ -747,7 +748,7 @@ class BreakerConfig:
     """A provider's circuit breaker (``[providers.<name>.circuit_breaker]``); opt-in.
 
     The table's presence enables the breaker, with these defaults for the keys it omits
-    (those of the reference, reference-behaviour.md 4). 429 is not a failure by default:
+    (coder/aibridge's, docs/behaviour.md §8.3). 429 is not a failure by default:
     rate limits are answered by retrying and by key failover, not by refusing everyone.
     """
 
@@ -792,7 +793,7 @@ class ProviderConfig:
     # The longest silence between two chunks of an upstream body (streamed or not).
     stream_idle_timeout: float = 300 * SECONDS
     keys: tuple[str, ...] = ()  # more centralized keys besides ``key``
-    max_retries: int = 2  # retries of one upstream call (reference 2.3); 0 disables
+    max_retries: int = 2  # retries of one upstream call (docs/behaviour.md §8.1); 0 disables
     key_cooldown: float = 60 * SECONDS  # a key rejected with 401/403 rests this long
     circuit_breaker: BreakerConfig | None = None  # None: no breaker
     send_actor_headers: bool = False  # X-AI-Bridge-Actor-ID/-Metadata-* on bridged requests

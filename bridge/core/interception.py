@@ -65,7 +65,6 @@ from bridge.recording.records import (
     Record,
     TokenUsage,
     ToolUsage,
-    new_id,
 )
 from bridge.services.breaker import CircuitBreaker, Ticket
 from bridge.services.mcp import Tool, ToolHub
@@ -838,8 +837,3 @@ _RECORD_SPANS: dict[type[Record], str] = {
     ToolUsage: SPAN_RECORD_TOOL_USAGE,
     ModelThought: SPAN_RECORD_MODEL_THOUGHT,
 }
-
-
-def new_interception_id() -> str:
-    """A fresh interception id (a UUIDv4, as the reference)."""
-    return new_id()

@@ -96,7 +96,7 @@ class AnthropicMessages:
 
         Injected tools go *before* the client's, so the client's ``cache_control``
         breakpoints keep covering the same prefix, and parallel tool use is disabled
-        so that each inner-loop turn has one call to answer (reference 3.3).
+        so that each inner-loop turn has one call to answer (docs/behaviour.md §5.1).
         """
         if not tools:
             return None, body
@@ -408,7 +408,7 @@ def _counts(usage: dict[str, Any]) -> TokenCounts:
 
 
 def _last_user_prompt(messages: list[Any]) -> str | None:
-    """The last message's text if it is the user's (reference 6.1)."""
+    """The last message's text if it is the user's (docs/behaviour.md §9.2)."""
     if not messages or not isinstance(last := messages[-1], dict) or last.get("role") != "user":
         return None
     content = last.get("content")
@@ -423,7 +423,7 @@ def _last_user_prompt(messages: list[Any]) -> str | None:
 
 
 def _correlating_tool_call_id(messages: list[Any]) -> str | None:
-    """The ``tool_use_id`` answered by the last message, if any (reference 5.3)."""
+    """The ``tool_use_id`` answered by the last message, if any (docs/behaviour.md §9.2)."""
     if not messages or not isinstance(last := messages[-1], dict):
         return None
     content = last.get("content")
@@ -438,7 +438,7 @@ def _correlating_tool_call_id(messages: list[Any]) -> str | None:
 
 
 def _session_from_metadata(metadata: Any) -> str | None:
-    """Claude Code's session id from ``metadata.user_id`` (reference 6.4)."""
+    """Claude Code's session id from ``metadata.user_id`` (docs/behaviour.md §9.4)."""
     user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
     if not isinstance(user_id, str) or not user_id.strip():
         return None

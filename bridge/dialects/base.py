@@ -379,7 +379,10 @@ def add_usage(total: Any, more: Any) -> Any:
 
 
 def tool_parameters(tool: InjectedTool) -> dict[str, Any]:
-    """``{"type": "object", "properties": ..., "required": [...]}`` of a tool (reference 3.3)."""
+    """``{"type": "object", "properties": ..., "required": [...]}`` of a tool.
+
+    As docs/behaviour.md §5.1 describes.
+    """
     schema = tool.input_schema
     parameters: dict[str, Any] = {"type": "object", "properties": schema.get("properties") or {}}
     if schema.get("required"):

@@ -1,4 +1,4 @@
-"""Which AI client sent a request, and its session id (reference section 6.4).
+"""Which AI client sent a request, and its session id (docs/behaviour.md §9.4).
 
 The rules are a table, first match wins, read from the lower-cased ``User-Agent``
 and a few client-specific headers.

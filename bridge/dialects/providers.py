@@ -187,7 +187,7 @@ class _RouteTable:
 
 _OPENAI_DIALECTS = {"/chat/completions": "openai.chat", "/responses": "openai.responses"}
 
-# What each provider type serves, below its route prefix (reference section 1.1), and
+# What each provider type serves, below its route prefix (docs/behaviour.md §1.1), and
 # with which methods: the providers' documented ones. Copilot always gets the user's own
 # token, so its writes are always the user's. The types' other traits are the rows of
 # bridge.config.PROVIDER_TYPES; a test checks both tables name the same types.
@@ -290,7 +290,7 @@ class Provider:
         return Route(self, RouteKind.PASSTHROUGH, suffix, methods=row)
 
     def credential(self, headers: Headers) -> Credential:
-        """Choose the upstream credential (reference 1.4).
+        """Choose the upstream credential (docs/behaviour.md §2.2).
 
         A key the client brings is BYOK: the client pays with its own key. Anthropic
         takes ``x-api-key`` first, then a bearer token; OpenAI a bearer token; without
@@ -333,7 +333,7 @@ class Provider:
         trusted_peer: bool = False,
     ) -> Headers:
         """The client's headers as the upstream should see them, on every route kind
-        (reference 1.3 and 1.5).
+        (docs/behaviour.md §3.1).
 
         Removed: hop-by-hop, transport-managed and client credential headers, the names
         in ``strip`` (gateway identity), any ``X-AI-Bridge-Actor*`` header a client made
@@ -342,7 +342,7 @@ class Provider:
         the client put it. Everything else (``anthropic-version``, ``anthropic-beta``,
         ``user-agent``...) is forwarded unchanged. Then :func:`forwarded_headers`, the
         ``credential`` (``None``: none, e.g. a Copilot discovery request without a token),
-        and with ``send_actor_headers`` the actor's id and metadata (reference 1.6).
+        and with ``send_actor_headers`` the actor's id and metadata (docs/behaviour.md §3.2).
         """
         drop = connection_tokens(headers) | _TRANSPORT | _CLIENT_AUTH | _CLIENT_ROUTING
         drop |= {name.lower() for name in strip}

@@ -3,7 +3,7 @@
 Why not a Quart view for the bridged routes: a view returns its ``Response``
 before the body streams, so a nursery opened in the view cannot own the stream,
 and clients leaving between the upstream headers and the body's first step leaked
-upstream connections (design.md). Here one task owns each request from its first
+upstream connections. Here one task owns each request from its first
 byte to its last: it has the engine admit the request from its head alone (route,
 method, credentials), so a request without a valid key is answered before a byte of
 its body is read; then it reads the body, bounded in size
@@ -247,8 +247,7 @@ async def _plain_error(
         await sink.end(body)
         return
     # The rest of the body will not be read: the connection cannot carry another request
-    # (and quart-trio/hypercorn-trio hang a keep-alive one after an early answer,
-    # stack-notes.md, gotcha 4).
+    # (and quart-trio/hypercorn-trio hang a keep-alive one after an early answer).
     headers.append(("connection", "close"))
     await sink.start(status, headers)
     async with trio.open_nursery() as nursery:

@@ -95,6 +95,9 @@ HEADER_TIMEOUT_ATTRIBUTE: Final = "bridge_header_timeout"
 HTTP2_ATTRIBUTE: Final = "bridge_http2"
 """Name of the hypercorn ``Config`` attribute: whether cleartext HTTP/2 is served."""
 
+_TIMER: Final = "_bridge_timer"
+"""The connection attribute holding its running keep-alive timer's cancel scope."""
+
 _PATCHED: Final = "_bridge_fixes_applied"
 _HEAD_STARTED: Final = "_bridge_head_started"  # a TCPServer's timer counts a request head
 
@@ -154,7 +157,13 @@ def _patch_tcp_server() -> None:
                     break
                 if data and self._bridge_idle and not getattr(self, _HEAD_STARTED, False):
                     setattr(self, _HEAD_STARTED, True)  # the first byte of a request
-                    await self.idle_task.restart(self._task_group, self._idle_timeout)
+                    # The keep-alive timer now bounds the head. If it is not running yet
+                    # (its start is pending: the client answered at once), it will read
+                    # _HEAD_STARTED and take the header timeout itself.
+                    timer = getattr(self, _TIMER, None)
+                    timeout = getattr(self.config, HEADER_TIMEOUT_ATTRIBUTE, None)
+                    if timer is not None and timeout is not None:
+                        timer.deadline = trio.current_time() + timeout
                 await self.protocol.handle(RawData(bytes(data)))
                 if not data:
                     break
@@ -166,8 +175,15 @@ def _patch_tcp_server() -> None:
         timeout = self.config.keep_alive_timeout
         if getattr(self, _HEAD_STARTED, False):
             timeout = getattr(self.config, HEADER_TIMEOUT_ATTRIBUTE, timeout)
-        with trio.move_on_after(timeout):
-            await self.context.terminated.wait()
+        with trio.move_on_after(timeout) as timer:
+            # Kept on the connection so that the first byte of a request only moves this
+            # deadline: restarting the task instead cost every request a task start.
+            setattr(self, _TIMER, timer)
+            try:
+                await self.context.terminated.wait()
+            finally:
+                if getattr(self, _TIMER, None) is timer:
+                    setattr(self, _TIMER, None)
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
 

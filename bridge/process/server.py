@@ -13,7 +13,7 @@ recorder is still drained.
 With ``server.workers`` > 1, :func:`run_workers` starts that many processes, each a
 Trio program serving the same port (``SO_REUSEPORT``: the kernel spreads connections),
 and points prometheus-client at a shared directory so ``/metrics`` on any worker
-shows the totals of all (stack-notes.md, section 7). The parent stays a supervisor: a
+shows the totals of all (docs/behaviour.md §10.2). The parent stays a supervisor: a
 worker that dies is logged and replaced.
 """
 
@@ -138,7 +138,7 @@ every hundred or so, and the full collections that walk the whole heap are rare.
 
 
 def tune_gc() -> None:
-    """Keep the garbage collector off the hot path (design.md, performance rules).
+    """Keep the garbage collector off the hot path: a collection pauses every request.
 
     Everything alive once the gateway has started (modules, config, pools, compiled
     regexes) lives until exit: ``gc.freeze()`` moves it out of the collector's sight, so

@@ -84,7 +84,7 @@ class InterceptionStarted:
     user_agent: str
     credential_kind: CredentialKind
     credential_hint: str
-    """The provider key, masked (reference 1.4): never the key itself."""
+    """The provider key, masked (docs/behaviour.md §2.4): never the key itself."""
     session_id: str | None = None
     correlating_tool_call_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -25,7 +25,7 @@ Rule 5: HALF_OPEN admits requests while ``requests < max_requests`` and rejects 
 
 What counts as a failure is :meth:`BreakerConfig.is_failure`: by default 503, 504,
 529 and connection failures/timeouts. 429 is not one: a rate limit is answered by
-retrying and by key failover, not by cutting every user off (design.md, decision 4).
+retrying and by key failover, not by cutting every user off (docs/behaviour.md §8.3).
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ __all__ = [
 logger = logging.getLogger("bridge.mcp")
 
 TOOL_ID_PREFIX: Final = "bmcp_"
-"""Short, because providers limit tool names to 64 characters (reference 3.2)."""
+"""Short, because providers limit tool names to 64 characters (docs/behaviour.md §5.1)."""
 
 BACKOFF_INITIAL: Final = 0.5  # seconds before the first reconnect; doubles per failure
 BACKOFF_MAX: Final = 30.0  # the cap of the reconnect delay

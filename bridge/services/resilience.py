@@ -3,7 +3,7 @@
 What to do after one upstream attempt is decided here, once, for every dialect and for
 blocking and streaming calls alike; the core's loop only sends, sleeps and returns. The rules:
 
-1. **The SDKs' retries** (reference-behaviour.md 2.3). Connection errors and timeouts, 408,
+1. **The SDKs' retries** (docs/behaviour.md §8.1). Connection errors and timeouts, 408,
    409, 429 and every status >= 500 (529 included) are retried, unless the upstream says
    otherwise with ``x-should-retry: true|false``. The delay honours ``retry-after-ms``, then
    ``retry-after`` (seconds or an HTTP date) when it lies within 0..60 s; otherwise it is

@@ -1,6 +1,6 @@
 """The API dump: every upstream request and response written to files, for debugging.
 
-Off unless ``observability.dump_dir`` is set (reference-behaviour.md section 10). The rules:
+Off unless ``observability.dump_dir`` is set (docs/behaviour.md §10.3). The rules:
 
 1. **Layout.** A bridged call is dumped under
    ``<dir>/<provider>/<model, "/" -> "-">/<unix-ms>-<interception id>`` and a passthrough call
@@ -70,12 +70,12 @@ REDACTED_REQUEST_HEADERS: Final = frozenset(
         "x-bridge-key",
     }
 )
-"""Request headers (lower case) whose values are masked in a dump (reference 10, plus ours)."""
+"""Request headers (lower case) whose values are masked in a dump (docs/behaviour.md §10.3)."""
 
 REDACTED_RESPONSE_HEADERS: Final = frozenset(
     {"set-cookie", "www-authenticate", "proxy-authenticate"}
 )
-"""Response headers (lower case) whose values are masked in a dump (reference 10)."""
+"""Response headers (lower case) whose values are masked in a dump (docs/behaviour.md §10.3)."""
 
 _SECRET_HEADER_SUFFIXES: Final = ("-key", "-token", "-secret")
 _SCHEME_HEADERS: Final = frozenset({"authorization", "proxy-authorization"})

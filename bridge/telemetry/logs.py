@@ -9,8 +9,8 @@ that turns records into lines. The rules:
    the order given. A traceback is one escaped ``exc`` field, never a multi-line block, so a
    log shipper never splits a record.
 2. **Secrets never show.** :class:`RedactingFilter` sits on the handler, so it covers every
-   logger, ours and third-party. It masks (with :func:`bridge.config.mask_secret`, the
-   reference's 1.4 rule) the values of secret-bearing field names, and anything in any text
+   logger, ours and third-party. It masks (with :func:`bridge.config.mask_secret`,
+   docs/behaviour.md §2.4) the values of secret-bearing field names, and anything in any text
    (message, string fields, traceback) that looks like a provider key, a gateway key, a GitHub
    token, a ``Bearer``/``Basic`` credential or a ``name=value`` pair with a secret-bearing name,
    and the credentials of every URL in it (:func:`bridge.config.mask_url`).

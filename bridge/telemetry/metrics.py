@@ -7,8 +7,8 @@ fixed points of an interception and never touches ``prometheus_client`` itself.
 
 Rules:
 
-1. Names, types, labels and the duration buckets are exactly the reference's
-   (coder/aibridge, reference-behaviour.md section 7), each under the optional
+1. Names, types, labels and the duration buckets are exactly coder/aibridge's
+   (docs/behaviour.md §10.2, listed in ``tests/test_metrics.py``), each under the optional
    ``prefix`` (``observability.metrics_prefix``, e.g. ``bridge_`` gives
    ``bridge_interceptions_total``). The metrics after those are ours.
 2. Label values come from bounded sets, so the number of series stays bounded
@@ -33,9 +33,9 @@ Rules:
 3. A metric never decreases except gauges; a negative token count is a bug in the
    caller and raises :class:`ValueError`.
 4. Several hypercorn workers are several processes, each with its own in-memory
-   values: a scrape would see only the worker that answered it (stack-notes.md,
-   section 7). With ``PROMETHEUS_MULTIPROC_DIR`` set in the environment *before*
-   ``prometheus_client`` is imported, every process writes its values to mmap files
+   values: a scrape would see only the worker that answered it. With
+   ``PROMETHEUS_MULTIPROC_DIR`` set in the environment *before* ``prometheus_client`` is
+   imported, every process writes its values to mmap files
    in that directory, and :func:`render` aggregates the files with
    :class:`~prometheus_client.multiprocess.MultiProcessCollector`. Gauges then need
    a rule to combine the processes' values: in-flight counts and queue depths add
@@ -300,7 +300,14 @@ class Metrics:
         """``metric.labels(**labels)`` with the values bounded (rule 2), remembered:
         prometheus-client validates and locks on every ``labels()`` call (3.4 us
         measured), and an interception makes about ten. Remembering costs nothing new:
-        the metric keeps every child it made anyway."""
+        the metric keeps every child it made anyway.
+
+        The values as given are tried first: a remembered child's values are bounded
+        already, so values that find one need no bounding (the common case, one lookup).
+        """
+        child = self._children.get((metric, *labels.values()))
+        if child is not None:
+            return child
         labels = {name: self._bounded(name, value) for name, value in labels.items()}
         key = (metric, *labels.values())
         child = self._children.get(key)
@@ -562,7 +569,7 @@ def prepare_multiprocess_dir(path: Path) -> None:
     """Create ``path`` and delete the metric files a previous run left in it.
 
     Call it once, in the parent process, before the workers start: stale files would
-    add the last run's counts to this run's (stack-notes.md, section 7).
+    add the last run's counts to this run's (prometheus-client sums every file it finds).
     """
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):

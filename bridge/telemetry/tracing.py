@@ -1,12 +1,12 @@
-"""OpenTelemetry spans for interceptions and passthrough, named as in the reference.
+"""OpenTelemetry spans for interceptions and passthrough, under stable names.
 
 The core opens spans only through :class:`Tracer`, never through the OpenTelemetry API
 directly, so span names, attribute keys and the error rules live in this one module.
 
 Rules:
 
-1. Span names and attribute keys are those of the reference (reference-behaviour.md,
-   section 8), exactly: dashboards and tests written against the Go gateway keep working.
+1. Span names and attribute keys are those of docs/behaviour.md §10.1, exactly: dashboards
+   and tests written against the Go gateway (coder/aibridge) keep working.
 2. Disabled costs (almost) nothing. With no SDK provider installed, the API hands out
    non-recording spans; :meth:`Tracer.span` then skips the context switch too, so a span is a
    few hundred nanoseconds (see ``test_a_disabled_span_is_cheap``).
@@ -45,9 +45,6 @@ __all__ = [
     "ATTR_AWS_BEDROCK",
     "ATTR_INTERCEPTION_ID",
     "ATTR_MODEL",
-    "ATTR_PASSTHROUGH_METHOD",
-    "ATTR_PASSTHROUGH_UPSTREAM_URL",
-    "ATTR_PASSTHROUGH_URL",
     "ATTR_PROVIDER",
     "ATTR_REQUEST_PATH",
     "ATTR_STREAMING",
@@ -70,7 +67,7 @@ __all__ = [
 
 logger = logging.getLogger("bridge.tracing")
 
-# Span names (reference section 8).
+# Span names (docs/behaviour.md §10.1).
 SPAN_INTERCEPT = "Intercept"
 SPAN_PROCESS_REQUEST = "Intercept.ProcessRequest"
 SPAN_UPSTREAM = "Intercept.ProcessRequest.Upstream"
@@ -83,7 +80,7 @@ SPAN_RECORD_TOOL_USAGE = "Intercept.RecordToolUsage"
 SPAN_RECORD_MODEL_THOUGHT = "Intercept.RecordModelThought"
 SPAN_PASSTHROUGH = "Passthrough"
 
-# Attribute keys (reference section 8).
+# Attribute keys (docs/behaviour.md §10.1).
 ATTR_REQUEST_PATH = "request_path"
 ATTR_INTERCEPTION_ID = "interception_id"
 ATTR_USER_ID = "user_id"
@@ -91,9 +88,6 @@ ATTR_PROVIDER = "provider"
 ATTR_MODEL = "model"
 ATTR_STREAMING = "streaming"
 ATTR_AWS_BEDROCK = "aws_bedrock"
-ATTR_PASSTHROUGH_URL = "passthrough_url"
-ATTR_PASSTHROUGH_UPSTREAM_URL = "passthrough_upstream_url"
-ATTR_PASSTHROUGH_METHOD = "passthrough_method"
 
 _DISABLED: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
 """What :meth:`Tracer.span` gives while no tracer provider is installed."""

@@ -20,7 +20,7 @@ from benchmarks.client import Connection, stream_body
 from benchmarks.procstat import fd_count
 from benchmarks.results import Check, Outcome, percentile
 from benchmarks.scenarios import bench_scenarios
-from bridge.mock.upstream import MockUpstream, UpstreamResponse
+from bridge.mock.upstream import MockUpstream, ScenarioResponse
 from bridge.recording.sqlite import SQLiteStore
 
 __all__ = ["CutWatchingMock", "check_records", "storm"]
@@ -42,7 +42,7 @@ class CutWatchingMock(MockUpstream):
         self,
         conn: h11.Connection,
         stream: trio.SocketStream,
-        response: UpstreamResponse,
+        response: ScenarioResponse,
         pace: float,
     ) -> bool:
         cut = self.requests[-1].header("x-bench-cut")  # no checkpoint since it was appended

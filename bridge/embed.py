@@ -24,6 +24,7 @@ from bridge.core.engine import Engine
 from bridge.core.exchange import Request
 from bridge.core.wiring import open_engine
 from bridge.errors import UpstreamUnavailable
+from bridge.protocol.headers import find_header
 from bridge.recording.recorder import Recorder
 from bridge.recording.store import Store
 from bridge.services.breaker import Breakers
@@ -46,8 +47,7 @@ class Response:
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``None``."""
-        name = name.lower()
-        return next((v for k, v in self.headers if k.lower() == name), None)
+        return find_header(self.headers, name)
 
 
 @dataclass(slots=True)

@@ -16,9 +16,15 @@
     │   └── GatewayBusy        503: bodies being held are at server.max_buffered_bytes
     └── UpstreamError          the provider failed us
         ├── UpstreamUnavailable    502: could not connect, connection reset, timed out
+        │   └── UpstreamTimeout    504: the provider went silent past one of its timeouts
         ├── UpstreamProtocolError  502: the provider sent something we cannot read
         ├── CircuitOpen            503: the breaker of this provider/endpoint/model is open
         └── KeysExhausted          429: every centralized key of the provider is resting
+
+    SetupError                 the gateway's own setup is at fault: the operator must act
+    ├── ConfigError            the configuration is invalid (bridge.config)
+    ├── StoreError             the recording database cannot be opened or used
+    └── JournalError           the journal directory cannot be used
 
 Every error carries ``status_hint``, and ``headers`` to send with it (``Allow``,
 ``Retry-After``); the HTTP status a client should see if the error
@@ -26,6 +32,11 @@ happens before the response has started (h11's ``error_status_hint``). After the
 response has started, the dialect turns the error into the provider's in-stream
 error event instead. Messages never contain secrets or tracebacks: they are shown to
 clients as they are.
+
+:class:`SetupError` is a sibling of :class:`BridgeError`, not a child: it happens at
+start-up or in the operator's commands, never answers a client's request, and a handler
+of request errors must not catch it. Each is re-exported by the module that raises it
+(``bridge.config.ConfigError``, ``bridge.recording.StoreError``, ...).
 """
 
 from __future__ import annotations
@@ -35,18 +46,23 @@ __all__ = [
     "BridgeError",
     "CircuitOpen",
     "ClientError",
+    "ConfigError",
     "GatewayBusy",
     "GatewayUnavailable",
+    "JournalError",
     "KeysExhausted",
     "MethodNotAllowed",
     "NotFound",
     "NotSupported",
     "PayloadTooLarge",
     "RequestTimeout",
+    "SetupError",
+    "StoreError",
     "TooManyFailures",
     "Unauthorized",
     "UpstreamError",
     "UpstreamProtocolError",
+    "UpstreamTimeout",
     "UpstreamUnavailable",
 ]
 
@@ -171,6 +187,17 @@ class UpstreamUnavailable(UpstreamError):
     """Connecting, writing or reading failed: refused, reset, timed out, closed early."""
 
 
+class UpstreamTimeout(UpstreamUnavailable):
+    """The upstream went silent past one of the provider's timeouts (504 before the
+    response started); the connection has been closed.
+
+    A subclass of :class:`UpstreamUnavailable`: like a connection failure, a timeout
+    before the response headers may be retried, and counts against the circuit breaker.
+    """
+
+    status_hint = 504
+
+
 class UpstreamProtocolError(UpstreamError):
     """The provider's response could not be parsed (bad JSON, bad or oversized SSE)."""
 
@@ -194,3 +221,24 @@ class KeysExhausted(_RetryLater):
     """Every centralized key is rate limited or disabled (429); BYOK never gets this."""
 
     status_hint = 429
+
+
+class SetupError(Exception):
+    """The gateway's own setup is wrong or unusable; the message says what to change."""
+
+
+class ConfigError(SetupError):
+    """The configuration is invalid; the message names the key, the bad value and the rule.
+
+    Also raised by :meth:`bridge.config.Config.provider` for an unknown provider name, so
+    that a caller choosing a provider by name gets the same "did you mean" help as a config
+    file author.
+    """
+
+
+class StoreError(SetupError):
+    """A store cannot be opened or used: a bad URL, an unreadable file, an unknown schema."""
+
+
+class JournalError(SetupError):
+    """The journal directory cannot be used."""

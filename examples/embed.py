@@ -52,12 +52,11 @@ async def main() -> None:
             print("streaming:", streamed.status, f"{len(frames)} SSE frames")
         nursery.cancel_scope.cancel()
 
-    for interception in store.interceptions:
-        ended = store.ended[interception.id]
-        who = f"{interception.initiator_id} {interception.model}"
-        print(f"{who} streaming={interception.streaming} -> {ended.outcome}")
-    for usage in store.token_usages:
-        print(f"  tokens: input={usage.input} output={usage.output}")
+    for interception in store.interceptions():
+        who = f"{interception['initiator_id']} {interception['model']}"
+        print(f"{who} streaming={bool(interception['streaming'])} -> {interception['outcome']}")
+    for usage in store.token_usages():
+        print(f"  tokens: input={usage['input']} output={usage['output']}")
 
 
 if __name__ == "__main__":

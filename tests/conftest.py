@@ -11,7 +11,7 @@ import itertools
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -35,6 +35,9 @@ from bridge import (
 from bridge.config import MCPConfig, ObservabilityConfig
 from bridge.mock.upstream import MockUpstream
 from bridge.process.server import hypercorn_config
+from bridge.recording.records import InterceptionEnded, InterceptionStarted, Record
+from bridge.recording.sql import END_COLUMNS, stored_row
+from bridge.recording.sqlite import DIALECT as SQLITE
 from bridge.recording.sqlite import SQLiteStore
 from bridge.telemetry.tracing import Tracer
 
@@ -394,3 +397,17 @@ def postgres_url(new_postgres_url: Callable[[], str]) -> str:
 def sql_database(request: pytest.FixtureRequest, tmp_path: Path) -> SQLDatabase:
     """An empty database of each SQL kind, so that both SQL stores pass the same tests."""
     return new_sql_database(request.param, request, tmp_path)
+
+
+def rows(records: Sequence[Record], ends: Sequence[InterceptionEnded] = ()) -> list[dict[str, Any]]:
+    """The rows *records* become, as every store's readers return them (with SQLite's
+    values): an interception's row carries its end's columns, from *ends*, or ``None``."""
+    ended = {end.interception_id: end for end in ends}
+    made = []
+    for record in records:
+        row = stored_row(record, SQLITE)
+        if isinstance(record, InterceptionStarted):
+            end = ended.get(record.id)
+            row |= dict.fromkeys(END_COLUMNS) if end is None else stored_row(end, SQLITE)
+        made.append(row)
+    return made

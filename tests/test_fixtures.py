@@ -8,7 +8,6 @@ driven against the mock upstream over loopback.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +27,7 @@ from bridge.mock.upstream import (
     load_scenarios,
 )
 from bridge.protocol import sse
+from bridge.protocol.usage import TOKEN_COUNTERS
 from bridge.services.mcp import TOOL_ID_PREFIX
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
@@ -35,8 +35,7 @@ SCENARIOS = load_scenarios(FIXTURES_DIR)
 
 def summed(usages: list[ExpectedUsage]) -> ExpectedUsage:
     """The gateway records one token record per upstream response; expect states their sum."""
-    names = [f.name for f in dataclasses.fields(ExpectedUsage)]
-    return ExpectedUsage(**{n: sum(getattr(u, n) for u in usages) for n in names})
+    return ExpectedUsage(**{n: sum(getattr(u, n) for u in usages) for n in TOKEN_COUNTERS})
 
 
 def is_client_call(name: str) -> bool:

@@ -33,6 +33,8 @@ from bridge.recording import (
 )
 from bridge.recording.records import new_id
 
+from .conftest import rows
+
 T0 = dt.datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
 
 
@@ -278,7 +280,7 @@ async def test_a_store_outage_loses_nothing_and_keeps_the_order(
         assert stats.replayed == stats.spilled
         assert stats.written + stats.spilled == len(records)
         assert stats.queued == 0
-    assert store.inner.model_thoughts == records  # all, in order, once each
+    assert store.inner.model_thoughts() == rows(records)  # all, in order, once each
     assert files(tmp_path) == []
 
 
@@ -295,7 +297,9 @@ async def test_a_new_batch_after_recovery_waits_for_the_replay(
         await trio.sleep(10)
         await recorder.record(thoughts(1, start=6)[0])
         await recorder.flush()
-        assert contents(store.inner.model_thoughts) == [str(n) for n in range(7)]
+        assert [row["content"] for row in store.inner.model_thoughts()] == [
+            str(n) for n in range(7)
+        ]
 
 
 async def test_shutdown_during_an_outage_leaves_everything_in_the_journal(
@@ -307,7 +311,7 @@ async def test_shutdown_during_an_outage_leaves_everything_in_the_journal(
         for record in records:
             await recorder.record(record)
     assert down.closed
-    assert down.inner.model_thoughts == []
+    assert down.inner.model_thoughts() == []
     assert recorder.stats.spilled == len(records)
     assert not [r for r in caplog.records if "were not written" in r.getMessage()]
 
@@ -319,7 +323,7 @@ async def test_shutdown_during_an_outage_leaves_everything_in_the_journal(
         await recorder.record(thoughts(1, start=25)[0])
         await recorder.flush()
         assert recorder.stats.replayed == len(records)
-    assert contents(store.inner.model_thoughts) == [str(n) for n in range(26)]
+    assert [row["content"] for row in store.inner.model_thoughts()] == [str(n) for n in range(26)]
     assert not journal.pending()
 
 
@@ -333,10 +337,11 @@ async def test_a_pending_journal_is_replayed_at_start_without_new_records(
         await replayed.wait()  # one failed replay, then the backoff, then a good one
         assert recorder.stats.replayed == len(records)
         assert recorder.stats.failures == 1
-    assert store.inner.interceptions == [records[0]]
     (end,) = (r for r in records if isinstance(r, InterceptionEnded))
-    assert store.inner.ended == {records[0].id: end}
-    assert store.inner.passthrough_calls == [r for r in records if isinstance(r, PassthroughCall)]
+    assert store.inner.interceptions() == rows([records[0]], [end])
+    assert store.inner.passthrough_calls() == rows(
+        [r for r in records if isinstance(r, PassthroughCall)]
+    )
 
 
 async def test_record_never_waits_while_the_store_is_down(
@@ -361,7 +366,7 @@ async def test_record_never_waits_while_the_store_is_down(
     assert recorder.stats.spilled + recorder.stats.written == len(records)
     # What the drain could not replay is still journaled; a later replay completes it.
     Journal(tmp_path).replay(store.inner.write_batch, batch_size=50)
-    assert store.inner.model_thoughts == records
+    assert store.inner.model_thoughts() == rows(records)
 
 
 async def test_the_outage_is_logged_once_not_per_spilled_batch(

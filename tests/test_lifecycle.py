@@ -132,9 +132,9 @@ async def test_embedded_bridge_serves_without_an_http_server(
             assert streamed.status == 200
             frames = [chunk async for chunk in streamed.aiter_bytes()]
         assert frames[-1].startswith(b"event: message_stop")
-    outcomes = [store.ended[i.id].outcome for i in store.interceptions]
+    outcomes = [row["outcome"] for row in store.interceptions()]
     assert outcomes == [Outcome.COMPLETED, Outcome.COMPLETED]
-    assert [i.initiator_id for i in store.interceptions] == ["anonymous", "anonymous"]
+    assert [row["initiator_id"] for row in store.interceptions()] == ["anonymous", "anonymous"]
 
 
 async def test_embedded_stream_left_early_is_a_client_disconnect(
@@ -154,8 +154,8 @@ async def test_embedded_stream_left_early_is_a_client_disconnect(
                 break
         with trio.fail_after(5):
             await mock.wait_disconnect()
-    [interception] = store.interceptions
-    assert store.ended[interception.id].outcome is Outcome.CLIENT_DISCONNECTED
+    [interception] = store.interceptions()
+    assert interception["outcome"] == Outcome.CLIENT_DISCONNECTED
 
 
 async def test_an_intercepted_stream_silent_between_events_gets_pings(

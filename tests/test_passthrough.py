@@ -13,7 +13,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from bridge.config import AuthConfig, ProviderConfig
+from bridge.config import PROVIDER_TYPES, AuthConfig, ProviderConfig
+from bridge.dialects import providers
 from bridge.dialects.providers import Provider
 from bridge.recording.records import CredentialKind
 
@@ -275,6 +276,11 @@ async def test_an_unreachable_upstream_is_recorded_with_the_502_the_client_got(
         502,
         CredentialKind.CENTRALIZED.value,
     )
+
+
+def test_every_provider_type_has_one_route_table_and_one_row_of_traits() -> None:
+    """The route tables (here) and the other traits (config) are two tables of one key set."""
+    assert set(providers._ROUTES) == set(PROVIDER_TYPES)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import pytest
 import trio
 import trio.testing
 
+from bridge.protocol.usage import TOKEN_COUNTERS, TokenCounts
 from bridge.recording import (
     CredentialKind,
     InterceptionEnded,
@@ -46,6 +47,7 @@ from bridge.recording.records import new_id
 from bridge.recording.sql import SQLStore, iso_timestamp
 from bridge.recording.store import mask_url
 
+from .conftest import rows
 from .postgres import SQLDatabase, new_sql_database
 
 UTC = dt.UTC
@@ -112,33 +114,16 @@ def plain(row: dict[str, Any]) -> dict[str, Any]:
 
 def outcomes(store: SQLStore | MemoryStore) -> dict[str, tuple[str | None, str | None]]:
     """Interception id -> (outcome, error), from any store."""
-    if isinstance(store, SQLStore):
-        return {row["id"]: (row["outcome"], row["error"]) for row in store.interceptions()}
-    ended = store.ended
-    return {
-        i.id: (
-            str(ended[i.id].outcome) if i.id in ended else None,
-            ended[i.id].error if i.id in ended else None,
-        )
-        for i in store.interceptions
-    }
+    return {row["id"]: (row["outcome"], row["error"]) for row in store.interceptions()}
 
 
 def counts(store: SQLStore | MemoryStore) -> tuple[int, int, int, int, int]:
-    if isinstance(store, SQLStore):
-        return (
-            len(store.interceptions()),
-            len(store.token_usages()),
-            len(store.prompts()),
-            len(store.tool_usages()),
-            len(store.model_thoughts()),
-        )
     return (
-        len(store.interceptions),
-        len(store.token_usages),
-        len(store.prompts),
-        len(store.tool_usages),
-        len(store.model_thoughts),
+        len(store.interceptions()),
+        len(store.token_usages()),
+        len(store.prompts()),
+        len(store.tool_usages()),
+        len(store.model_thoughts()),
     )
 
 
@@ -226,6 +211,14 @@ async def test_records_round_trip_through_the_recorder_into_sql(sql_database: SQ
         assert reopened.token_usages("another-interception") == []
 
 
+def test_a_token_record_has_the_shared_counters_as_its_fields_in_order() -> None:
+    """TokenUsage spells the counters out (they are its columns); they must be TokenCounts'."""
+    names = tuple(f.name for f in dataclasses.fields(TokenUsage))
+    assert names[2 : 2 + len(TOKEN_COUNTERS) + 1] == (*TOKEN_COUNTERS, "extra")
+    counts = TokenCounts(1, 2, 3, 4, 5, 6, 7, 8, extra={"x": 9})
+    assert TokenUsage.of("ix", "r", counts).counts == counts
+
+
 async def test_records_round_trip_through_the_recorder_into_memory() -> None:
     store = MemoryStore()
     records = whole_interception()
@@ -233,14 +226,30 @@ async def test_records_round_trip_through_the_recorder_into_memory() -> None:
         for record in records:
             await recorder.record(record)
     start, tokens, prompt, tool, thought, end = records
-    assert store.interceptions == [start]
-    assert store.token_usages == [tokens]
-    assert store.prompts == [prompt]
-    assert store.tool_usages == [tool]
-    assert store.model_thoughts == [thought]
     assert isinstance(start, InterceptionStarted)
-    assert store.ended == {start.id: end}
+    assert isinstance(end, InterceptionEnded)
+    assert store.interceptions() == rows([start], [end])
+    assert store.token_usages() == rows([tokens])
+    assert store.prompts() == rows([prompt])
+    assert store.tool_usages() == rows([tool])
+    assert store.model_thoughts() == rows([thought])
     assert store.closed
+
+
+def test_every_store_reads_back_the_same_rows(store: SQLStore | MemoryStore) -> None:
+    """One reader API: the same methods, the same rows (up to the driver's value types)."""
+    records = whole_interception()
+    start, tokens, prompt, tool, thought, end = records
+    assert isinstance(end, InterceptionEnded)
+    call = passthrough_call()
+    store.write_batch([*records, call])
+    assert [plain(row) for row in store.interceptions()] == rows([start], [end])
+    assert [plain(row) for row in store.token_usages(start.id)] == rows([tokens])
+    assert [plain(row) for row in store.prompts(start.id)] == rows([prompt])
+    assert [plain(row) for row in store.tool_usages(start.id)] == rows([tool])
+    assert [plain(row) for row in store.model_thoughts(start.id)] == rows([thought])
+    assert [plain(row) for row in store.passthrough_calls()] == rows([call])
+    assert store.token_usages("another-interception") == []
 
 
 def test_writing_a_batch_twice_records_it_once(store: SQLStore | MemoryStore) -> None:
@@ -312,9 +321,7 @@ def passthrough_call(**fields: Any) -> PassthroughCall:
 
 def passthrough_rows(store: SQLStore | MemoryStore) -> list[dict[str, Any]]:
     """Every passthrough call a store holds, as SQLite rows look, oldest first."""
-    if isinstance(store, SQLStore):
-        return [plain(row) for row in store.passthrough_calls()]
-    return [plain(dataclasses.asdict(call)) for call in store.passthrough_calls]
+    return [plain(row) for row in store.passthrough_calls()]
 
 
 def test_passthrough_calls_are_recorded_once_with_every_field(
@@ -531,7 +538,7 @@ async def test_exit_writes_everything_still_queued() -> None:
         for _ in range(100):
             await recorder.record(ModelThought(new_id(), "x", "thinking"))
         assert recorder.stats.written < 100
-    assert len(store.inner.model_thoughts) == 100
+    assert len(store.inner.model_thoughts()) == 100
     assert store.closed
 
 
@@ -559,7 +566,7 @@ async def test_an_error_in_the_block_propagates_unwrapped_after_the_drain() -> N
 
     with pytest.raises(KeyError, match="oops"):  # not an ExceptionGroup
         await fail_while_recording()
-    assert len(store.interceptions) == 1
+    assert len(store.interceptions()) == 1
 
 
 async def test_a_store_that_fails_twice_then_succeeds_loses_nothing(
@@ -576,7 +583,7 @@ async def test_a_store_that_fails_twice_then_succeeds_loses_nothing(
         assert trio.current_time() - began == pytest.approx(0.3)
         assert (recorder.stats.failures, recorder.stats.written) == (2, len(records))
         assert recorder.ready()
-    assert store.inner.interceptions == [records[0]]
+    assert store.inner.interceptions() == rows([records[0]], [records[-1]])
     assert store.batch_sizes == [len(records)]
     failures = [
         r for r in caplog.records if r.name == "bridge.recording" and r.levelname == "ERROR"
@@ -618,7 +625,7 @@ async def test_ready_is_false_after_repeated_failures_until_a_write_succeeds(
             store.failures_left = 0
             await recorder.flush()
             assert recorder.ready()
-            assert len(store.inner.interceptions) == 1
+            assert len(store.inner.interceptions()) == 1
     finally:
         logger.removeHandler(watch)
 
@@ -645,7 +652,7 @@ async def test_a_full_queue_makes_record_wait_but_not_drop() -> None:
             assert recorder.stats.written == 20
     finally:
         gate.set()
-    assert store.inner.model_thoughts == thoughts  # all of them, in order
+    assert store.inner.model_thoughts() == rows(thoughts)  # all of them, in order
     assert max(store.batch_sizes) <= 4
 
 
@@ -657,7 +664,7 @@ async def test_the_drain_gives_up_at_its_deadline_and_logs_the_count(
         for _ in range(3):
             await recorder.record(ModelThought(new_id(), "x", "thinking"))
     assert store.closed
-    assert store.inner.model_thoughts == []
+    assert store.inner.model_thoughts() == []
     assert "3 records were not written" in caplog.records[-1].getMessage()
     assert caplog.records[-1].levelname == "ERROR"
 

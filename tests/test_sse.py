@@ -21,7 +21,7 @@ from bridge.protocol.sse import (
     NEED_DATA,
     Decoder,
     Event,
-    UpstreamProtocolError,
+    SSEProtocolError,
     encode,
     encode_comment,
     frame,
@@ -386,9 +386,9 @@ def test_an_unfinished_event_past_max_event_size_raises() -> None:
         r"\(17 bytes since the last blank line\); the upstream stream is broken or hostile, "
         r"or max_event_size is too small$"
     )
-    with pytest.raises(UpstreamProtocolError, match=message):
+    with pytest.raises(SSEProtocolError, match=message):
         decoder.next_event()
-    with pytest.raises(UpstreamProtocolError, match=message):  # the decoder stays broken
+    with pytest.raises(SSEProtocolError, match=message):  # the decoder stays broken
         decoder.next_event()
 
 
@@ -398,7 +398,7 @@ def test_comment_lines_without_a_blank_line_count_toward_max_event_size() -> Non
         decoder.receive_data(b": ping\n")
         assert decoder.next_event() is NEED_DATA
     decoder.receive_data(b": ping\n")
-    with pytest.raises(UpstreamProtocolError, match=r"\(105 bytes since the last blank line\)"):
+    with pytest.raises(SSEProtocolError, match=r"\(105 bytes since the last blank line\)"):
         decoder.next_event()
 
 
@@ -506,7 +506,7 @@ def test_any_bytes_under_any_chunking_decode_the_same_or_raise_protocol_error(
     whole = decode([wire])
     chunks = split(wire, data.draw(st.lists(st.integers(0, len(wire))), label="cuts"))
     assert decode(chunks) == whole
-    # With a small bound the decoder may refuse, but only with UpstreamProtocolError, and
+    # With a small bound the decoder may refuse, but only with SSEProtocolError, and
     # only after a prefix of the right events.
     max_event_size = data.draw(st.integers(1, 64), label="max_event_size")
     decoder = Decoder(max_event_size=max_event_size)
@@ -515,7 +515,7 @@ def test_any_bytes_under_any_chunking_decode_the_same_or_raise_protocol_error(
         for chunk in [*chunks, b""]:
             decoder.receive_data(chunk)
             seen += decoder.events()
-    except UpstreamProtocolError:
+    except SSEProtocolError:
         assert seen == whole[: len(seen)]
     else:
         assert seen == whole

@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 from urllib.parse import unquote, urlsplit
 
+from bridge.errors import ConfigError
+
 __all__ = [
     "ACTOR_REFERENCE",
     "AUTH_MODES",
@@ -93,14 +95,6 @@ AUTH_MODES: Final[Mapping[str, str]] = types.MappingProxyType(
 )
 
 
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the key, the bad value and the rule.
-
-    Also raised by :meth:`Config.provider` for an unknown provider name, so that a caller
-    choosing a provider by name gets the same "did you mean" help as a config file author.
-    """
-
-
 @dataclass(frozen=True, slots=True)
 class ProviderType:
     """What every provider of one type shares: where it lives and where its secrets come from.
@@ -114,6 +108,15 @@ class ProviderType:
     ``central_key`` says whether the gateway is expected to hold a key for the provider
     (``key``/``keys``): without one, requests made with a gateway key are refused and
     start-up warns. Copilot's users each bring their own token instead.
+
+    ``key_header`` is the header the API takes a key in: ``authorization`` (as a bearer
+    token), or an API-key header such as Anthropic's ``x-api-key``, which a client may
+    then use too (ahead of a bearer token). ``route_suffix`` follows ``/<name>`` in the
+    route prefix: OpenAI's base URL includes its version, so its routes sit under
+    ``/<name>/v1`` (docs/behaviour.md §1.2) and the rest of the path joins the base URL
+    unchanged. ``error_dialect`` is the dialect whose error shape the provider's non-bridged
+    answers use. (What each type serves, its route table, is in
+    ``bridge/dialects/providers.py``.)
     """
 
     name: str
@@ -122,6 +125,9 @@ class ProviderType:
     base_url_env: str
     max_retries_env: str
     central_key: bool = True
+    key_header: str = "authorization"
+    route_suffix: str = ""
+    error_dialect: str = "openai.chat"
 
 
 # Known provider types. A new type is a row here, a route table in providers.py and dialects.
@@ -133,6 +139,8 @@ PROVIDER_TYPES: Final[Mapping[str, ProviderType]] = types.MappingProxyType(
             key_env="ANTHROPIC_API_KEY",
             base_url_env="ANTHROPIC_BASE_URL",
             max_retries_env="ANTHROPIC_MAX_RETRIES",
+            key_header="x-api-key",
+            error_dialect="anthropic.messages",
         ),
         "openai": ProviderType(
             name="openai",
@@ -140,6 +148,7 @@ PROVIDER_TYPES: Final[Mapping[str, ProviderType]] = types.MappingProxyType(
             key_env="OPENAI_API_KEY",
             base_url_env="OPENAI_BASE_URL",
             max_retries_env="OPENAI_MAX_RETRIES",
+            route_suffix="/v1",
         ),
         # Copilot has no central key: every user brings their own GitHub token.
         "copilot": ProviderType(
@@ -814,12 +823,9 @@ class ProviderConfig:
 
     @property
     def route_prefix(self) -> str:
-        """The path the gateway serves this provider under, e.g. ``/anthropic``.
-
-        OpenAI's base URL includes its version, so its routes sit under ``/<name>/v1``
-        (docs/behaviour.md §1.2): the suffix after the prefix joins the base URL unchanged.
-        """
-        return f"/{self.name}/v1" if self.type == "openai" else f"/{self.name}"
+        """The path the gateway serves this provider under, e.g. ``/anthropic`` or
+        ``/openai/v1`` (see :class:`ProviderType`'s ``route_suffix``)."""
+        return f"/{self.name}{PROVIDER_TYPES[self.type].route_suffix}"
 
     @property
     def all_keys(self) -> tuple[str, ...]:

@@ -16,17 +16,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from bridge.errors import BadRequest
 from bridge.protocol.sse import Event
+from bridge.protocol.usage import TokenCounts
 
 __all__ = [
     "MAX_NESTING",
     "Dialect",
-    "Exchange",
     "InjectedTool",
+    "InterceptionState",
     "ParsedRequest",
     "TokenCounts",
     "ToolCall",
@@ -59,21 +60,6 @@ class ParsedRequest:
     """The tool call this request answers, linking it to an earlier interception."""
     session_hint: str | None = None
     """A session id carried in the body (e.g. Claude Code's ``metadata.user_id``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCounts:
-    """The token counters of one upstream response (see :class:`~bridge.recording.TokenUsage`)."""
-
-    input: int = 0
-    output: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-    cache_write_5m: int = 0
-    cache_write_1h: int = 0
-    reasoning: int = 0
-    web_search_requests: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +123,7 @@ class TurnResult:
     message, a Response object), to be appended to the conversation by the loop."""
 
 
-class Exchange(Protocol):
+class InterceptionState(Protocol):
     """The state of one interception across its upstream calls (the inner loop).
 
     It knows which tool names are injected, so that its turns hold back from the
@@ -206,7 +192,7 @@ class Dialect(Protocol):
         """Continue the conversation in ``document``: the model's answer, then the results."""
         ...
 
-    def open_exchange(self, interception_id: str, injected: frozenset[str]) -> Exchange:
+    def open_exchange(self, interception_id: str, injected: frozenset[str]) -> InterceptionState:
         """Fresh state for one interception; ``injected`` are the injected tool names."""
         ...
 

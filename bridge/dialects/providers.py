@@ -183,15 +183,14 @@ class _RouteTable:
     """Bridged suffix -> dialect name (bridged routes take POST only)."""
     passthrough: tuple[_Methods, ...]
     """Passthrough rows; the first whose pattern matches a suffix decides."""
-    errors: str
-    """The dialect whose error shape the provider's other routes use."""
 
 
 _OPENAI_DIALECTS = {"/chat/completions": "openai.chat", "/responses": "openai.responses"}
 
 # What each provider type serves, below its route prefix (docs/behaviour.md §1.1), and
 # with which methods: the providers' documented ones. Copilot always gets the user's own
-# token, so its writes are always the user's.
+# token, so its writes are always the user's. The types' other traits are the rows of
+# bridge.config.PROVIDER_TYPES; a test checks both tables name the same types.
 _ROUTES: dict[str, _RouteTable] = {
     "anthropic": _RouteTable(
         bridged={"/v1/messages": "anthropic.messages"},
@@ -201,7 +200,6 @@ _ROUTES: dict[str, _RouteTable] = {
             _Methods("/v1/messages/count_tokens", _POST),
             _Methods("/api/event_logging/**", _POST),
         ),
-        errors="anthropic.messages",
     ),
     "openai": _RouteTable(
         bridged=_OPENAI_DIALECTS,
@@ -219,7 +217,6 @@ _ROUTES: dict[str, _RouteTable] = {
             _Methods("/conversations/*/items", _GET, writes=_POST),
             _Methods("/conversations/*/items/*", _GET, writes=("DELETE",)),
         ),
-        errors="openai.chat",
     ),
     "copilot": _RouteTable(
         bridged=_OPENAI_DIALECTS,
@@ -230,7 +227,6 @@ _ROUTES: dict[str, _RouteTable] = {
             _Methods("/mcp/**", ("GET", "POST"), writes=("DELETE",)),  # DELETE: end a session
             _Methods("/.well-known/**", _GET),
         ),
-        errors="openai.chat",
     ),
 }
 
@@ -274,7 +270,7 @@ class Provider:
     @property
     def error_dialect(self) -> str:
         """The dialect whose error shape this provider's non-bridged answers use."""
-        return _ROUTES[self.type].errors
+        return PROVIDER_TYPES[self.type].error_dialect
 
     def route(self, path: str) -> Route | None:
         """Resolve a client path to a route, or ``None`` if this provider does not serve it.
@@ -306,10 +302,11 @@ class Provider:
         byok_bearer = Credential(
             CredentialKind.BYOK, ("authorization", f"Bearer {token}"), mask_secret(token)
         )
-        if self.type == "anthropic":
-            api_key = _not_a_gateway_key(header_value(headers, "x-api-key"))
+        key_header = PROVIDER_TYPES[self.type].key_header
+        if key_header != "authorization":
+            api_key = _not_a_gateway_key(header_value(headers, key_header))
             if api_key:
-                return Credential(CredentialKind.BYOK, ("x-api-key", api_key), mask_secret(api_key))
+                return Credential(CredentialKind.BYOK, (key_header, api_key), mask_secret(api_key))
         if token:
             return byok_bearer
         if not self.central_key:
@@ -320,9 +317,8 @@ class Provider:
 
     def centralized(self, key: str) -> Credential:
         """The credential of one of the provider's own keys, in the header its API wants."""
-        header = (
-            ("x-api-key", key) if self.type == "anthropic" else ("authorization", f"Bearer {key}")
-        )
+        key_header = PROVIDER_TYPES[self.type].key_header
+        header = (key_header, f"Bearer {key}" if key_header == "authorization" else key)
         return Credential(CredentialKind.CENTRALIZED, header, mask_secret(key))
 
     def upstream_headers(

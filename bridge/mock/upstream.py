@@ -56,6 +56,9 @@ from typing import Any, Final
 import h11
 import trio
 
+from bridge.protocol.headers import find_header
+from bridge.protocol.usage import TOKEN_COUNTERS, TokenCounts
+
 __all__ = [
     "APIS",
     "FAULTS",
@@ -70,9 +73,9 @@ __all__ = [
     "MockUpstream",
     "ReceivedRequest",
     "Scenario",
+    "ScenarioResponse",
     "SseEvent",
     "Upstream",
-    "UpstreamResponse",
     "load_scenarios",
     "main",
 ]
@@ -118,16 +121,8 @@ MAIN_HISTORY: Final[int] = 100
 RECEIVE_SIZE: Final[int] = 65536
 """Bytes asked of the socket per read."""
 
-_USAGE_KEYS: Final[tuple[str, ...]] = (
-    "input",
-    "output",
-    "cache_read",
-    "cache_write",
-    "cache_write_5m",
-    "cache_write_1h",
-    "web_search_requests",
-    "reasoning",
-)
+_USAGE_KEYS: Final[tuple[str, ...]] = TOKEN_COUNTERS
+"""The keys of ``expect.usage`` (``extra`` is not one: fixtures state the named counters)."""
 _TOP_KEYS: Final[frozenset[str]] = frozenset(
     {"name", "description", "api", "request", "upstream", "expect"}
 )
@@ -156,7 +151,7 @@ class SseEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamResponse:
+class ScenarioResponse:
     """One canned upstream response and its precomputed wire form.
 
     Exactly one of ``body`` (a JSON body, sent with content-length), ``events`` (an SSE
@@ -181,24 +176,13 @@ class UpstreamResponse:
 class Upstream:
     """The responses of one scenario: element i answers the i-th call of an interception."""
 
-    blocking: tuple[UpstreamResponse, ...] = ()
-    streaming: tuple[UpstreamResponse, ...] = ()
-    get: UpstreamResponse | None = None
+    blocking: tuple[ScenarioResponse, ...] = ()
+    streaming: tuple[ScenarioResponse, ...] = ()
+    get: ScenarioResponse | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ExpectedUsage:
-    """The true token totals of a scenario, as the gateway must record them."""
-
-    input: int = 0
-    output: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-    cache_write_5m: int = 0
-    cache_write_1h: int = 0
-    web_search_requests: int = 0
-    reasoning: int = 0
-    """Reasoning tokens (OpenAI), already counted inside ``output``."""
+ExpectedUsage = TokenCounts
+"""The true token totals of a scenario, as the gateway must record them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,11 +256,7 @@ class ReceivedRequest:
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
-        wanted = name.lower()
-        for key, value in self.headers:
-            if key == wanted:
-                return value
-        return None
+        return find_header(self.headers, name)
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -366,7 +346,7 @@ def _parse_upstream(value: Any, path: Path) -> Upstream:
     unknown = set(value) - {"blocking", "streaming", "get"}
     if unknown:
         raise _fail(path, "upstream", f"unknown keys {sorted(unknown)}")
-    lists: dict[str, tuple[UpstreamResponse, ...]] = {}
+    lists: dict[str, tuple[ScenarioResponse, ...]] = {}
     for kind in ("blocking", "streaming"):
         items = value.get(kind, [])
         if not isinstance(items, list) or (kind in value and not items):
@@ -381,7 +361,7 @@ def _parse_upstream(value: Any, path: Path) -> Upstream:
     return Upstream(blocking=lists["blocking"], streaming=lists["streaming"], get=get)
 
 
-def _parse_response(value: Any, path: Path, where: str, *, streaming: bool) -> UpstreamResponse:
+def _parse_response(value: Any, path: Path, where: str, *, streaming: bool) -> ScenarioResponse:
     if not isinstance(value, dict):
         raise _fail(path, where, "must be an object with 'status' and 'body', 'events' or 'raw'")
     unknown = set(value) - _RESPONSE_KEYS
@@ -418,7 +398,7 @@ def _parse_response(value: Any, path: Path, where: str, *, streaming: bool) -> U
             raise _fail(path, f"{where}.raw", "must be a string or a list of strings")
         raw = tuple(raw)
     response = _encode(
-        UpstreamResponse(
+        ScenarioResponse(
             status=status, headers=headers, body=value.get("body"), events=events, raw=raw
         ),
         streaming=streaming,
@@ -427,7 +407,7 @@ def _parse_response(value: Any, path: Path, where: str, *, streaming: bool) -> U
     return response
 
 
-def _check_framing(response: UpstreamResponse, path: Path, where: str) -> None:
+def _check_framing(response: ScenarioResponse, path: Path, where: str) -> None:
     """Refuse framing headers that contradict how the mock frames ``response``.
 
     A fixture may state ``Content-Length`` or ``Transfer-Encoding`` as a provider sends
@@ -564,7 +544,7 @@ def _encode_event(event: SseEvent) -> bytes:
     return b"event: " + event.event.encode("utf-8") + b"\ndata: " + data + b"\n\n"
 
 
-def _encode(response: UpstreamResponse, *, streaming: bool) -> UpstreamResponse:
+def _encode(response: ScenarioResponse, *, streaming: bool) -> ScenarioResponse:
     """Return ``response`` with its wire headers and chunks filled in."""
     names = {name.lower() for name, _ in response.headers}
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
@@ -585,7 +565,7 @@ def _encode(response: UpstreamResponse, *, streaming: bool) -> UpstreamResponse:
         chunks = (b"".join(chunks),)
         if "content-length" not in names:  # else stated by the fixture, and checked
             headers.append((b"content-length", str(len(chunks[0])).encode("ascii")))
-    return UpstreamResponse(
+    return ScenarioResponse(
         status=response.status,
         headers=response.headers,
         body=response.body,
@@ -597,7 +577,7 @@ def _encode(response: UpstreamResponse, *, streaming: bool) -> UpstreamResponse:
     )
 
 
-def _error_response(status: int, error_type: str, message: str) -> UpstreamResponse:
+def _error_response(status: int, error_type: str, message: str) -> ScenarioResponse:
     """A response in Anthropic's error shape, for answers the mock makes up itself."""
     body = {
         "type": "error",
@@ -605,7 +585,7 @@ def _error_response(status: int, error_type: str, message: str) -> UpstreamRespo
         "request_id": "req_mock",
     }
     return _encode(
-        UpstreamResponse(status=status, headers=(("request-id", "req_mock"),), body=body),
+        ScenarioResponse(status=status, headers=(("request-id", "req_mock"),), body=body),
         streaming=False,
     )
 
@@ -614,7 +594,7 @@ def _error_response(status: int, error_type: str, message: str) -> UpstreamRespo
 _KEY_ERRORS: Final = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
-def _key_refusal(request: ReceivedRequest, error: _ErrorShape) -> UpstreamResponse | None:
+def _key_refusal(request: ReceivedRequest, error: _ErrorShape) -> ScenarioResponse | None:
     """The error ``x-mock-key-status: <key>=<status>,...`` asks for the key presented, if any.
 
     Lets key-failover tests make one centralized key rate limited or revoked while the
@@ -638,18 +618,18 @@ def _key_refusal(request: ReceivedRequest, error: _ErrorShape) -> UpstreamRespon
 
 def _openai_error_response(
     status: int, error_type: str, message: str, code: str | None = None
-) -> UpstreamResponse:
+) -> ScenarioResponse:
     """A response in OpenAI's error shape, for answers the mock makes up on OpenAI routes."""
     body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return _encode(
-        UpstreamResponse(status=status, headers=(("x-request-id", "req_mock"),), body=body),
+        ScenarioResponse(status=status, headers=(("x-request-id", "req_mock"),), body=body),
         streaming=False,
     )
 
 
-def _json_response(body: Any) -> UpstreamResponse:
+def _json_response(body: Any) -> ScenarioResponse:
     return _encode(
-        UpstreamResponse(status=200, headers=(("request-id", "req_mock"),), body=body),
+        ScenarioResponse(status=200, headers=(("request-id", "req_mock"),), body=body),
         streaming=False,
     )
 
@@ -664,7 +644,7 @@ _OPENAI_NOT_AUTHENTICATED: Final = _openai_error_response(
     "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
 )
 
-_ErrorShape = Callable[[int, str, str], UpstreamResponse]
+_ErrorShape = Callable[[int, str, str], ScenarioResponse]
 """Makes the mock's own error answers in the shape of the route's provider."""
 
 
@@ -913,7 +893,7 @@ class MockUpstream:
             else:  # ConnectionClosed, or PAUSED after a protocol switch we never accept
                 return None
 
-    def route(self, request: ReceivedRequest) -> tuple[UpstreamResponse, float, _Fault | None]:
+    def route(self, request: ReceivedRequest) -> tuple[ScenarioResponse, float, _Fault | None]:
         """Pick the response for ``request``, the pace of its stream and its fault, if any.
 
         Pure choice, no I/O: another transport can serve the same scenarios with it.
@@ -924,7 +904,7 @@ class MockUpstream:
         """
         path = request.target.partition("?")[0]
         method = request.method
-        handler: Callable[[ReceivedRequest], UpstreamResponse]
+        handler: Callable[[ReceivedRequest], ScenarioResponse]
         error: _ErrorShape = _error_response
         if path == "/v1/messages" and method == "POST":
             handler = self._messages
@@ -977,7 +957,7 @@ class MockUpstream:
         response = handler(request)
         return response, pace, fault if response.status < 300 else None
 
-    def _messages(self, request: ReceivedRequest) -> UpstreamResponse:
+    def _messages(self, request: ReceivedRequest) -> ScenarioResponse:
         return self._replay(
             request,
             "anthropic.messages",
@@ -986,7 +966,7 @@ class MockUpstream:
             _error_response,
         )
 
-    def _chat(self, request: ReceivedRequest) -> UpstreamResponse:
+    def _chat(self, request: ReceivedRequest) -> ScenarioResponse:
         return self._replay(
             request,
             "openai.chat",
@@ -995,7 +975,7 @@ class MockUpstream:
             _openai_error_response,
         )
 
-    def _responses(self, request: ReceivedRequest) -> UpstreamResponse:
+    def _responses(self, request: ReceivedRequest) -> ScenarioResponse:
         return self._replay(
             request,
             "openai.responses",
@@ -1011,7 +991,7 @@ class MockUpstream:
         default: str,
         call_index: Callable[[dict[str, Any]], int],
         error: _ErrorShape,
-    ) -> UpstreamResponse:
+    ) -> ScenarioResponse:
         """Answer a generation request from a scenario of ``api``.
 
         The scenario is the one named by ``x-mock-scenario``, else the one named like the
@@ -1057,10 +1037,10 @@ class MockUpstream:
             )
         return responses[min(call_index(body), len(responses) - 1)]
 
-    def _count_tokens(self, request: ReceivedRequest) -> UpstreamResponse:
+    def _count_tokens(self, request: ReceivedRequest) -> ScenarioResponse:
         return _json_response({"input_tokens": len(request.body) // 4})
 
-    def _models(self, request: ReceivedRequest) -> UpstreamResponse:
+    def _models(self, request: ReceivedRequest) -> ScenarioResponse:
         scenario = self.scenarios.get(MODELS_SCENARIO)
         if scenario is None or scenario.upstream.get is None:
             return _error_response(
@@ -1070,7 +1050,7 @@ class MockUpstream:
             )
         return scenario.upstream.get
 
-    def _openai_models(self, request: ReceivedRequest) -> UpstreamResponse:
+    def _openai_models(self, request: ReceivedRequest) -> ScenarioResponse:
         scenario = self.scenarios.get(OPENAI_MODELS_SCENARIO)
         if scenario is None or scenario.upstream.get is None:
             return _openai_error_response(
@@ -1084,7 +1064,7 @@ class MockUpstream:
         self,
         conn: h11.Connection,
         stream: trio.SocketStream,
-        response: UpstreamResponse,
+        response: ScenarioResponse,
         pace: float,
     ) -> bool:
         """Send a chunked stream while watching for the client closing the connection.
@@ -1157,7 +1137,7 @@ async def _wait_for_close(stream: trio.SocketStream) -> None:
 async def _misbehave(
     conn: h11.Connection,
     stream: trio.SocketStream,
-    response: UpstreamResponse,
+    response: ScenarioResponse,
     pace: float,
     fault: _Fault,
 ) -> None:
@@ -1213,7 +1193,7 @@ def _trim(kept: list[Any], history: int | None) -> None:
         del kept[: len(kept) - history]
 
 
-def _blocking_bytes(conn: h11.Connection, response: UpstreamResponse) -> bytes:
+def _blocking_bytes(conn: h11.Connection, response: ScenarioResponse) -> bytes:
     """The whole response (head, body, end) as one buffer, so it goes out in one write."""
     head = h11.Response(status_code=response.status, headers=list(response.wire_headers))
     parts = [conn.send(head)]

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["HOP_BY_HOP", "bearer_token", "connection_tokens", "header_value", "normalize"]
+__all__ = [
+    "HOP_BY_HOP",
+    "bearer_token",
+    "connection_tokens",
+    "find_header",
+    "header_value",
+    "normalize",
+]
 
 HOP_BY_HOP = frozenset(
     {
@@ -34,13 +41,23 @@ def normalize(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(name.lower(), value) for name, value in headers]
 
 
-def header_value(headers: Sequence[tuple[str, str]], name: str) -> str:
-    """The first value of header ``name`` (any case), or ``""``."""
+def find_header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The first value of header ``name`` (any case), or ``None`` when there is none.
+
+    The one lookup: :func:`header_value` and the ``header`` methods of the response and
+    request types (upstream client, embedding API, mock upstream) all come here.
+    """
     name = name.lower()
     for key, value in headers:
         if key == name or key.lower() == name:
             return value
-    return ""
+    return None
+
+
+def header_value(headers: Sequence[tuple[str, str]], name: str) -> str:
+    """The first value of header ``name`` (any case), or ``""``: for headers where an
+    empty value and no header mean the same."""
+    return find_header(headers, name) or ""
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:

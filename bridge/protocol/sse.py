@@ -26,12 +26,12 @@ Rules (WHATWG HTML, "event stream interpretation"), with the places where we dif
    absent. A browser's `lastEventId` persists across events; a caller that needs it keeps
    the last `id` that was not `None`.
 8. Buffering is bounded: the bytes of an unfinished event (everything since the last blank
-   line) may not exceed `max_event_size`, or `next_event` raises `UpstreamProtocolError`.
+   line) may not exceed `max_event_size`, or `next_event` raises `SSEProtocolError`.
    This is a defence against a broken or hostile upstream, like h11's
    `max_incomplete_event_size`.
 
 Invariant (tested with Hypothesis): any bytes, cut into chunks anywhere, give the same events
-as the same bytes in one chunk, or `UpstreamProtocolError`. Never another exception.
+as the same bytes in one chunk, or `SSEProtocolError`. Never another exception.
 
 Cost: linear in the bytes received, however small the chunks. The search for a line
 terminator resumes where the previous one stopped. Each line is handled with `bytes`
@@ -50,7 +50,7 @@ __all__ = [
     "NEED_DATA",
     "Decoder",
     "Event",
-    "UpstreamProtocolError",
+    "SSEProtocolError",
     "encode",
     "encode_comment",
     "frame",
@@ -85,12 +85,17 @@ END_OF_STREAM: Final = _Sentinel.END_OF_STREAM
 """The stream has ended and every event in it was returned. Returned again on every call."""
 
 
-class UpstreamProtocolError(Exception):
+class SSEProtocolError(Exception):
     """The upstream sent a stream that cannot be decoded safely (for now: an oversized event).
 
     The decoder is then broken: further `next_event` calls raise the same error. The gateway
     answers the client as for any upstream failure.
     """
+
+
+# The old name, still imported by bridge.core.interception; not to be used in new code
+# (bridge.errors.UpstreamProtocolError is the gateway's error of that name).
+UpstreamProtocolError = SSEProtocolError
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +174,10 @@ class Decoder:
     def next_event(self) -> Event | _Sentinel:
         """The next complete event, or `NEED_DATA`, or `END_OF_STREAM` once all is read.
 
-        Raises `UpstreamProtocolError` when an unfinished event outgrows `max_event_size`.
+        Raises `SSEProtocolError` when an unfinished event outgrows `max_event_size`.
         """
         if self._error is not None:
-            raise UpstreamProtocolError(self._error)
+            raise SSEProtocolError(self._error)
         buffer = self._buffer
         if not self._started:
             if len(buffer) < len(_BOM) and _BOM.startswith(buffer) and not self._eof:
@@ -283,7 +288,7 @@ class Decoder:
                 f"without ending ({len(self._buffer)} bytes since the last blank line); "
                 "the upstream stream is broken or hostile, or max_event_size is too small"
             )
-            raise UpstreamProtocolError(self._error)
+            raise SSEProtocolError(self._error)
         return NEED_DATA
 
     def _end_of_stream(self) -> Event | _Sentinel:

@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, get_args
 
+from bridge.errors import JournalError
+
 from . import records as _records
 from .records import Record
 
@@ -51,10 +53,6 @@ _RECORD_TYPES: Final[dict[str, type[Record]]] = {kind.__name__: kind for kind in
 # a tool's input) is written as its str, as the SQLite store does: a journal that refused a
 # record would lose it.
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-class JournalError(Exception):
-    """The journal directory cannot be used."""
 
 
 def _field_kinds(kind: type[Record]) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 It follows the store rules of :mod:`bridge.recording.store` exactly as the SQLite store
 does (idempotent by id, first end wins, same usage report), so a test written against it
-says something true about the real store. A lock makes it safe to read from any thread
-while the recorder writes from a worker thread.
+says something true about the real store. Its readers are the SQL stores' too (same
+methods, same rows, valued as SQLite gives them back), so one test reads any store. A lock
+makes it safe to read from any thread while the recorder writes from a worker thread.
 
 It keeps gateway keys (:mod:`bridge.identity.keys`) as the SQLite store does: the prefix and
 the hash,
@@ -17,16 +18,18 @@ import datetime as _dt
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from bridge.identity.keys import (
     GatewayKey,
+    KeyStore,
     check_new_key,
     generate_key,
     hash_key,
     key_prefix,
     secret_matches,
 )
+from bridge.protocol.usage import TOKEN_COUNTERS
 
 from .records import (
     InterceptionEnded,
@@ -39,13 +42,29 @@ from .records import (
     ToolUsage,
     utcnow,
 )
-from .store import FAILED_OUTCOMES, GROUP_COLUMNS, UsageRow, as_utc, check_group_by, meta_key
+from .sql import END_COLUMNS, stored_row
+from .sqlite import DIALECT as SQLITE
+from .store import (
+    FAILED_OUTCOMES,
+    GROUP_COLUMNS,
+    USAGE_COLUMNS,
+    UsageRow,
+    as_utc,
+    check_group_by,
+    meta_key,
+)
 
 __all__ = ["MemoryStore"]
 
 _Kept = TypeVar(
     "_Kept", InterceptionStarted, TokenUsage, PromptUsage, ToolUsage, ModelThought, PassthroughCall
 )
+
+_TIME_FIELDS: Final[dict[type[Record], str]] = {
+    InterceptionStarted: "started_at",
+    PassthroughCall: "started_at",
+}
+_NOT_ENDED: Final = dict.fromkeys(END_COLUMNS)
 
 _KINDS: Final = (
     InterceptionStarted,
@@ -57,8 +76,12 @@ _KINDS: Final = (
 )
 
 
-class MemoryStore:
-    """Records kept in lists, in the order they were first written."""
+class MemoryStore(KeyStore):
+    """Records kept in lists, in the order they were first written.
+
+    It implements identity's :class:`~bridge.identity.keys.KeyStore` by name, so that
+    mypy checks it against that protocol.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -106,41 +129,43 @@ class MemoryStore:
             record for record in kept if getattr(record, "interception_id", None) == interception_id
         ]
 
-    @property
-    def interceptions(self) -> list[InterceptionStarted]:
-        """Every interception started, oldest first."""
-        return self._all(InterceptionStarted)
+    # The readers of SQLStore, with the same rows: dicts of the table's columns, valued as
+    # the SQLite store gives them back (timestamps as ISO text, flags as 0/1, JSON as text),
+    # oldest first, so that one test reads any store.
 
-    @property
-    def ended(self) -> dict[str, InterceptionEnded]:
-        """Interception id -> its (first) end."""
+    def _rows(self, kind: type[_Kept], interception_id: str | None) -> list[dict[str, Any]]:
+        kept = self._all(kind, interception_id)
+        kept.sort(key=lambda record: as_utc(getattr(record, _TIME_FIELDS.get(kind, "created_at"))))
+        return [stored_row(record, SQLITE) for record in kept]
+
+    def interceptions(self) -> list[dict[str, Any]]:
+        """Every interception row, with its end's columns (``None`` until it ended)."""
         with self._lock:
-            return dict(self._ended)
+            ended = dict(self._ended)
+        return [
+            row | (stored_row(ended[row["id"]], SQLITE) if row["id"] in ended else _NOT_ENDED)
+            for row in self._rows(InterceptionStarted, None)
+        ]
 
-    @property
-    def token_usages(self) -> list[TokenUsage]:
-        """Every token-usage record."""
-        return self._all(TokenUsage)
+    def token_usages(self, interception_id: str | None = None) -> list[dict[str, Any]]:
+        """Token-usage rows of one interception or of all."""
+        return self._rows(TokenUsage, interception_id)
 
-    @property
-    def prompts(self) -> list[PromptUsage]:
-        """Every prompt record."""
-        return self._all(PromptUsage)
+    def prompts(self, interception_id: str | None = None) -> list[dict[str, Any]]:
+        """Prompt rows of one interception or of all."""
+        return self._rows(PromptUsage, interception_id)
 
-    @property
-    def tool_usages(self) -> list[ToolUsage]:
-        """Every tool-usage record."""
-        return self._all(ToolUsage)
+    def tool_usages(self, interception_id: str | None = None) -> list[dict[str, Any]]:
+        """Tool-usage rows of one interception or of all."""
+        return self._rows(ToolUsage, interception_id)
 
-    @property
-    def model_thoughts(self) -> list[ModelThought]:
-        """Every model-thought record."""
-        return self._all(ModelThought)
+    def model_thoughts(self, interception_id: str | None = None) -> list[dict[str, Any]]:
+        """Model-thought rows of one interception or of all."""
+        return self._rows(ModelThought, interception_id)
 
-    @property
-    def passthrough_calls(self) -> list[PassthroughCall]:
-        """Every passthrough call, in the order written."""
-        return self._all(PassthroughCall)
+    def passthrough_calls(self) -> list[dict[str, Any]]:
+        """Every passthrough call row."""
+        return self._rows(PassthroughCall, None)
 
     def usage(
         self, *, since: _dt.datetime | None = None, by: Sequence[str] = ("user",)
@@ -149,31 +174,30 @@ class MemoryStore:
         over the records in memory."""
         names = check_group_by(by)
         start = None if since is None else as_utc(since)
-        picked = [i for i in self.interceptions if start is None or as_utc(i.started_at) >= start]
+        picked = [
+            i
+            for i in self._all(InterceptionStarted)
+            if start is None or as_utc(i.started_at) >= start
+        ]
         group_of = {i.id: tuple(_group_value(i, name) for name in names) for i in picked}
-        ended = self.ended
-        totals: dict[tuple[str, ...], list[int]] = {}
+        with self._lock:
+            ended = dict(self._ended)
+        totals: dict[tuple[str, ...], dict[str, int]] = {}
         for interception in picked:
-            total = totals.setdefault(group_of[interception.id], [0] * 11)
-            total[0] += 1
+            total = totals.setdefault(group_of[interception.id], dict.fromkeys(USAGE_COLUMNS, 0))
+            total["interceptions"] += 1
             end = ended.get(interception.id)
-            total[1] += end is not None and end.outcome in FAILED_OUTCOMES
-        for usage in self.token_usages:
+            total["failures"] += end is not None and end.outcome in FAILED_OUTCOMES
+        for usage in self._all(TokenUsage):
             if usage.interception_id in group_of:
                 total = totals[group_of[usage.interception_id]]
-                total[2] += usage.input
-                total[3] += usage.output
-                total[4] += usage.cache_read
-                total[5] += usage.cache_write
-                total[6] += usage.reasoning
-                total[8] += usage.cache_write_5m
-                total[9] += usage.cache_write_1h
-                total[10] += usage.web_search_requests
-        for tool in self.tool_usages:
+                for name in TOKEN_COUNTERS:
+                    total[name] += getattr(usage, name)
+        for tool in self._all(ToolUsage):
             if tool.interception_id in group_of:
-                totals[group_of[tool.interception_id]][7] += 1
+                totals[group_of[tool.interception_id]]["tool_calls"] += 1
         return [
-            UsageRow(dict(zip(names, group, strict=True)), *total)
+            UsageRow(dict(zip(names, group, strict=True)), **total)
             for group, total in sorted(totals.items())
         ]
 

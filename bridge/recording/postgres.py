@@ -37,7 +37,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.string import TextLoader
 
-from .sql import Dialect, SQLStore, WriteGroups
+from .sql import SQLDialect, SQLStore, WriteGroups
 from .store import StoreError, as_utc, mask_url
 
 __all__ = ["CONNECT_DEFAULTS", "MIGRATIONS", "PostgresStore"]
@@ -50,7 +50,7 @@ def _timestamp(moment: _dt.datetime) -> _dt.datetime:
     return as_utc(moment)
 
 
-DIALECT: Final = Dialect(
+DIALECT: Final = SQLDialect(
     types={"flag": "BOOLEAN", "json": "JSON", "ts": "TIMESTAMPTZ", "int": "BIGINT"},
     timestamp=_timestamp,
     flag=bool,

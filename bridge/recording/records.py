@@ -24,6 +24,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from bridge.protocol.usage import TOKEN_COUNTERS, TokenCounts
+
 __all__ = [
     "CredentialKind",
     "InterceptionEnded",
@@ -104,9 +106,10 @@ class InterceptionEnded:
 class TokenUsage:
     """The true totals of one upstream response (one message, completion or response).
 
-    ``cache_write`` is the sum of ``cache_write_5m`` and ``cache_write_1h`` when the
-    provider splits it; ``extra`` holds any further counters a provider reports,
-    under their provider names.
+    The counters are those of :class:`~bridge.protocol.usage.TokenCounts`, in the same
+    order (:data:`~bridge.protocol.usage.TOKEN_COUNTERS`), spelled out here because they
+    are the record's fields and the table's columns; :meth:`of` and :attr:`counts`
+    convert, and a test keeps the two lists equal.
     """
 
     interception_id: str
@@ -122,6 +125,18 @@ class TokenUsage:
     extra: dict[str, int] = field(default_factory=dict)
     id: str = field(default_factory=new_id)
     created_at: _dt.datetime = field(default_factory=utcnow)
+
+    @classmethod
+    def of(cls, interception_id: str, provider_response_id: str, counts: TokenCounts) -> TokenUsage:
+        """The record of one response's counters (``extra`` copied, not shared)."""
+        named = {name: getattr(counts, name) for name in TOKEN_COUNTERS}
+        return cls(interception_id, provider_response_id, **named, extra=dict(counts.extra))
+
+    @property
+    def counts(self) -> TokenCounts:
+        """The counters alone, without the record's identity."""
+        named = {name: getattr(self, name) for name in TOKEN_COUNTERS}
+        return TokenCounts(**named, extra=dict(self.extra))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 
 from bridge.config import ConfigError
-from bridge.recording.store import UsageRow
+from bridge.recording.store import USAGE_COLUMNS, UsageRow
 
 __all__ = ["COLUMNS", "MAX_SINCE_DAYS", "format_usage", "parse_since", "usage_records"]
 
@@ -49,19 +49,8 @@ def parse_since(text: str, *, now: dt.datetime | None = None, name: str = "--sin
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-COLUMNS = (
-    "interceptions",
-    "failures",
-    "input",
-    "output",
-    "cache_read",
-    "cache_write",
-    "cache_write_5m",
-    "cache_write_1h",
-    "reasoning",
-    "web_search_requests",
-    "tool_calls",
-)
+COLUMNS = USAGE_COLUMNS
+"""The figures of a report row, after its group's columns."""
 
 
 def usage_records(rows: Sequence[UsageRow], by: Sequence[str]) -> list[dict[str, object]]:

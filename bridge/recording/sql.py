@@ -2,7 +2,7 @@
 readers, usage report and gateway-key methods built on them.
 
 SQLite (:mod:`.sqlite`) and PostgreSQL (:mod:`.postgres`) keep the same tables, columns,
-indexes and migrations, written once here as :data:`SCHEMA`. A :class:`Dialect` says what
+indexes and migrations, written once here as :data:`SCHEMA`. A :class:`SQLDialect` says what
 differs: the column types (PostgreSQL gets ``TIMESTAMPTZ``, ``BOOLEAN``, ``JSON`` and
 ``BIGINT`` where SQLite has text and integers), how a timestamp and a flag are passed,
 the parameter marker, the collation that sorts text by code point, and the order rows were
@@ -38,12 +38,14 @@ from typing import Any, ClassVar, Final, Self
 
 from bridge.identity.keys import (
     GatewayKey,
+    KeyStore,
     check_new_key,
     generate_key,
     hash_key,
     key_prefix,
     secret_matches,
 )
+from bridge.protocol.usage import TOKEN_COUNTERS
 
 from .records import (
     InterceptionEnded,
@@ -59,6 +61,7 @@ from .records import (
 from .store import (
     FAILED_OUTCOMES,
     GROUP_COLUMNS,
+    USAGE_COLUMNS,
     StoreError,
     UsageRow,
     as_utc,
@@ -66,7 +69,16 @@ from .store import (
     meta_key,
 )
 
-__all__ = ["SCHEMA", "Dialect", "SQLStore", "WriteGroups", "iso_timestamp", "json_text"]
+__all__ = [
+    "END_COLUMNS",
+    "SCHEMA",
+    "SQLDialect",
+    "SQLStore",
+    "WriteGroups",
+    "iso_timestamp",
+    "json_text",
+    "stored_row",
+]
 
 SCHEMA: Final[tuple[str, ...]] = (
     # 1: the initial schema.
@@ -172,7 +184,7 @@ SCHEMA: Final[tuple[str, ...]] = (
     """,
 )
 """The migration scripts, with the dialect's column types as ``{flag}``, ``{json}``, ``{ts}``
-and ``{int}``: rendered by :meth:`Dialect.migrations`. Append only, never edit a released one."""
+and ``{int}``: rendered by :meth:`SQLDialect.migrations`. Append only, never edit a released one."""
 
 _VERSIONS_TABLE: Final = (
     "CREATE TABLE IF NOT EXISTS schema_migrations"
@@ -199,7 +211,7 @@ def json_text(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Dialect:
+class SQLDialect:
     """What one database spells differently; everything else in this module is shared."""
 
     types: Mapping[str, str]
@@ -254,8 +266,26 @@ _INSERTS: Final[dict[type[Record], str]] = {
 # Starts first and ends last, so that a batch holding a whole interception records it whole.
 _WRITE_ORDER: Final = tuple(_INSERTS)
 
+_COLUMNS: Final[dict[type[Record], tuple[str, ...]]] = {
+    kind: tuple(name.strip() for name in sql.split("(", 1)[1].split(")", 1)[0].split(","))
+    for kind, sql in _INSERTS.items()
+    if kind is not InterceptionEnded
+}
+"""The columns each record kind fills, read from its statement in :data:`_INSERTS`."""
 
-def _row(record: Record, dialect: Dialect) -> tuple[Any, ...]:
+END_COLUMNS: Final = ("ended_at", "outcome", "error")
+"""The columns of an interception's row that its :class:`InterceptionEnded` fills."""
+
+
+def stored_row(record: Record, dialect: SQLDialect) -> dict[str, Any]:
+    """The row *record* becomes, as column -> value (the values as :func:`_row` writes
+    them); for an :class:`InterceptionEnded`, the columns it sets on its interception."""
+    if isinstance(record, InterceptionEnded):
+        return dict(zip(END_COLUMNS, _row(record, dialect)[:3], strict=True))
+    return dict(zip(_COLUMNS[type(record)], _row(record, dialect), strict=True))
+
+
+def _row(record: Record, dialect: SQLDialect) -> tuple[Any, ...]:
     """The SQL parameters of *record*, in the column order of :data:`_INSERTS`."""
     ts = dialect.timestamp
     match record:
@@ -369,7 +399,7 @@ _TIME_COLUMNS: Final = {  # the others: created_at
 }
 
 
-class SQLStore(abc.ABC):
+class SQLStore(abc.ABC, KeyStore):
     """The store rules (see :mod:`bridge.recording.store`) over a SQL database; a subclass
     says how to reach it.
 
@@ -378,7 +408,7 @@ class SQLStore(abc.ABC):
     lookups and the test readers may come from others.
     """
 
-    dialect: ClassVar[Dialect]
+    dialect: ClassVar[SQLDialect]
     encoding_errors: ClassVar[tuple[type[Exception], ...]] = (UnicodeEncodeError,)
     """What the driver raises for text the database cannot hold: the batch is cleaned and
     written again (see the module rules)."""
@@ -545,11 +575,7 @@ class SQLStore(abc.ABC):
         sql = f"""
             WITH picked AS (SELECT * FROM bridge_interceptions {where}),
             tokens AS (
-                SELECT t.interception_id, SUM(t.input) AS input, SUM(t.output) AS output,
-                    SUM(t.cache_read) AS cache_read, SUM(t.cache_write) AS cache_write,
-                    SUM(t.reasoning) AS reasoning, SUM(t.cache_write_5m) AS cache_write_5m,
-                    SUM(t.cache_write_1h) AS cache_write_1h,
-                    SUM(t.web_search_requests) AS web_search_requests
+                SELECT t.interception_id, {", ".join(f"SUM(t.{c}) AS {c}" for c in TOKEN_COUNTERS)}
                 FROM bridge_token_usages AS t JOIN picked AS p ON p.id = t.interception_id
                 GROUP BY t.interception_id
             ),
@@ -562,15 +588,8 @@ class SQLStore(abc.ABC):
                 COUNT(*),
                 CAST(COALESCE(SUM(CASE WHEN i.outcome IN ({", ".join("?" for _ in failed)})
                     THEN 1 ELSE 0 END), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.input), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.output), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.cache_read), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.cache_write), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.reasoning), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tools.calls), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.cache_write_5m), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.cache_write_1h), 0) AS BIGINT),
-                CAST(COALESCE(SUM(tokens.web_search_requests), 0) AS BIGINT)
+                {"".join(f"CAST(COALESCE(SUM(tokens.{c}), 0) AS BIGINT), " for c in TOKEN_COUNTERS)}
+                CAST(COALESCE(SUM(tools.calls), 0) AS BIGINT)
             FROM picked AS i
             LEFT JOIN tokens ON tokens.interception_id = i.id
             LEFT JOIN tools ON tools.interception_id = i.id
@@ -580,7 +599,10 @@ class SQLStore(abc.ABC):
         _, result = self._fetch(sql, params)
         width = len(names)
         return [
-            UsageRow(dict(zip(names, row[:width], strict=True)), *row[width:])
+            UsageRow(
+                dict(zip(names, row[:width], strict=True)),
+                **dict(zip(USAGE_COLUMNS, row[width:], strict=True)),
+            )
             for row in result
             if row[width] > 0  # without a grouping, an empty table still gives one row
         ]

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from .sql import Dialect, SQLStore, WriteGroups, iso_timestamp
+from .sql import SQLDialect, SQLStore, WriteGroups, iso_timestamp
 from .store import StoreError
 
 __all__ = ["BUSY_TIMEOUT", "MIGRATIONS", "SQLiteStore"]
@@ -41,7 +41,7 @@ __all__ = ["BUSY_TIMEOUT", "MIGRATIONS", "SQLiteStore"]
 BUSY_TIMEOUT: Final = 5.0
 """Seconds a connection waits for another process's write lock before failing."""
 
-DIALECT: Final = Dialect(
+DIALECT: Final = SQLDialect(
     types={"flag": "INTEGER", "json": "TEXT", "ts": "TEXT", "int": "INTEGER"},
     timestamp=iso_timestamp,
     flag=int,

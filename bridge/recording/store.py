@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from bridge.config import mask_url
+from bridge.errors import StoreError
+from bridge.protocol.usage import TOKEN_COUNTERS
 
 from .records import Outcome, Record
 
@@ -33,6 +35,7 @@ __all__ = [
     "GROUP_BY",
     "GROUP_COLUMNS",
     "META_GROUP",
+    "USAGE_COLUMNS",
     "Store",
     "StoreError",
     "UsageRow",
@@ -42,10 +45,6 @@ __all__ = [
     "meta_key",
     "open_store",
 ]
-
-
-class StoreError(Exception):
-    """A store cannot be opened or used: a bad URL, an unreadable file, an unknown schema."""
 
 
 class Store(Protocol):
@@ -117,6 +116,10 @@ class UsageRow:
     cache_write_1h: int = 0
     """The part of ``cache_write`` cached for an hour (priced higher)."""
     web_search_requests: int = 0
+
+
+USAGE_COLUMNS: Final[tuple[str, ...]] = ("interceptions", "failures", *TOKEN_COUNTERS, "tool_calls")
+"""The figures of a :class:`UsageRow`, in report order (the token counters in column order)."""
 
 
 def check_group_by(by: Sequence[str]) -> tuple[str, ...]:

@@ -41,7 +41,7 @@ import httpcore2
 import httpx2
 import trio
 
-from bridge.errors import BadRequest, UpstreamProtocolError, UpstreamUnavailable
+from bridge.errors import BadRequest, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from bridge.protocol.headers import header_value
 
 __all__ = ["UpstreamClient", "UpstreamResponse", "UpstreamTimeout"]
@@ -61,17 +61,6 @@ MAX_ERROR_BODY: Final = 1024 * 1024
 _URL_CACHE_SIZE: Final = 1024
 # Methods whose empty body is still announced as ``content-length: 0`` (as httpx does).
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
-
-
-class UpstreamTimeout(UpstreamUnavailable):
-    """The upstream went silent past one of the provider's timeouts (504 before the
-    response started); the connection has been closed.
-
-    A subclass of :class:`UpstreamUnavailable`: like a connection failure, a timeout
-    before the response headers may be retried, and counts against the circuit breaker.
-    """
-
-    status_hint = 504
 
 
 @dataclass(slots=True)

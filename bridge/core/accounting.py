@@ -10,6 +10,7 @@ from __future__ import annotations
 from bridge.core.state import Interception
 from bridge.dialects.base import TurnResult
 from bridge.dialects.clients import guess_client, session_id
+from bridge.protocol.headers import header_value
 from bridge.recording.records import (
     InterceptionStarted,
     ModelThought,
@@ -32,7 +33,7 @@ def started_record(ix: Interception) -> InterceptionStarted:
     """The interception's first record: who asked what, with which client and key."""
     headers = ix.request.headers
     client = guess_client(headers)
-    user_agent = next((v for k, v in headers if k == "user-agent"), "")
+    user_agent = header_value(headers, "user-agent")
     return InterceptionStarted(
         id=ix.id,
         initiator_id=ix.actor.id,
@@ -59,22 +60,7 @@ async def record_turn(ix: Interception, result: TurnResult) -> None:
         progress.prompt_recorded = True
         records.append(PromptUsage(ix.id, result.response_id, ix.parsed.prompt))
     if result.usage is not None:
-        u = result.usage
-        records.append(
-            TokenUsage(
-                ix.id,
-                result.response_id,
-                input=u.input,
-                output=u.output,
-                cache_read=u.cache_read,
-                cache_write=u.cache_write,
-                cache_write_5m=u.cache_write_5m,
-                cache_write_1h=u.cache_write_1h,
-                reasoning=u.reasoning,
-                web_search_requests=u.web_search_requests,
-                extra=dict(u.extra),
-            )
-        )
+        records.append(TokenUsage.of(ix.id, result.response_id, result.usage))
     injected = ix.injected_names
     records.extend(
         ToolUsage(ix.id, result.response_id, call.name, call.id, call.input)

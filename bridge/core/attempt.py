@@ -20,8 +20,8 @@ from bridge.core.state import RECORD_DEADLINE, Interception
 from bridge.dialects.base import Turn, TurnResult
 from bridge.dialects.providers import forwardable_response_headers
 from bridge.errors import CircuitOpen, KeysExhausted, UpstreamProtocolError, UpstreamUnavailable
-from bridge.protocol.sse import Decoder, Event
-from bridge.protocol.sse import UpstreamProtocolError as SSEProtocolError
+from bridge.protocol.headers import header_value
+from bridge.protocol.sse import Decoder, Event, SSEProtocolError
 from bridge.recording.records import CredentialKind
 from bridge.services.breaker import Ticket
 from bridge.services.resilience import Key, KeyPool, NoKeyAvailable, next_step
@@ -264,7 +264,7 @@ async def _relay_stream(
 async def _relay_upstream_error(ix: Interception, relay: Relay, response: UpstreamResponse) -> None:
     content_type, body = ix.dialect.upstream_error(
         response.status,
-        next((v for k, v in response.headers if k == "content-type"), ""),
+        header_value(response.headers, "content-type"),
         await response.read(MAX_ERROR_BODY),
     )
     headers = [

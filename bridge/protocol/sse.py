@@ -93,11 +93,6 @@ class SSEProtocolError(Exception):
     """
 
 
-# The old name, still imported by bridge.core.interception; not to be used in new code
-# (bridge.errors.UpstreamProtocolError is the gateway's error of that name).
-UpstreamProtocolError = SSEProtocolError
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     """One dispatched event.

@@ -47,7 +47,7 @@ include benchmarks/Makefile.inc
 
 e2e: install
 	npm install -g --silent @anthropic-ai/claude-code @openai/codex
-	BRIDGE_REAL_CLIENTS=1 $(BIN)/python -m pytest -q tests/test_real_clients.py
+	BRIDGE_REAL_CLIENTS=1 $(BIN)/python -m pytest -q tests/api/test_real_clients.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -54,9 +54,10 @@
    dies mid-way (a passthrough relays bytes it cannot complete or correct), so the
    client must see it cut: the connection is closed.
 
-1 and 2 were found by ``tests/test_faults.py`` (its descriptor and task counts, and the
-slow reader with a small receive buffer); 3 to 8 by a red team (``tests/test_connections.py``,
-``tests/test_workers.py``); 9 against a hand-written upstream (``tests/test_wire_upstream.py``).
+1 and 2 were found by ``tests/core/test_faults.py`` (its descriptor and task counts, and the
+slow reader with a small receive buffer); 3 to 8 by a red team
+(``tests/http/test_connections.py``, ``tests/process/test_workers.py``); 9 against a
+hand-written upstream (``tests/core/test_wire_upstream.py``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ fixed points of an interception and never touches ``prometheus_client`` itself.
 Rules:
 
 1. Names, types, labels and the duration buckets are exactly coder/aibridge's
-   (docs/behaviour.md §10.2, listed in ``tests/test_metrics.py``), each under the optional
+   (docs/behaviour.md §10.2, listed in ``tests/telemetry/test_metrics.py``), each under the optional
    ``prefix`` (``observability.metrics_prefix``, e.g. ``bridge_`` gives
    ``bridge_interceptions_total``). The metrics after those are ours.
 2. Label values come from bounded sets, so the number of series stays bounded

@@ -43,10 +43,10 @@ from bridge.recording.journal import Journal
 from bridge.recording.postgres import PostgresStore
 from bridge.recording.sqlite import SQLiteStore
 
-from .conftest import gateway_config, note, run_gateway
-from .postgres import Cluster, free_port, start_test_cluster
-from .test_faults import ReplayWatch
-from .test_recording import counts, outcomes, started, usage_fixture, whole_interception
+from ..conftest import gateway_config, note, run_gateway
+from ..core.test_faults import ReplayWatch
+from ..postgres import Cluster, free_port, start_test_cluster
+from ..recording.test_recording import counts, outcomes, started, usage_fixture, whole_interception
 
 PASSWORD = "s3cr3t-Pa55word"
 

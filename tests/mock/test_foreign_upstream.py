@@ -12,7 +12,7 @@ import trio
 
 from bridge.mock.upstream import FIXTURES_DIR, MockUpstream, load_scenarios
 
-from .foreign_upstream import CHUNKED_TRAILERS, CLOSE_DELIMITED, ForeignUpstream
+from ..foreign_upstream import CHUNKED_TRAILERS, CLOSE_DELIMITED, ForeignUpstream
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 NAME = "anthropic_captured_headers"

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from bridge.process.hypercorn_fixes import valid_h2_request
 
-from .conftest import Gateway
-from .rawhttp import BAD_PATH_HEADERS, h2_frames, h2_request_packet
+from ..conftest import Gateway
+from ..rawhttp import BAD_PATH_HEADERS, h2_frames, h2_request_packet
 
 MESSAGE = json.dumps(
     {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}

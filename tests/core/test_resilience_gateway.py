@@ -17,7 +17,7 @@ import trio.testing
 
 from bridge.config import BreakerConfig
 
-from .conftest import CENTRAL_KEY, Gateway
+from ..conftest import CENTRAL_KEY, Gateway
 
 OVERLOADED = "anthropic_overloaded_midstream"  # blocking form: 529 with retry-after: 3
 

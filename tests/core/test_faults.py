@@ -51,7 +51,7 @@ from bridge.process.server import hypercorn_config
 from bridge.recording.records import InterceptionEnded, InterceptionStarted, Record, TokenUsage
 from bridge.recording.sqlite import SQLiteStore
 
-from .conftest import gateway_config, note
+from ..conftest import gateway_config, note
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 

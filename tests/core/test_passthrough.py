@@ -18,7 +18,7 @@ from bridge.dialects import providers
 from bridge.dialects.providers import Provider
 from bridge.recording.records import CredentialKind
 
-from .conftest import CENTRAL_KEY, OPENAI_KEY, Gateway
+from ..conftest import CENTRAL_KEY, OPENAI_KEY, Gateway
 
 OWN_OPENAI_KEY = "sk-user-own-openai-key-abcdef123456"
 GITHUB_TOKEN = "ghu_copilot_user_token_4242424242"

@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 from bridge.errors import UpstreamUnavailable
 from bridge.services.upstream import UpstreamClient
 
-from .wire import WireServer, serve
+from ..wire import WireServer, serve
 
 
 def answer(body: bytes, *, extra: bytes = b"") -> bytes:

@@ -47,8 +47,8 @@ from bridge.recording.records import new_id
 from bridge.recording.sql import SQLStore, iso_timestamp
 from bridge.recording.store import mask_url
 
-from .conftest import rows
-from .postgres import SQLDatabase, new_sql_database
+from ..conftest import rows
+from ..postgres import SQLDatabase, new_sql_database
 
 UTC = dt.UTC
 T0 = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)

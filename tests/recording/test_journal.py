@@ -33,7 +33,7 @@ from bridge.recording import (
 )
 from bridge.recording.records import new_id
 
-from .conftest import rows
+from ..conftest import rows
 
 T0 = dt.datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
 

@@ -26,7 +26,7 @@ from bridge.dialects import DIALECTS
 from bridge.mock.upstream import FIXTURES_DIR, load_scenarios
 from tests.mcp_servers import RestartableServer, ServerState, build_server, serve_http
 
-from .conftest import UPSTREAM_STACKS, Gateway, note
+from ..conftest import UPSTREAM_STACKS, Gateway, note
 
 pytestmark = pytest.mark.upstream_stacks(*UPSTREAM_STACKS)
 

@@ -26,7 +26,7 @@ from bridge.telemetry.metrics import MAX_LABEL_VALUES, render
 from bridge.telemetry.tracing import Tracer
 from tests.mcp_servers import build_server, serve_http
 
-from .conftest import CENTRAL_KEY, Gateway, gateway_config
+from ..conftest import CENTRAL_KEY, Gateway, gateway_config
 
 SCENARIOS = load_scenarios(FIXTURES_DIR)
 

@@ -20,7 +20,7 @@ import trio
 from bridge.mock.upstream import FIXTURES_DIR, load_scenarios
 from tests.conftest import is_inner_loop
 
-from .conftest import (
+from ..conftest import (
     CENTRAL_KEY,
     OWN_UPSTREAM,
     REFUSED_BEFORE_UPSTREAM,

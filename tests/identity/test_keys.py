@@ -34,7 +34,7 @@ from bridge.recording.sql import SQLStore
 from bridge.recording.sqlite import SQLiteStore
 from bridge.recording.store import StoreError
 
-from .postgres import SQLDatabase, new_sql_database
+from ..postgres import SQLDatabase, new_sql_database
 
 URLSAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 

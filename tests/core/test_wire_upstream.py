@@ -21,8 +21,8 @@ from bridge.core.exchange import Request
 from bridge.errors import UpstreamUnavailable
 from bridge.recording.records import Outcome
 
-from .conftest import CENTRAL_KEY, Gateway
-from .wire import WireServer, serve
+from ..conftest import CENTRAL_KEY, Gateway
+from ..wire import WireServer, serve
 
 
 def go_style(

@@ -22,8 +22,8 @@ from benchmarks.procstat import rss_bytes
 from bridge import Config, MemoryStore, ProviderConfig, Request, open_bridge
 from bridge.config import AuthConfig
 
-from .conftest import Gateway
-from .processes import gateway_process
+from ..conftest import Gateway
+from ..processes import gateway_process
 
 BRIDGED = [
     "/anthropic/v1/messages",

@@ -51,7 +51,7 @@ from bridge.telemetry.tracing import (
     configure_tracing,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 ATTRIBUTES = Tracer.interception_attributes(
     request_path="/anthropic/v1/messages",

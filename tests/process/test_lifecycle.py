@@ -18,7 +18,7 @@ from bridge.core.relay import Relay
 from bridge.dialects.anthropic import AnthropicMessages
 from bridge.mock.upstream import MockUpstream
 
-from .conftest import Gateway, gateway_config
+from ..conftest import Gateway, gateway_config
 
 SLOW = {"x-mock-scenario": "anthropic_slow_stream", "x-api-key": "k"}
 BODY = (

@@ -23,9 +23,9 @@ from bridge.recording.records import (
 from bridge.recording.reports import format_usage, parse_since
 from bridge.recording.sqlite import SQLiteStore
 
-from .postgres import free_port
+from ..postgres import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_check_config_prints_the_effective_config_with_secrets_masked(

@@ -19,7 +19,7 @@ from bridge.dialects.clients import guess_client, session_id
 from bridge.errors import Unauthorized
 from bridge.identity.auth import BRIDGE_KEY_HEADER, FailureLimiter, identify
 
-from .conftest import CENTRAL_KEY, OPENAI_KEY, Gateway
+from ..conftest import CENTRAL_KEY, OPENAI_KEY, Gateway
 
 DEAD = "http://127.0.0.1:9/"  # nothing listens there: a forwarded request is a 502
 

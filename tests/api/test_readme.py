@@ -14,9 +14,9 @@ import pytest
 
 from bridge.process.cli import _parser
 
-from .processes import mock_process
+from ..processes import mock_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 SHELL_BLOCKS = re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)
 _ASSIGNMENT = re.compile(r"[A-Z_][A-Z0-9_]*=")

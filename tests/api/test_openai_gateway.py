@@ -16,7 +16,7 @@ import pytest
 from bridge.mock.upstream import FIXTURES_DIR, load_scenarios
 from tests.conftest import is_inner_loop
 
-from .conftest import (
+from ..conftest import (
     OPENAI_KEY,
     OWN_UPSTREAM,
     REFUSED_BEFORE_UPSTREAM,

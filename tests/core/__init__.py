@@ -1,0 +1,1 @@
+"""Interceptions, the inner loop, passthrough, resilience and faults over loopback."""

@@ -1,0 +1,1 @@
+"""The dialects: parsing, rewriting and accounting per API."""

@@ -1,0 +1,1 @@
+"""The HTTP layer: bad input, connections, the server's limits."""

@@ -1,0 +1,1 @@
+"""Actors, authentication and gateway keys."""

@@ -1,0 +1,1 @@
+"""The mock upstream, the foreign upstream and the scenario fixtures."""

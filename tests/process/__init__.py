@@ -1,0 +1,1 @@
+"""The command line, the server, its workers and its lifecycle."""

@@ -1,0 +1,1 @@
+"""Records, the recorder, the journal and every store."""

@@ -1,0 +1,1 @@
+"""The upstream pool, retries and key failover, circuit breakers, MCP."""

@@ -54,22 +54,29 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
-def worker_pids(parent: int) -> set[int]:
-    """The pids of the worker processes ``bridge serve --workers N`` (pid ``parent``) runs.
+def worker_pids(parent: int, count: int | None = None, timeout: float = 30.0) -> set[int]:
+    """The pids of the worker processes ``bridgectl serve --workers N`` (pid ``parent``) runs;
+    with ``count``, once that many are running (waiting up to ``timeout`` seconds).
 
-    Its children are the workers and multiprocessing's resource tracker, which is left out
-    (a worker just forked may not show its own command line yet, but the tracker is old).
+    A worker is a child running multiprocessing's ``spawn_main``. The parent's other child,
+    the resource tracker, is started at the same time as the first worker, and right after
+    the fork either one still shows the parent's command line: only a child that shows
+    ``spawn_main`` is known to be a worker.
     """
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    pids = set()
-    for child in map(int, children):
-        try:
-            command = Path(f"/proc/{child}/cmdline").read_bytes()
-        except FileNotFoundError:  # it has just exited
-            continue
-        if b"resource_tracker" not in command:
-            pids.add(child)
-    return pids
+    deadline = time.monotonic() + timeout
+    while True:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        pids = set()
+        for child in map(int, children):
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:  # it has just exited
+                continue
+            if b"spawn_main" in command:
+                pids.add(child)
+        if count is None or len(pids) == count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
 
 
 def listens(pid: int, port: int) -> bool:

@@ -81,7 +81,7 @@ def test_two_workers_share_the_port_and_report_all_totals(tmp_path: Path) -> Non
 def test_http2_packets_with_a_non_ascii_path_end_no_worker(tmp_path: Path) -> None:
     """Once, one such packet made a worker exit; two ended `bridge serve --workers 2`."""
     with two_workers(tmp_path) as (process, url):
-        workers = worker_pids(process.pid)
+        workers = worker_pids(process.pid, 2)
         assert len(workers) == 2
         port = int(url.rsplit(":", 1)[1])
         for _ in range(10):  # new connections: the kernel spreads them over both workers
@@ -94,21 +94,21 @@ def test_http2_packets_with_a_non_ascii_path_end_no_worker(tmp_path: Path) -> No
         for _ in range(6):
             assert httpx2.get(f"{url}/healthz").status_code == 200
         assert process.poll() is None
-        assert worker_pids(process.pid) == workers  # none died, none had to be replaced
+        assert worker_pids(process.pid, 2) == workers  # none died, none had to be replaced
 
 
 def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
     """The supervisor logs the death and starts a new worker; the port keeps answering."""
     seen = bytearray()
     with two_workers(tmp_path) as (process, url):
-        workers = worker_pids(process.pid)
+        workers = worker_pids(process.pid, 2)
         assert len(workers) == 2
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
         line = wait_for_output(process, f"pid {victim}", seen)
         assert "SIGKILL" in line
         assert "replaced" in line
-        replacements = worker_pids(process.pid)
+        replacements = worker_pids(process.pid, 2)
         assert len(replacements) == 2
         assert victim not in replacements
         replacement = int(re.findall(r"pid (\d+)", line)[-1])

@@ -93,7 +93,8 @@ class _Methods:
     """One row of a provider's route table: a path pattern and the methods it takes.
 
     The pattern is matched segment by segment: ``*`` stands for exactly one non-empty
-    segment (an id), a final ``**`` for whatever follows (one or more segments).
+    segment (an id), a final ``**`` for whatever follows, an empty last segment included
+    (``/mcp/``, the trailing slash Copilot's MCP endpoint is reached by).
     """
 
     pattern: str
@@ -393,6 +394,8 @@ def _not_a_gateway_key(value: str) -> str:
 
 
 def _is_safe(suffix: str) -> bool:
+    if "?" in suffix or "#" in suffix:
+        return False  # the query travels apart; a fragment would cut the upstream path short
     decoded = unquote(suffix)
     if "\\" in decoded or "\x00" in decoded or "%" in decoded:
         return False

@@ -115,6 +115,8 @@ def test_paths_a_provider_does_not_serve(provider: Provider, path: str) -> None:
         "/v1/models/a\x00b",
         "/v1/models/a//b",
         "/v1/models/a%252fb",  # decodes to a "%": a second decoding would be a slash
+        "/v1/models/#0",  # a fragment would cut the upstream path short
+        "/v1/models/a?b",  # the query travels apart, never inside the path
     ],
 )
 def test_unsafe_passthrough_suffixes_are_refused(suffix: str) -> None:
@@ -133,6 +135,7 @@ def test_no_suffix_reaches_above_the_base_path(suffix: str) -> None:
         return
     url = urlsplit(route.upstream_url(""))
     assert (url.scheme, url.netloc) == ("https", "up.test")
+    assert (url.query, url.fragment) == ("", "")
     # Decoded and normalised as a server behind the provider might, the path stays
     # below the passthrough row it matched.
     decoded = unquote(url.path)

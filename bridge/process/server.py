@@ -218,7 +218,10 @@ def run_workers(config: Config, worker: Callable[[Config], None]) -> int:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while running := [p for p in processes if p.exitcode is None]:
-            multiprocessing.connection.wait([p.sentinel for p in running])
+            # The sentinels wake the loop at once; the timeout is the safety net, for a
+            # sentinel that never fires (its pipe's write end held by a process the dead
+            # worker left behind): exitcode then asks the kernel (waitpid) every second.
+            multiprocessing.connection.wait([p.sentinel for p in running], timeout=1.0)
             for n, process in enumerate(processes):
                 if process in running and process.exitcode is not None:
                     mark_process_dead(process.pid, str(directory))  # type: ignore[no-untyped-call]

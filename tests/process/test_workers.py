@@ -103,9 +103,14 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
     with two_workers(tmp_path) as (process, url):
         workers = worker_pids(process.pid, 2)
         assert len(workers) == 2
+        port = int(url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 60
+        while not all(listens(pid, port) for pid in workers):  # both fully started
+            assert time.monotonic() < deadline, f"the workers {workers} never both listened"
+            time.sleep(0.05)
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        line = wait_for_output(process, f"pid {victim}", seen)
+        line = wait_for_output(process, f"pid {victim}", seen, timeout=60)
         assert "SIGKILL" in line
         assert "replaced" in line
         replacements = worker_pids(process.pid, 2)
@@ -113,8 +118,7 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         assert victim not in replacements
         replacement = int(re.findall(r"pid (\d+)", line)[-1])
         assert replacement in replacements
-        port = int(url.rsplit(":", 1)[1])
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not listens(replacement, port):  # it starts as the first ones did
             assert time.monotonic() < deadline, f"the new worker {replacement} never listened"
             time.sleep(0.05)

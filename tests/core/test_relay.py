@@ -147,8 +147,10 @@ async def test_finish_before_the_stream_started_writes_nothing() -> None:
 
 
 async def test_pings_only_after_an_interval_of_silence_on_a_started_stream(
-    autojump_clock: trio.testing.MockClock,
+    mock_clock: trio.testing.MockClock,
 ) -> None:
+    """Time moves only when the test jumps the clock; each jump then lets the relay's
+    keep-alive task run to its next wait."""
     sink = RecordingSink()
     relay = Relay(sink)
     done = trio.Event()
@@ -158,19 +160,24 @@ async def test_pings_only_after_an_interval_of_silence_on_a_started_stream(
     async def waiting() -> None:
         await done.wait()
 
+    async def advance(seconds: float) -> None:
+        mock_clock.jump(seconds)
+        await trio.testing.wait_all_tasks_blocked()
+
     async def script() -> None:
-        await trio.sleep(25)  # not started: silence costs nothing, no ping
+        await advance(25)  # not started: silence costs nothing, no ping
         assert sink.calls == []
         await relay.send_frame(b"data: 1\n\n")
-        await trio.sleep(9)  # less than the interval since the frame: still no ping
+        await advance(9)  # less than the interval since the frame: still no ping
         assert sink.sent() == [b"data: 1\n\n"]
-        await trio.sleep(2)  # 11 s after the frame: one ping at 10 s
+        await advance(1)  # 10 s after the frame: one ping
+        await advance(1)
         assert sink.sent() == [b"data: 1\n\n", PING]
         await relay.send_frame(b"data: 2\n\n")  # a frame resets the silence
-        await trio.sleep(9.5)
+        await advance(9.5)
         assert sink.sent()[-1] == b"data: 2\n\n"
         await relay.finish()
-        await trio.sleep(100)  # complete: no ping follows
+        await advance(100)  # complete: no ping follows
         done.set()
 
     original = sink.send
